@@ -1,0 +1,125 @@
+"""Named network namespaces made in-process, compatible with `ip netns`.
+
+A namespace is made by a worker thread that unshares its own network
+namespace (so the main thread never leaves the root one), bind-mounts it at
+/run/netns/NAME and opens a netlink socket there. A socket belongs to the
+namespace it was created in, so later netlink calls made from the main thread
+act on that namespace and nothing else. This avoids forking a helper per
+namespace (pyroute2's netns.create and IPRoute(netns=...) both fork).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import socket
+import threading
+from pathlib import Path
+from typing import Callable, Iterable
+
+NETNS_RUN = Path("/run/netns")  # where `ip netns` keeps its names
+CLONE_NEWNET = 0x40000000
+MS_REC = 0x4000
+MS_BIND = 0x1000
+MS_SHARED = 1 << 20
+MNT_DETACH = 2
+NETLINK_ROUTE = 0
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _mount(source: str, target: str, flags: int) -> None:
+    _check(_libc.mount(source.encode(), target.encode(), b"none", flags, None),
+           f"mount {target}")
+
+
+def _prepare_run_dir() -> None:
+    """Make /run/netns a shared mount point, as `ip netns add` does, so that
+    unmounting a name there reaches every mount namespace that copied it."""
+    NETNS_RUN.mkdir(parents=True, exist_ok=True)
+    try:
+        _mount("", str(NETNS_RUN), MS_SHARED | MS_REC)
+    except OSError as err:
+        if err.errno != errno.EINVAL:
+            raise
+        _mount(str(NETNS_RUN), str(NETNS_RUN), MS_BIND | MS_REC)  # not a mount point yet
+        _mount("", str(NETNS_RUN), MS_SHARED | MS_REC)
+
+
+def path(name: str) -> Path:
+    return NETNS_RUN / name
+
+
+def _netlink_socket() -> socket.socket:
+    return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
+
+
+def create(names: Iterable[str],
+           inside: Callable[[str], None] | None = None) -> dict[str, socket.socket]:
+    """Create each named namespace and return a netlink socket opened in it.
+
+    inside(name), if given, runs in the new namespace (e.g. to write its
+    sysctls). On any error the namespaces made so far are removed again.
+    """
+    _prepare_run_dir()
+    names = list(names)
+    sockets: dict[str, socket.socket] = {}
+    made: list[str] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for name in names:
+                target = path(name)
+                os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
+                made.append(name)
+                _check(_libc.unshare(CLONE_NEWNET), f"unshare for {name}")
+                _mount("/proc/thread-self/ns/net", str(target), MS_BIND)
+                sockets[name] = _netlink_socket()
+                if inside is not None:
+                    inside(name)
+        except BaseException as err:  # handed to the caller's thread below
+            failure.append(err)
+
+    worker = threading.Thread(target=work, name="netns-create")
+    worker.start()
+    worker.join()
+    if failure:
+        for sock in sockets.values():
+            sock.close()
+        remove(made)
+        raise failure[0]
+    return sockets
+
+
+def remove(names: Iterable[str]) -> list[str]:
+    """Unmount and unlink each named namespace that exists; return those removed.
+
+    The kernel frees a namespace once nothing refers to it: callers close
+    their sockets first, and its veths vanish with it.
+    """
+    removed = []
+    for name in names:
+        target = path(name)
+        if not target.exists():
+            continue
+        _libc.umount2(str(target).encode(), MNT_DETACH)  # fails harmlessly if never mounted
+        target.unlink()
+        removed.append(name)
+    return removed
+
+
+def exists(name: str) -> bool:
+    return path(name).exists()
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
+    Path("/proc/sys", *key.split(".")).write_text(value)

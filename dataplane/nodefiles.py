@@ -1,0 +1,41 @@
+"""The files a real flannel node would hold, rendered from the Plan.
+
+Pure: returns {relative path: content}. The builder writes them under the
+cluster's state directory, one folder per node, at the paths a person would
+look for them on a node: flanneld's subnet.env and host-local's records.
+"""
+
+from __future__ import annotations
+
+from dataplane.plan import POD_IFNAME, NodePlan, Plan
+
+CNI_NETWORK = "cbr0"  # the network name in flannel's stock CNI config
+SUBNET_ENV = "run/flannel/subnet.env"
+HOST_LOCAL_DIR = f"var/lib/cni/networks/{CNI_NETWORK}"
+
+
+def subnet_env(plan: Plan, node: NodePlan) -> str:
+    # No masquerade rules are installed, so say so rather than claim flannel's default.
+    return (f"FLANNEL_NETWORK={plan.spec.cluster_cidr}\n"
+            f"FLANNEL_SUBNET={node.gateway}/{node.pod_cidr.prefixlen}\n"
+            f"FLANNEL_MTU={plan.spec.vtep_mtu}\n"
+            "FLANNEL_IPMASQ=false\n")
+
+
+def host_local_records(node: NodePlan) -> dict[str, str]:
+    """One file per allocated IP holding the container id and ifname, plus last_reserved_ip.0."""
+    records = {f"{HOST_LOCAL_DIR}/{pod.ip}": f"{pod.container_id}\r\n{POD_IFNAME}"
+               for pod in node.pods}
+    records[f"{HOST_LOCAL_DIR}/last_reserved_ip.0"] = str(node.pods[-1].ip)
+    return records
+
+
+def node_files(plan: Plan) -> dict[str, str]:
+    """Every node's files, keyed by nodes/<node>/<path on a real node>."""
+    files = {}
+    for node in plan.nodes:
+        base = f"nodes/{node.name}"
+        files[f"{base}/{SUBNET_ENV}"] = subnet_env(plan, node)
+        for path, content in host_local_records(node).items():
+            files[f"{base}/{path}"] = content
+    return files

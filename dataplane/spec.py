@@ -1,0 +1,195 @@
+"""Read and validate a topology file into a Spec.
+
+Pure: takes TOML text (or a path) and returns data. Every error is a one-line
+UsageError that names the offending key and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from dataclasses import dataclass
+from ipaddress import IPv4Network
+from pathlib import Path
+from typing import Any
+
+from dataplane.errors import UsageError
+
+IFNAMSIZ = 15  # bytes usable in a Linux interface name
+VNI_MAX = 16777215
+# Kubernetes object names are DNS-1123 labels; they are also safe in netns and
+# interface names, and they cannot contain the '.' that separates them in ours.
+LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+LABEL_HINT = "lower-case letters, digits and '-', starting and ending with a letter or digit"
+RESERVED_NODE_NAMES = ("underlay",)  # the underlay namespace is <prefix>.underlay
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "cluster": {"name": None, "cidr": "10.244.0.0/16", "node_mask": 24,
+                "nodes": 2, "pods_per_node": 2},
+    "underlay": {"subnet": "172.30.0.0/24", "mtu": 1500},
+    "backend": {"type": "vxlan", "vni": 1, "port": 8472},
+}
+
+
+@dataclass(frozen=True)
+class Spec:
+    """A validated cluster description; names are in creation order."""
+
+    name: str
+    cluster_cidr: IPv4Network
+    node_mask: int
+    nodes: tuple[str, ...]
+    pods: tuple[str, ...]  # the pod names every node gets
+    underlay_subnet: IPv4Network
+    underlay_mtu: int
+    vni: int
+    port: int
+
+    @property
+    def vtep_mtu(self) -> int:
+        return self.underlay_mtu - 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14
+
+    @property
+    def vtep_name(self) -> str:
+        return f"flannel.{self.vni}"  # flannel names its device after the VNI
+
+
+def load(path: str | Path, name: str | None = None) -> Spec:
+    """Parse and validate the topology file at path; name overrides cluster.name."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read topology file ({err.strerror}); "
+                         "pass an existing file, e.g. topologies/flannel-vxlan.toml") from None
+    return parse(text, source=str(path), name=name)
+
+
+def parse(text: str, source: str = "<topology>", name: str | None = None) -> Spec:
+    """Validate TOML text into a Spec."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise UsageError(f"{source}: not valid TOML: {err}; fix the syntax there") from None
+    return _Checker(source).spec(doc, name)
+
+
+class _Checker:
+    """Turns a parsed document into a Spec, failing on the first problem."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, key: str, problem: str, fix: str) -> UsageError:
+        return UsageError(f"{self.source}: {key}: {problem}; {fix}")
+
+    def spec(self, doc: dict[str, Any], name_override: str | None) -> Spec:
+        tables = self.tables(doc)
+        c, u, b = tables["cluster"], tables["underlay"], tables["backend"]
+        name = name_override if name_override is not None else c["name"]
+        key_name = "--name" if name_override is not None else "cluster.name"
+        if name is None:
+            raise self.fail("cluster.name", "missing", 'add name = "my-cluster" under [cluster]')
+        self.label(key_name, name, 32)
+        cidr = self.network("cluster.cidr", c["cidr"])
+        node_mask = self.integer("cluster.node_mask", c["node_mask"], cidr.prefixlen, 30)
+        nodes = self.names("cluster.nodes", c["nodes"], "node", IFNAMSIZ)
+        pods = self.names("cluster.pods_per_node", c["pods_per_node"], "pod", 63)
+        for reserved in RESERVED_NODE_NAMES:
+            if reserved in nodes:
+                raise self.fail("cluster.nodes", f"'{reserved}' is reserved", "rename that node")
+        self.capacity(cidr, node_mask, len(nodes), len(pods))
+        subnet = self.network("underlay.subnet", u["subnet"])
+        if subnet.overlaps(cidr):
+            raise self.fail("underlay.subnet", f"{subnet} overlaps cluster.cidr {cidr}",
+                            "pick disjoint ranges, e.g. 172.30.0.0/24")
+        if subnet.num_addresses - 2 < len(nodes):
+            raise self.fail("underlay.subnet", f"{subnet} has no room for {len(nodes)} nodes",
+                            "use a larger subnet")
+        if b["type"] != "vxlan":
+            raise self.fail("backend.type", f"{b['type']!r} is not supported", 'use "vxlan"')
+        vni = self.integer("backend.vni", b["vni"], 1, VNI_MAX)
+        if len(f"flannel.{vni}") > IFNAMSIZ:
+            raise self.fail("backend.vni", f"flannel.{vni} is longer than {IFNAMSIZ} bytes",
+                            "use a vni below 10000000 (flannel names its device flannel.<vni>)")
+        return Spec(
+            name=name, cluster_cidr=cidr, node_mask=node_mask, nodes=nodes, pods=pods,
+            underlay_subnet=subnet,
+            underlay_mtu=self.integer("underlay.mtu", u["mtu"], 1280, 9000),
+            vni=vni, port=self.integer("backend.port", b["port"], 1, 65535),
+        )
+
+    def tables(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each known table with defaults filled in; unknown keys are errors."""
+        for key in doc:
+            if key not in DEFAULTS:
+                raise self.fail(key, "unknown table or key",
+                                f"remove it (known tables: {', '.join(DEFAULTS)})")
+        out = {}
+        for table, defaults in DEFAULTS.items():
+            given = doc.get(table, {})
+            if not isinstance(given, dict):
+                raise self.fail(table, "must be a table", f"write it as [{table}]")
+            for key in given:
+                if key not in defaults:
+                    raise self.fail(f"{table}.{key}", "unknown key",
+                                    f"remove it (known: {', '.join(defaults)})")
+            out[table] = {**defaults, **given}
+        return out
+
+    def typed(self, key: str, value: Any, kind: type, wanted: str) -> Any:
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise self.fail(key, f"{value!r} is not {wanted}", f"write {wanted}")
+        return value
+
+    def integer(self, key: str, value: Any, low: int, high: int) -> int:
+        self.typed(key, value, int, "an integer")
+        if not low <= value <= high:
+            raise self.fail(key, f"{value} is outside {low}..{high}",
+                            f"use a value from {low} to {high}")
+        return value
+
+    def network(self, key: str, value: Any) -> IPv4Network:
+        self.typed(key, value, str, 'a CIDR string like "10.244.0.0/16"')
+        try:
+            return ipaddress.IPv4Network(value)
+        except ValueError as err:
+            raise self.fail(key, f"{value!r} is not an IPv4 CIDR ({err})",
+                            'write network/prefix with host bits zero, e.g. "10.244.0.0/16"') from None
+
+    def label(self, key: str, value: Any, max_len: int) -> str:
+        self.typed(key, value, str, "a string")
+        if not LABEL.match(value):
+            raise self.fail(key, f"{value!r} cannot name a namespace or interface",
+                            f"use {LABEL_HINT}")
+        if len(value.encode()) > max_len:
+            raise self.fail(key, f"{value!r} is longer than {max_len} bytes",
+                            f"use at most {max_len} (names become interface and namespace names)")
+        return value
+
+    def names(self, key: str, value: Any, stem: str, max_len: int) -> tuple[str, ...]:
+        """A count (named stem-0, stem-1, ...) or an explicit list of names."""
+        if isinstance(value, list):
+            if not value:
+                raise self.fail(key, "the list is empty", "give at least one name")
+            names = tuple(self.label(f"{key}[{i}]", v, max_len) for i, v in enumerate(value))
+            dupes = sorted({n for n in names if names.count(n) > 1})
+            if dupes:
+                raise self.fail(key, f"duplicate names {', '.join(dupes)}", "make every name unique")
+            return names
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise self.fail(key, f"{value!r} is neither a count nor a list of names",
+                            'write a count like 2 or a list like ["a", "b"]')
+        count = self.integer(key, value, 1, 4096)
+        return tuple(f"{stem}-{i}" for i in range(count))
+
+    def capacity(self, cidr: IPv4Network, node_mask: int, nodes: int, pods: int) -> None:
+        subnets = 1 << (node_mask - cidr.prefixlen)
+        if subnets < nodes:
+            raise self.fail("cluster.cidr", f"{cidr} holds {subnets} /{node_mask} podCIDRs, "
+                            f"not {nodes}", "use a larger cidr or a longer node_mask")
+        usable = (1 << (32 - node_mask)) - 3  # network, cni0 gateway (.1), broadcast
+        if usable < pods:
+            raise self.fail("cluster.node_mask", f"a /{node_mask} podCIDR holds {usable} pods "
+                            f"(.0 and .1 are reserved), not {pods}", "use a shorter node_mask")
