@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 
-from dataplane import cluster, state
+from dataplane import cluster, spec, state
 from dataplane.errors import UsageError
 
 DEFAULT_TOPOLOGY = "topologies/flannel-vxlan.toml"
@@ -43,6 +43,7 @@ def _need_root(command: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    spec.load(args.topology, name=args.name)  # report a bad file before asking for root
     _need_root("up")
     made = cluster.up(args.topology, name=args.name)
     made.record.release()  # it outlives this process; `down` or `clean` removes it

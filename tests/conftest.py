@@ -1,0 +1,81 @@
+"""Shared fixtures: clusters built on real namespaces, named per test session."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from dataplane import cluster, netns
+
+ROOT = Path(__file__).resolve().parent.parent
+TOPOLOGIES = ROOT / "topologies"
+DEFAULT = TOPOLOGIES / "flannel-vxlan.toml"
+BIG = TOPOLOGIES / "flannel-vxlan-4x8.toml"
+RUN_TAG = f"t{os.getpid()}"  # every cluster this session makes is named t<pid>-...
+_serial = itertools.count()
+
+
+def is_root() -> bool:
+    return os.geteuid() == 0
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs root to create network namespaces: run sudo pytest")
+    for item in items:
+        if "needs_root" in item.keywords and not is_root():
+            item.add_marker(skip)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The suite must leave no namespace of its own behind."""
+    leaked = sorted(p.name for p in netns.NETNS_RUN.glob(f"dp-{RUN_TAG}-*")) \
+        if netns.NETNS_RUN.is_dir() else []
+    if leaked:
+        print(f"\nLEAK: namespaces left behind by this test session: {', '.join(leaked)}")
+        session.exitstatus = 1
+
+
+def unique_name(tag: str = "c") -> str:
+    return f"{RUN_TAG}-{tag}{next(_serial)}"
+
+
+def sh(netns_name: str | None, *argv: str) -> str:
+    """Run a command (in a namespace if given) and return its stdout; fail loudly."""
+    prefix = ["ip", "netns", "exec", netns_name] if netns_name else []
+    done = subprocess.run([*prefix, *argv], capture_output=True, text=True)
+    assert done.returncode == 0, f"{' '.join(argv)} in {netns_name}: {done.stderr}"
+    return done.stdout
+
+
+def ip_json(netns_name: str | None, *argv: str):
+    return json.loads(sh(netns_name, "ip", "-j", *argv) or "[]")
+
+
+@pytest.fixture
+def make_cluster():
+    """Build clusters from topology files; every one is torn down after the test."""
+    made: list[cluster.Cluster] = []
+
+    def make(topology: Path = DEFAULT, tag: str = "c") -> cluster.Cluster:
+        made.append(cluster.up(topology, name=unique_name(tag)))
+        return made[-1]
+
+    yield make
+    for c in made:
+        if c.record.dir.exists():
+            cluster.down(c.name)
+
+
+@pytest.fixture(scope="module")
+def default_cluster():
+    """One default-topology cluster shared by a module's read-only tests."""
+    if not is_root():
+        pytest.skip("needs root to create network namespaces: run sudo pytest")
+    made = cluster.up(DEFAULT, name=unique_name("m"))
+    yield made
+    cluster.down(made.name)
