@@ -12,7 +12,7 @@ APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tsh
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py)
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check -e .
+	$(VENV)/bin/pip install -q --disable-pip-version-check .
 	touch $(STAMP)
 
 # The main job on the default topology: build it, show it, ping every ordered pod pair, tear it down.

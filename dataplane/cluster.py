@@ -47,10 +47,14 @@ def up(topology: str | Path, name: str | None = None) -> Cluster:
 
 
 def _make(plan: Plan) -> None:
-    from dataplane import build  # pyroute2 is imported only by the commands that build
-
-    node_ns = {node.netns for node in plan.nodes}
-    sockets = netns.create(plan.namespaces(), inside=build.sysctls(node_ns))
+    creation = netns.Creation(plan.namespaces(), plan.sysctls)
+    try:
+        # Imported here, while the namespaces are made: only building needs pyroute2.
+        from dataplane import build
+    except BaseException:
+        creation.abort()
+        raise
+    sockets = creation.wait()
     try:
         build.build(plan, sockets)
     finally:

@@ -61,42 +61,61 @@ def _netlink_socket() -> socket.socket:
     return socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_ROUTE)
 
 
-def create(names: Iterable[str],
-           inside: Callable[[str], None] | None = None) -> dict[str, socket.socket]:
-    """Create each named namespace and return a netlink socket opened in it.
+class Creation:
+    """Namespaces being made by a worker thread, so the caller can do other work
+    (such as importing what it will configure them with) meanwhile.
 
-    inside(name), if given, runs in the new namespace (e.g. to write its
-    sysctls). On any error the namespaces made so far are removed again.
+    sysctls(name) gives the sysctls to write inside each new namespace. wait()
+    returns a netlink socket opened in each one; if anything fails or the
+    caller is interrupted, the namespaces made so far are removed again.
     """
-    _prepare_run_dir()
-    names = list(names)
-    sockets: dict[str, socket.socket] = {}
-    made: list[str] = []
-    failure: list[BaseException] = []
 
-    def work() -> None:
+    def __init__(self, names: Iterable[str],
+                 sysctls: Callable[[str], dict[str, str]] | None = None):
+        _prepare_run_dir()
+        self._names = list(names)
+        self._sysctls = sysctls
+        self._sockets: dict[str, socket.socket] = {}
+        self._made: list[str] = []
+        self._failure: list[BaseException] = []
+        self._stop = threading.Event()
+        self._worker = threading.Thread(target=self._work, name="netns-create")
+        self._worker.start()
+
+    def _work(self) -> None:
         try:
-            for name in names:
+            for name in self._names:
+                if self._stop.is_set():
+                    return
                 target = path(name)
                 os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
-                made.append(name)
+                self._made.append(name)
                 _check(_libc.unshare(CLONE_NEWNET), f"unshare for {name}")
                 _mount("/proc/thread-self/ns/net", str(target), MS_BIND)
-                sockets[name] = _netlink_socket()
-                if inside is not None:
-                    inside(name)
-        except BaseException as err:  # handed to the caller's thread below
-            failure.append(err)
+                self._sockets[name] = _netlink_socket()
+                for key, value in (self._sysctls(name) if self._sysctls else {}).items():
+                    write_sysctl(key, value)
+        except BaseException as err:  # handed to the caller's thread by wait()
+            self._failure.append(err)
 
-    worker = threading.Thread(target=work, name="netns-create")
-    worker.start()
-    worker.join()
-    if failure:
-        for sock in sockets.values():
+    def wait(self) -> dict[str, socket.socket]:
+        try:
+            self._worker.join()
+        except BaseException:
+            self.abort()
+            raise
+        if self._failure:
+            self.abort()
+            raise self._failure[0]
+        return self._sockets
+
+    def abort(self) -> None:
+        """Stop, and remove every namespace made so far."""
+        self._stop.set()
+        self._worker.join()
+        for sock in self._sockets.values():
             sock.close()
-        remove(made)
-        raise failure[0]
-    return sockets
+        remove(self._made)
 
 
 def remove(names: Iterable[str]) -> list[str]:

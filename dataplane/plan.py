@@ -8,7 +8,7 @@ vxlan backend gives each node a route, a neighbour and an FDB entry per peer.
 
 from __future__ import annotations
 
-import hashlib
+import random
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network
 
@@ -94,6 +94,14 @@ class Plan:
             names.extend(pod.netns for pod in node.pods)
         return names
 
+    def sysctls(self, netns: str) -> dict[str, str]:
+        """The sysctls of one of our namespaces."""
+        # No IPv6: its autoconfiguration chatter would mix with the traffic we verify.
+        values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
+        if any(node.netns == netns for node in self.nodes):
+            values["net.ipv4.ip_forward"] = "1"  # nodes route between cni0 and flannel.1
+        return values
+
     def pods(self) -> list[PodPlan]:
         return [pod for node in self.nodes for pod in node.pods]
 
@@ -150,7 +158,9 @@ def _pods(spec: Spec, prefix: str, node: str, cidr: IPv4Network) -> tuple[PodPla
     pods = []
     for index, name in enumerate(spec.pods):
         ip = cidr.network_address + 2 + index  # host-local: first free address after the gateway
-        container_id = hashlib.sha256(f"{spec.name}/{node}/{name}".encode()).hexdigest()
+        # Deterministic stand-in for a runtime's random 64-hex id (hashlib's OpenSSL import
+        # alone would cost `dataplane up` 10 ms).
+        container_id = f"{random.Random(f'{spec.name}/{node}/{name}').getrandbits(256):064x}"
         pods.append(PodPlan(
             node=node, name=name, netns=f"{prefix}.{node}.{name}", ip=ip,
             prefixlen=cidr.prefixlen, gateway=cidr.network_address + 1,

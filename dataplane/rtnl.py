@@ -1,0 +1,173 @@
+"""Batched rtnetlink requests, encoded with pyroute2's message classes.
+
+A Batch collects the requests for one namespace and sends them in a single
+sendmsg; the kernel runs them in order and acks each one. Going below
+IPRoute's request layer (about 1 ms a call here, mostly Python) to its message
+classes makes a request cost tens of microseconds to encode.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import struct
+import sys
+from dataclasses import dataclass, field
+from ipaddress import IPv4Address, IPv4Network
+
+
+def _load_message_classes():
+    """Import pyroute2's rtnetlink message classes without pyroute2/__init__.py,
+    which imports every subsystem it has (ndb, ipdb, conntrack, ...: about
+    140 ms, against 30 ms for these). The package is left unregistered again,
+    so a later `import pyroute2` still runs it in full."""
+    hollow = "pyroute2" not in sys.modules
+    if hollow:
+        sys.modules["pyroute2"] = importlib.util.module_from_spec(importlib.util.find_spec("pyroute2"))
+    try:
+        from pyroute2.netlink import nlmsgerr
+        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
+        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
+        from pyroute2.netlink.rtnl.ndmsg import ndmsg
+        from pyroute2.netlink.rtnl.rtmsg import rtmsg
+    finally:
+        if hollow:
+            del sys.modules["pyroute2"]
+    return nlmsgerr, ifaddrmsg, ifinfmsg, ndmsg, rtmsg
+
+
+nlmsgerr, ifaddrmsg, ifinfmsg, ndmsg, rtmsg = _load_message_classes()
+
+# linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h, linux/if.h
+RTM_NEWLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 19, 20, 24, 28
+NLMSG_ERROR = 2
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
+SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
+IFF_UP = 0x1
+NUD_PERMANENT = 0x80
+NTF_SELF = 0x2
+AF_BRIDGE = 7
+RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
+_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
+
+
+class NetlinkError(OSError):
+    pass
+
+
+@dataclass
+class Batch:
+    """Requests for the namespace that sock was opened in, sent together."""
+
+    sock: socket.socket
+    where: str  # the namespace, for error messages
+    _messages: list[bytes] = field(default_factory=list)
+    _what: list[str] = field(default_factory=list)
+
+    def _add(self, msg, kind: int, flags: int, what: str) -> None:
+        msg["header"]["type"] = kind
+        msg["header"]["flags"] = flags
+        msg["header"]["sequence_number"] = len(self._messages) + 1
+        msg.encode()
+        self._messages.append(bytes(msg.data))
+        self._what.append(what)
+
+    # links
+
+    def link_add(self, index: int, ifname: str, kind: str, *, mtu: int, address: str | None = None,
+                 master: int | None = None, data: list | None = None) -> None:
+        """Create a link, up, with a fixed index; data is the IFLA_INFO_DATA of its kind."""
+        info: list = [("IFLA_INFO_KIND", kind)]
+        if data:
+            info.append(("IFLA_INFO_DATA", {"attrs": data}))
+        attrs = [("IFLA_IFNAME", ifname), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
+        if address:
+            attrs.append(("IFLA_ADDRESS", address))
+        if master:
+            attrs.append(("IFLA_MASTER", master))
+        msg = ifinfmsg()
+        msg["index"], msg["flags"], msg["change"], msg["attrs"] = index, IFF_UP, IFF_UP, attrs
+        self._add(msg, RTM_NEWLINK, NEW, f"link add {ifname} type {kind}")
+
+    def veth_add(self, index: int, ifname: str, *, mtu: int, master: int | None,
+                 peer_ifname: str, peer_index: int, peer_netns_fd: int, peer_address: str) -> None:
+        """A veth pair, the peer made straight in the namespace of peer_netns_fd. Only
+        this end comes up: the kernel cannot open a peer before the pair is linked."""
+        peer = {"index": peer_index, "attrs": [
+            ("IFLA_IFNAME", peer_ifname), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_address),
+            ("IFLA_NET_NS_FD", peer_netns_fd)]}
+        self.link_add(index, ifname, "veth", mtu=mtu, master=master,
+                      data=[("VETH_INFO_PEER", peer)])
+
+    def link_up(self, index: int) -> None:
+        msg = ifinfmsg()
+        msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
+        self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {index} up")
+
+    # addresses, routes, neighbours
+
+    def addr_add(self, index: int, address: IPv4Address, prefixlen: int) -> None:
+        msg = ifaddrmsg()
+        msg["family"], msg["prefixlen"], msg["index"] = socket.AF_INET, prefixlen, index
+        msg["attrs"] = [("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address))]
+        self._add(msg, RTM_NEWADDR, NEW, f"addr add {address}/{prefixlen}")
+
+    def route_add(self, dst: IPv4Network, gateway: IPv4Address, oif: int,
+                  onlink: bool = False) -> None:
+        msg = rtmsg()
+        msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst.prefixlen, RT_TABLE_MAIN
+        msg["proto"], msg["type"] = RTPROT_BOOT, RTN_UNICAST  # as `ip route add` sets them
+        msg["flags"] = RTNH_F_ONLINK if onlink else 0
+        msg["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", oif)]
+        if dst.prefixlen:
+            msg["attrs"].append(("RTA_DST", str(dst.network_address)))
+        self._add(msg, RTM_NEWROUTE, NEW, f"route add {dst} via {gateway}")
+
+    def neigh_add(self, index: int, dst: IPv4Address, lladdr: str) -> None:
+        """A permanent ARP entry."""
+        msg = ndmsg()
+        msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
+        msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
+        self._add(msg, RTM_NEWNEIGH, NEW, f"neigh add {dst} lladdr {lladdr}")
+
+    def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
+        """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
+        msg = ndmsg()
+        msg["family"], msg["ifindex"], msg["state"] = AF_BRIDGE, index, NUD_PERMANENT
+        msg["flags"] = NTF_SELF
+        msg["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", str(dst))]
+        self._add(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+                  f"fdb append {lladdr} dst {dst}")
+
+    def send(self) -> None:
+        """Send every request at once, then check each ack; raise on the first error."""
+        if not self._messages:
+            return
+        self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
+        self.sock.sendall(b"".join(self._messages))
+        pending = len(self._messages)
+        error: NetlinkError | None = None
+        while pending:
+            data = self.sock.recv(65536)
+            offset = 0
+            while offset < len(data):
+                length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
+                if kind == NLMSG_ERROR:
+                    pending -= 1
+                    code = struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                    if code and error is None:
+                        error = self._error(-code, data[offset:offset + length], seq)
+                offset += (length + 3) & ~3
+        self._messages.clear()
+        self._what.clear()
+        if error:
+            raise error
+
+    def _error(self, errno_: int, raw: bytes, seq: int) -> NetlinkError:
+        msg = nlmsgerr(raw)
+        msg.decode()
+        detail = msg.get_attr("NLMSGERR_ATTR_MSG")
+        reason = detail or os.strerror(errno_)
+        return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
