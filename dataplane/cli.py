@@ -99,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"dataplane: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:  # the kernel refused something: a failure, not a usage error
+        print(f"dataplane {args.command}: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("dataplane: interrupted", file=sys.stderr)
         return 130

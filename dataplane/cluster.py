@@ -30,11 +30,12 @@ def up(topology: str | Path, name: str | None = None) -> Cluster:
     release() on its record or down()."""
     plan = make_plan(spec.load(topology, name=name))  # a bad file stops here, nothing made
     text = Path(topology).read_text()
+    record = state.register(plan.name, plan.namespaces(), str(topology), text)
     taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
-    if taken:
+    if taken:  # not ours to remove: only the record goes
+        record.remove()
         raise UsageError(f"namespace {taken[0]} already exists; remove leftovers with "
                          "`dataplane clean` or pick another --name")
-    record = state.register(plan.name, plan.namespaces(), str(topology), text)
     try:
         _make(plan)
         record.write_files(nodefiles.node_files(plan))

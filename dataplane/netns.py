@@ -79,8 +79,8 @@ class Creation:
         self._made: list[str] = []
         self._failure: list[BaseException] = []
         self._stop = threading.Event()
-        self._worker = threading.Thread(target=self._work, name="netns-create")
-        self._worker.start()
+        self._done = threading.Event()  # not Thread.join: a join cut short by a signal
+        threading.Thread(target=self._work, name="netns-create").start()  # may not wait again
 
     def _work(self) -> None:
         try:
@@ -97,10 +97,12 @@ class Creation:
                     write_sysctl(key, value)
         except BaseException as err:  # handed to the caller's thread by wait()
             self._failure.append(err)
+        finally:
+            self._done.set()
 
     def wait(self) -> dict[str, socket.socket]:
         try:
-            self._worker.join()
+            self._done.wait()
         except BaseException:
             self.abort()
             raise
@@ -112,7 +114,7 @@ class Creation:
     def abort(self) -> None:
         """Stop, and remove every namespace made so far."""
         self._stop.set()
-        self._worker.join()
+        self._done.wait()
         for sock in self._sockets.values():
             sock.close()
         remove(self._made)

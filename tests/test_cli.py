@@ -1,0 +1,91 @@
+"""The `dataplane` command: exit codes, one-line errors, status output."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import netns, state
+
+from .conftest import DEFAULT, ROOT, is_root, unique_name
+
+DP = [sys.executable, "-m", "dataplane"]
+
+
+def run(*argv, user=None):
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return subprocess.run([*prefix, *DP, *argv], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def one_line_error(done):
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def test_bad_topology_exit_2_nothing_made(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster]\nname = 'badone'\n[backend]\nvni = 0\n")
+    line = one_line_error(run("up", str(bad)))
+    assert "backend.vni" in line and "1..16777215" in line
+    assert not (state.STATE_ROOT / "badone").exists()
+    assert not list(netns.NETNS_RUN.glob("dp-badone.*"))
+
+
+def test_not_toml(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[cluster\n")
+    assert "line 1" in one_line_error(run("up", str(bad)))
+
+
+def test_missing_file():
+    assert "cannot read topology file" in one_line_error(run("up", "nope.toml"))
+
+
+def test_bad_arguments():
+    assert "dataplane" in one_line_error(run("frobnicate"))
+    assert "--help" in one_line_error(run("up"))
+
+
+def test_unknown_cluster():
+    assert "no cluster named" in one_line_error(run("status", "no-such-cluster"))
+
+
+@pytest.mark.skipif(not is_root(), reason="needs root to switch to an unprivileged user")
+def test_not_root_is_told_how():
+    line = one_line_error(run("up", str(DEFAULT), user=65534))
+    assert "needs root" in line and "sudo" in line
+
+
+@pytest.mark.needs_root
+def test_up_status_down():
+    name = unique_name("cli")
+    done = run("up", str(DEFAULT), "--name", name)
+    try:
+        assert done.returncode == 0, done.stderr
+        status = run("status", name, "--json")
+        assert status.returncode == 0, status.stderr
+        shown = json.loads(status.stdout)
+        assert shown["name"] == name
+        assert shown["underlay"]["netns"] == f"dp-{name}.underlay"
+        node = shown["nodes"][1]
+        assert {"name", "netns", "underlay_ip", "pod_cidr", "vtep_mac", "pods"} <= set(node)
+        assert (node["name"], node["underlay_ip"], node["pod_cidr"]) == \
+            ("node-1", "172.30.0.2", "10.244.1.0/24")
+        pod = node["pods"][0]
+        assert {"name", "netns", "ip", "mac", "host_veth"} <= set(pod)
+        assert (pod["ip"], pod["mac"], pod["netns"]) == \
+            ("10.244.1.2", "0a:58:0a:f4:01:02", f"dp-{name}.node-1.pod-0")
+        text = run("status", name)
+        assert "node-1/pod-0" in text.stdout and "10.244.1.2" in text.stdout
+        listing = json.loads(run("status", "--json").stdout)
+        assert name in [c["name"] for c in listing["clusters"]]
+    finally:
+        down = run("down", name)
+    assert down.returncode == 0, down.stderr
+    assert "7 namespaces removed" in down.stdout
+    assert "no cluster named" in one_line_error(run("down", name))

@@ -1,0 +1,142 @@
+"""Safety: nothing in the root namespace, teardown on every failure, `clean` after SIGKILL."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from dataplane import build, cluster, netns, state
+from dataplane.errors import UsageError
+
+from .conftest import BIG, DEFAULT, ROOT, sh, unique_name
+from .pingall import ping_all
+
+pytestmark = pytest.mark.needs_root
+DP = [sys.executable, "-m", "dataplane"]
+
+
+def root_snapshot() -> dict[str, str]:
+    """Root namespace links, addresses, routes, rules, neighbours and forwarding."""
+    return {
+        "links": sh(None, "ip", "-o", "link", "show"),
+        "addrs": sh(None, "ip", "-o", "addr", "show"),
+        "routes": sh(None, "ip", "route", "show", "table", "all"),
+        "rules": sh(None, "ip", "rule", "show"),
+        "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
+    }
+
+
+def leftovers(name: str) -> list[str]:
+    ns = [p.name for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
+    return ns + ([str(state.STATE_ROOT / name)] if (state.STATE_ROOT / name).exists() else [])
+
+
+
+def test_root_namespace_untouched_by_up_and_down():
+    before = root_snapshot()
+    name = unique_name("root")
+    made = cluster.up(BIG, name=name)
+    during = root_snapshot()
+    cluster.down(made.name)
+    after = root_snapshot()
+    assert during == before and after == before
+    assert leftovers(name) == []
+
+
+def test_two_clusters_side_by_side(make_cluster):
+    first, second = make_cluster(DEFAULT, "a"), make_cluster(DEFAULT, "b")
+    assert not set(first.plan.namespaces()) & set(second.plan.namespaces())
+    assert ping_all(first.plan) == [] and ping_all(second.plan) == []
+    cluster.down(first.name)
+    assert ping_all(second.plan) == []
+
+
+def test_exception_mid_build_tears_down(monkeypatch):
+    name = unique_name("boom")
+    real_node = build._node
+
+    def failing_node(plan, node, *rest):
+        if node.name == "node-2":
+            raise RuntimeError("injected failure")
+        real_node(plan, node, *rest)
+
+    monkeypatch.setattr(build, "_node", failing_node)
+    with pytest.raises(RuntimeError, match="injected"):
+        cluster.up(BIG, name=name)
+    assert leftovers(name) == []
+
+
+def test_same_name_twice_refused(make_cluster):
+    made = make_cluster(DEFAULT)
+    with pytest.raises(UsageError, match="already up"):
+        cluster.up(DEFAULT, name=made.name)
+    assert ping_all(made.plan) == []  # the first one is untouched
+
+
+def test_leftover_namespace_refused_and_kept():
+    name = unique_name("taken")
+    sh(None, "ip", "netns", "add", f"dp-{name}.node-1")
+    try:
+        with pytest.raises(UsageError, match="already exists"):
+            cluster.up(DEFAULT, name=name)
+        assert netns.exists(f"dp-{name}.node-1")  # not ours: left alone
+        assert not (state.STATE_ROOT / name).exists()
+    finally:
+        sh(None, "ip", "netns", "del", f"dp-{name}.node-1")
+
+
+def huge_topology(tmp_path) -> Path:
+    """16 nodes x 32 pods: a build long enough to interrupt."""
+    path = tmp_path / "huge.toml"
+    path.write_text(BIG.read_text().replace("nodes = 4", "nodes = 16")
+                    .replace("pods_per_node = 8", "pods_per_node = 32"))
+    return path
+
+
+def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Popen:
+    """Start `dataplane up` and return once it has made some namespaces, still building."""
+    proc = subprocess.Popen([*DP, "up", str(topology), "--name", name], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        made = [p for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
+        if len(made) >= 20:
+            break
+        time.sleep(0.002)
+    record = state.load(name)
+    assert record.phase == "building" and proc.poll() is None, "the build ended too soon"
+    return proc
+
+
+def test_sigkill_mid_up_then_clean(tmp_path):
+    name = unique_name("kill")
+    proc = start_up_and_wait_for_namespaces(huge_topology(tmp_path), name)
+    proc.kill()
+    proc.communicate()
+    assert leftovers(name), "SIGKILL should have left namespaces for clean to find"
+    done = subprocess.run([*DP, "clean"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert leftovers(name) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_up_tears_down(tmp_path, sig):
+    name = unique_name("sig")
+    proc = start_up_and_wait_for_namespaces(huge_topology(tmp_path), name)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err
+    assert leftovers(name) == []
+
+
+def test_clean_spares_clusters_with_a_live_owner(make_cluster):
+    mine = make_cluster(DEFAULT)  # owned by this pytest process
+    done = subprocess.run([*DP, "clean"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert f"left {mine.name}: in use by pid {os.getpid()}" in done.stdout
+    assert ping_all(mine.plan) == []
