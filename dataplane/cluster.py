@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,8 +53,11 @@ def _make(plan: Plan) -> None:
     try:
         # Imported here, while the namespaces are made: only building needs pyroute2.
         from dataplane import build
-    except BaseException:
+    except BaseException as err:
         creation.abort()
+        if isinstance(err, ModuleNotFoundError):
+            raise UsageError(f"Python module {err.name} is missing for {sys.executable}; "
+                             "install it with `make setup`") from None
         raise
     sockets = creation.wait()
     try:

@@ -24,7 +24,10 @@ def _load_message_classes():
     so a later `import pyroute2` still runs it in full."""
     hollow = "pyroute2" not in sys.modules
     if hollow:
-        sys.modules["pyroute2"] = importlib.util.module_from_spec(importlib.util.find_spec("pyroute2"))
+        found = importlib.util.find_spec("pyroute2")
+        if found is None:
+            raise ModuleNotFoundError("No module named 'pyroute2'", name="pyroute2")
+        sys.modules["pyroute2"] = importlib.util.module_from_spec(found)
     try:
         from pyroute2.netlink import nlmsgerr
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg

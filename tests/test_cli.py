@@ -88,3 +88,18 @@ def test_up_status_down():
     assert down.returncode == 0, down.stderr
     assert "7 namespaces removed" in down.stdout
     assert "no cluster named" in one_line_error(run("down", name))
+
+
+@pytest.mark.needs_root
+def test_missing_pyroute2_is_an_environment_error():
+    system = "/usr/bin/python3"  # the venv's base interpreter, without the venv's packages
+    if subprocess.run([system, "-c", "import pyroute2"], capture_output=True).returncode == 0:
+        pytest.skip(f"{system} has pyroute2 installed system-wide")
+    name = unique_name("nopr")
+    done = subprocess.run([system, "-m", "dataplane", "up", str(DEFAULT), "--name", name],
+                          cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    line = one_line_error(done)
+    assert "pyroute2" in line and "make setup" in line
+    assert not list(netns.NETNS_RUN.glob(f"dp-{name}.*"))
+    assert not (state.STATE_ROOT / name).exists()
