@@ -79,8 +79,10 @@ class Creation:
         self._made: list[str] = []
         self._failure: list[BaseException] = []
         self._stop = threading.Event()
-        self._done = threading.Event()  # not Thread.join: a join cut short by a signal
-        threading.Thread(target=self._work, name="netns-create").start()  # may not wait again
+        # Waited on instead of Thread.join, which a signal can cut short and leave
+        # returning early the next time.
+        self._done = threading.Event()
+        threading.Thread(target=self._work, name="netns-create").start()
 
     def _work(self) -> None:
         try:

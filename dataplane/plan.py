@@ -128,25 +128,22 @@ def prefix_for(name: str) -> str:
 
 def make_plan(spec: Spec) -> Plan:
     prefix = prefix_for(spec.name)
-    pod_cidrs = list(spec.cluster_cidr.subnets(new_prefix=spec.node_mask))
-    hosts = spec.underlay_subnet.hosts()
-    bare = []
-    for index, name in enumerate(spec.nodes):
-        cidr = pod_cidrs[index]
-        underlay_ip = next(hosts)
-        bare.append((name, cidr, underlay_ip))
+    # node IPAM: podCIDRs in node order; node IPs from the underlay's first host address
+    leases = list(zip(spec.nodes, spec.cluster_cidr.subnets(new_prefix=spec.node_mask),
+                      spec.underlay_subnet.hosts()))
     nodes = []
-    for name, cidr, underlay_ip in bare:
+    for name, cidr, underlay_ip in leases:
         peers = tuple(
             PeerPlan(node=p_name, pod_cidr=p_cidr, vtep_ip=p_cidr.network_address,
                      vtep_mac=mac_from_ip(VTEP_OUI, p_ip), underlay_ip=p_ip)
-            for p_name, p_cidr, p_ip in bare if p_name != name
+            for p_name, p_cidr, p_ip in leases if p_name != name
         )
+        gateway = cidr.network_address + 1
         nodes.append(NodePlan(
             name=name, netns=f"{prefix}.{name}", underlay_ip=underlay_ip,
             underlay_prefixlen=spec.underlay_subnet.prefixlen, underlay_port=name,
             eth0_mac=mac_from_ip(NODE_OUI, underlay_ip), pod_cidr=cidr,
-            gateway=cidr.network_address + 1, cni0_mac=mac_from_ip(POD_OUI, cidr.network_address + 1),
+            gateway=gateway, cni0_mac=mac_from_ip(POD_OUI, gateway),
             vtep_ip=cidr.network_address, vtep_mac=mac_from_ip(VTEP_OUI, underlay_ip),
             peers=peers, pods=_pods(spec, prefix, name, cidr),
         ))

@@ -51,13 +51,13 @@ def test_node_basics(default_cluster):
         cni0 = ip_json(node.netns, "addr", "show", "dev", "cni0")[0]
         assert [(a["local"], a["prefixlen"]) for a in cni0["addr_info"]] == [(str(node.gateway), 24)]
         assert sh(node.netns, "sysctl", "-n", "net.ipv4.ip_forward").strip() == "1"
-        ports = {l["ifname"] for l in ip_json(node.netns, "link", "show", "master", "cni0")}
+        ports = {p["ifname"] for p in ip_json(node.netns, "link", "show", "master", "cni0")}
         assert ports == {p.host_veth for p in node.pods}
 
 
 def test_underlay_bridge_joins_every_node(default_cluster):
     plan = default_cluster.plan
-    ports = {l["ifname"] for l in ip_json(plan.underlay_netns, "link", "show", "master", "br0")}
+    ports = {p["ifname"] for p in ip_json(plan.underlay_netns, "link", "show", "master", "br0")}
     assert ports == {n.name for n in plan.nodes}
 
 
