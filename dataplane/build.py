@@ -1,7 +1,7 @@
 """Make a Plan real with netlink, in the cluster's namespaces only.
 
 Every request goes through a socket that was opened inside its namespace (see
-netns.create), so nothing here can touch the root namespace. One batch per
+netns.Creation), so nothing here can touch the root namespace. One batch per
 namespace, sent in the order underlay, nodes, pods: each veth is created from
 the side that is already built, with its peer made up, addressed and indexed
 straight in the next namespace, so no batch waits on a later one.
@@ -10,8 +10,8 @@ straight in the next namespace, so no batch waits on a later one.
 from __future__ import annotations
 
 import os
-import resource
 import socket
+from collections.abc import Callable
 from ipaddress import IPv4Network
 
 from dataplane import netns
@@ -29,16 +29,18 @@ FIRST_NODE_PORT = 3  # its ports, in node order
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 
 
-def build(plan: Plan, sockets: dict[str, socket.socket]) -> None:
-    """Configure the freshly made, empty namespaces of plan."""
-    _allow_fds(len(sockets) + 64)
-    batch = {name: Batch(sock, name) for name, sock in sockets.items()}
-    with _NamespaceFds() as fds:
-        _underlay(plan, batch[plan.underlay_netns], fds)
+def build(plan: Plan, socket_of: Callable[[str], socket.socket]) -> None:
+    """Configure the namespaces of plan, which start out empty.
+
+    socket_of(name) gives a netlink socket opened in namespace name, waiting
+    until that namespace exists: the namespaces may still be being made.
+    """
+    with _NamespaceFds(socket_of) as fds:
+        _underlay(plan, Batch(socket_of(plan.underlay_netns), plan.underlay_netns), fds)
         for node in plan.nodes:
-            _node(plan, node, batch[node.netns], fds)
+            _node(plan, node, Batch(socket_of(node.netns), node.netns), fds)
         for pod in plan.pods():
-            b = batch[pod.netns]
+            b = Batch(socket_of(pod.netns), pod.netns)
             b.link_up(LO)
             b.link_up(ETH0)
             b.addr_add(ETH0, pod.ip, pod.prefixlen)
@@ -80,9 +82,15 @@ def _node(plan: Plan, node: NodePlan, b: Batch, fds: "_NamespaceFds") -> None:
 
 
 class _NamespaceFds(dict):
-    """Open fds of namespace files, opened on first use, all closed on exit."""
+    """Open fds of namespace files, opened on first use (once the namespace
+    exists), closed in bulk."""
+
+    def __init__(self, socket_of: Callable[[str], socket.socket]):
+        super().__init__()
+        self._ready = socket_of
 
     def __missing__(self, name: str) -> int:
+        self._ready(name)
         self[name] = os.open(netns.path(name), os.O_RDONLY)
         return self[name]
 
@@ -96,10 +104,3 @@ class _NamespaceFds(dict):
 
     def __exit__(self, *exc: object) -> None:
         self.close_all()
-
-
-def _allow_fds(needed: int) -> None:
-    """One netlink socket per namespace: lift the soft fd limit for big clusters."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != resource.RLIM_INFINITY and soft < needed:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(needed, soft)), hard))

@@ -51,20 +51,17 @@ def up(topology: str | Path, name: str | None = None) -> Cluster:
 def _make(plan: Plan) -> None:
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
     try:
-        # Imported here, while the namespaces are made: only building needs pyroute2.
+        # Imported and run while the namespaces are being made: only building needs pyroute2.
         from dataplane import build
+
+        build.build(plan, creation.socket)
     except BaseException as err:
         creation.abort()
         if isinstance(err, ModuleNotFoundError):
             raise UsageError(f"Python module {err.name} is missing for {sys.executable}; "
                              "install it with `make setup`") from None
         raise
-    sockets = creation.wait()
-    try:
-        build.build(plan, sockets)
-    finally:
-        for sock in sockets.values():
-            sock.close()
+    creation.close()
 
 
 def attach(name: str) -> Cluster:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import resource
 import socket
 import threading
 from pathlib import Path
@@ -62,64 +63,79 @@ def _netlink_socket() -> socket.socket:
 
 
 class Creation:
-    """Namespaces being made by a worker thread, so the caller can do other work
-    (such as importing what it will configure them with) meanwhile.
+    """Namespaces made one by one by a worker thread, while the caller imports
+    and configures: socket(name) waits for just the namespace it needs.
 
-    sysctls(name) gives the sysctls to write inside each new namespace. wait()
-    returns a netlink socket opened in each one; if anything fails or the
-    caller is interrupted, the namespaces made so far are removed again.
+    sysctls(name) gives the sysctls to write inside each new namespace. On
+    failure, or if the caller is interrupted, abort() removes what was made.
     """
 
     def __init__(self, names: Iterable[str],
                  sysctls: Callable[[str], dict[str, str]] | None = None):
         _prepare_run_dir()
         self._names = list(names)
+        _allow_fds(2 * len(self._names) + 64)  # a socket and a namespace fd each
         self._sysctls = sysctls
         self._sockets: dict[str, socket.socket] = {}
         self._made: list[str] = []
-        self._failure: list[BaseException] = []
-        self._stop = threading.Event()
+        self._failure: BaseException | None = None
+        self._stop = False
+        self._done = False
         # Waited on instead of Thread.join, which a signal can cut short and leave
         # returning early the next time.
-        self._done = threading.Event()
+        self._changed = threading.Condition()
         threading.Thread(target=self._work, name="netns-create").start()
 
     def _work(self) -> None:
         try:
             for name in self._names:
-                if self._stop.is_set():
+                if self._stop:
                     return
                 target = path(name)
                 os.close(os.open(target, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0o444))
                 self._made.append(name)
                 _check(_libc.unshare(CLONE_NEWNET), f"unshare for {name}")
                 _mount("/proc/thread-self/ns/net", str(target), MS_BIND)
-                self._sockets[name] = _netlink_socket()
+                sock = _netlink_socket()
                 for key, value in (self._sysctls(name) if self._sysctls else {}).items():
                     write_sysctl(key, value)
-        except BaseException as err:  # handed to the caller's thread by wait()
-            self._failure.append(err)
+                with self._changed:
+                    self._sockets[name] = sock
+                    self._changed.notify_all()
+        except BaseException as err:  # raised in the caller's thread by socket()
+            self._failure = err
         finally:
-            self._done.set()
+            with self._changed:
+                self._done = True
+                self._changed.notify_all()
 
-    def wait(self) -> dict[str, socket.socket]:
-        try:
-            self._done.wait()
-        except BaseException:
-            self.abort()
-            raise
-        if self._failure:
-            self.abort()
-            raise self._failure[0]
-        return self._sockets
+    def socket(self, name: str) -> socket.socket:
+        """A netlink socket opened in namespace name, once it is made."""
+        with self._changed:
+            self._changed.wait_for(lambda: name in self._sockets or self._done)
+            if name not in self._sockets:
+                raise self._failure or KeyError(name)
+            return self._sockets[name]
 
-    def abort(self) -> None:
-        """Stop, and remove every namespace made so far."""
-        self._stop.set()
-        self._done.wait()
+    def close(self) -> None:
+        """Stop making namespaces and close the sockets; the namespaces stay."""
+        with self._changed:
+            self._stop = True
+            self._changed.wait_for(lambda: self._done)
         for sock in self._sockets.values():
             sock.close()
+
+    def abort(self) -> None:
+        """close(), and remove every namespace made so far."""
+        self.close()
         remove(self._made)
+
+
+def _allow_fds(needed: int) -> None:
+    """Lift the soft fd limit for big clusters."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, needed), hard))
 
 
 def remove(names: Iterable[str]) -> list[str]:

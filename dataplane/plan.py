@@ -87,12 +87,10 @@ class Plan:
     nodes: tuple[NodePlan, ...]
 
     def namespaces(self) -> list[str]:
-        """Every namespace of the cluster, in creation order."""
-        names = [self.underlay_netns]
-        for node in self.nodes:
-            names.append(node.netns)
-            names.extend(pod.netns for pod in node.pods)
-        return names
+        """Every namespace of the cluster, in creation order: each one's veth
+        peers live in namespaces made before it or right after it."""
+        return ([self.underlay_netns] + [node.netns for node in self.nodes]
+                + [pod.netns for pod in self.pods()])
 
     def sysctls(self, netns: str) -> dict[str, str]:
         """The sysctls of one of our namespaces."""
