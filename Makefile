@@ -5,12 +5,28 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 DP := $(VENV)/bin/dataplane
 TOPOLOGY ?= topologies/flannel-vxlan.toml
-# Debian packages: bcc for the system Python, the iproute2 oracle, ping for reachability, tshark for captures.
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark
+# Debian packages: bcc for the system Python, the iproute2 oracle, ping for reachability,
+# tshark for captures, bpftool as the BTF oracle.
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark bpftool
+# Without headers for the running kernel, bcc compiles against Debian's generic tree
+# (common + arch merged) kept here; struct offsets never come from it, only from BTF.
+HEADERS_CACHE := /var/cache/dataplane/kernel-headers
 
-.PHONY: setup verify test bench clean-run
+.PHONY: setup headers verify test bench clean-run
 
-setup: $(STAMP)
+setup: $(STAMP) headers
+
+headers:
+	@if [ ! -d /lib/modules/$$(uname -r)/build/include ] && [ ! -d $(HEADERS_CACHE)/include ]; then \
+	  arch=$$(dpkg --print-architecture); \
+	  echo "no headers for kernel $$(uname -r): preparing Debian's generic linux-headers-$$arch in $(HEADERS_CACHE)"; \
+	  dpkg-query -W -f='$${Status}' linux-headers-$$arch 2>/dev/null | grep -q "ok installed" || \
+	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq linux-headers-$$arch >/dev/null; } || exit 1; \
+	  common=$$(ls -d /usr/src/linux-headers-*-common | sort -V | tail -n 1); \
+	  rm -rf $(HEADERS_CACHE).tmp && mkdir -p $(HEADERS_CACHE).tmp && \
+	  cp -a $$common/. $(HEADERS_CACHE).tmp/ && cp -a $${common%-common}-$$arch/. $(HEADERS_CACHE).tmp/ && \
+	  mv $(HEADERS_CACHE).tmp $(HEADERS_CACHE); \
+	fi
 
 $(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py)
 	@missing=""; for p in $(APT_PACKAGES); do \

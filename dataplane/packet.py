@@ -1,0 +1,72 @@
+"""Decode the first bytes of a captured frame: Ethernet, ARP/IPv4, ICMP/UDP/TCP,
+and for UDP to the VXLAN port, the VXLAN header and the inner frame. Pure."""
+
+from __future__ import annotations
+
+import socket
+import struct
+from dataclasses import dataclass
+
+ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
+PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
+VXLAN_HEADER = 8
+
+
+@dataclass(frozen=True)
+class Frame:
+    eth_src: str
+    eth_dst: str
+    ethertype: int
+    src: str | None = None  # IPv4 (or ARP sender/target) addresses
+    dst: str | None = None
+    proto: str | None = None  # icmp, udp, tcp, arp, or the IP protocol number
+    ttl: int | None = None
+    ip_len: int | None = None
+    df: bool = False
+    sport: int | None = None
+    dport: int | None = None
+    icmp_type: int | None = None
+    icmp_code: int | None = None
+    icmp_id: int | None = None
+    icmp_seq: int | None = None
+    icmp_mtu: int | None = None  # next-hop MTU of a fragmentation-needed message
+    tcp_flags: int | None = None
+    vni: int | None = None
+    inner: "Frame | None" = None
+
+
+def _mac(raw: bytes) -> str:
+    return ":".join(f"{b:02x}" for b in raw)
+
+
+def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
+    """The headers of an Ethernet frame; None when too short to hold one."""
+    if len(data) < 14:
+        return None
+    dst, src, ethertype = data[:6], data[6:12], struct.unpack_from("!H", data, 12)[0]
+    base = {"eth_src": _mac(src), "eth_dst": _mac(dst), "ethertype": ethertype}
+    if ethertype == ETH_P_ARP and len(data) >= 42:
+        return Frame(**base, proto="arp", src=socket.inet_ntoa(data[28:32]),
+                     dst=socket.inet_ntoa(data[38:42]))
+    if ethertype != ETH_P_IP or len(data) < 34:
+        return Frame(**base)
+    ihl = (data[14] & 0x0F) * 4
+    ip_len, frag, ttl, proto = struct.unpack_from("!H2xHBB", data, 16)
+    fields = dict(base, src=socket.inet_ntoa(data[26:30]), dst=socket.inet_ntoa(data[30:34]),
+                  proto=PROTO_NAMES.get(proto, str(proto)), ttl=ttl, ip_len=ip_len,
+                  df=bool(frag & 0x4000))
+    l4 = 14 + ihl
+    if proto == 1 and len(data) >= l4 + 8:
+        kind, code, _, ident, seq = struct.unpack_from("!BBHHH", data, l4)
+        fields.update(icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq)
+        if kind == 3 and code == 4:
+            fields["icmp_mtu"] = seq  # the next-hop MTU sits where an echo has its sequence
+    elif proto in (6, 17) and len(data) >= l4 + 4:
+        fields["sport"], fields["dport"] = struct.unpack_from("!HH", data, l4)
+        if proto == 6 and len(data) >= l4 + 14:
+            fields["tcp_flags"] = data[l4 + 13]
+        if proto == 17 and fields["dport"] == vxlan_port and len(data) >= l4 + 8 + VXLAN_HEADER:
+            vxlan = l4 + 8
+            fields["vni"] = int.from_bytes(data[vxlan + 4:vxlan + 7], "big")
+            fields["inner"] = decode(data[vxlan + VXLAN_HEADER:], None)
+    return Frame(**fields)
