@@ -33,6 +33,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("down", help="tear a running cluster down")
     p.add_argument("name")
     sub.add_parser("clean", help="remove every cluster an earlier run left behind")
+    p = sub.add_parser("trace", help="send one packet between two pods and show its hops")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("topology", nargs="?", help="build this topology for the trace, then "
+                       "tear it down")
+    where.add_argument("--running", metavar="N", help="trace in running cluster N")
+    p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
+    p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
+    p.add_argument("--proto", choices=("icmp", "udp", "tcp"), default="icmp")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub.add_parser("doctor", help="show what the kernel offers the probes")
     return parser
 
 
@@ -84,7 +94,43 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean}
+def cmd_trace(args: argparse.Namespace) -> int:
+    from dataplane import trace
+
+    if args.topology:
+        spec.load(args.topology)
+    _need_root("trace")
+    made = cluster.up(args.topology) if args.topology else None
+    try:
+        plan = made.plan if made else cluster.attach(args.running).plan
+        plan.pod(args.src), plan.pod(args.dst)  # name errors before loading probes
+        result = trace.run(plan, args.src, args.dst, args.proto)
+    finally:
+        if made:
+            cluster.down(made.name)
+    print(json.dumps(trace.as_dict(result), indent=2) if args.json else trace.as_text(result))
+    return 0 if result.exchange.answered else 1
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from dataplane import kernel
+
+    facts = kernel.facts()
+    for fact in facts:
+        line = f"{fact.name + ':':<16} {fact.value}"
+        if fact.fix and (not fact.ok or fact.name == "kprobes"):
+            line += f"  ({'fix: ' if not fact.ok else ''}{fact.fix})"
+        print(line)
+    bad = [fact for fact in facts if not fact.ok]
+    if bad:
+        print(f"probes cannot run: {bad[0].name}: {bad[0].fix}")
+        return 2
+    print("probes can run")
+    return 0
+
+
+COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
+            "trace": cmd_trace, "doctor": cmd_doctor}
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -162,3 +162,28 @@ def exists(name: str) -> bool:
 def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
     Path("/proc/sys", *key.split(".")).write_text(value)
+
+
+def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:
+    """A socket of namespace name, opened by a thread that enters it, so the
+    caller's own namespace never changes. The socket stays in that namespace."""
+    result: list[socket.socket] = []
+    failure: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            fd = os.open(path(name), os.O_RDONLY)
+            try:
+                _check(_libc.setns(fd, CLONE_NEWNET), f"setns into {name}")
+            finally:
+                os.close(fd)
+            result.append(socket.socket(family, kind, proto))
+        except BaseException as err:  # raised in the caller's thread below
+            failure.append(err)
+
+    worker = threading.Thread(target=work, name=f"socket-in-{name}")
+    worker.start()
+    worker.join()
+    if failure:
+        raise failure[0]
+    return result[0]

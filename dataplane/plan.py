@@ -98,6 +98,10 @@ class Plan:
         values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
         if any(node.netns == netns for node in self.nodes):
             values["net.ipv4.ip_forward"] = "1"  # nodes route between cni0 and flannel.1
+        elif netns != self.underlay_netns:
+            # ICMP "ping sockets" for every group, so echoes are sent and answered
+            # without raw sockets (whose clones leave a NO_SOCKET drop behind).
+            values["net.ipv4.ping_group_range"] = "0 2147483647"
         return values
 
     def pods(self) -> list[PodPlan]:

@@ -8,6 +8,7 @@ portable headers. Backends are chosen from what the kernel offers.
 from __future__ import annotations
 
 import os
+import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,22 @@ def source(name: str) -> str:
     raise FileNotFoundError(f"probe source {name} not found in {', '.join(map(str, _SOURCES))}")
 
 
+# Where the first three function arguments are saved in struct pt_regs, per machine.
+ARG_REGISTERS = {"x86_64": ("di", "si", "dx"), "aarch64": ("regs", "regs", "regs")}
+
+
 def offsets(types: btf.BTF) -> dict[str, int]:
     return {macro: types.offsetof(struct, path) for macro, struct, path in OFFSETS}
+
+
+def argument_offsets(types: btf.BTF, machine: str) -> dict[str, int]:
+    """OFF_REGS_ARG1..3 for kprobes; arm64 keeps x0.. in the array regs[]."""
+    registers = ARG_REGISTERS.get(machine)
+    if registers is None:
+        raise btf.BTFError(f"no argument registers known for {machine}")
+    step = 8 if machine == "aarch64" else 0
+    return {f"OFF_REGS_ARG{i + 1}": types.offsetof("pt_regs", reg) + step * i
+            for i, reg in enumerate(registers)}
 
 
 @dataclass
@@ -62,7 +77,8 @@ class Loaded:
 
 
 def load() -> Loaded:
-    """Compile probes/hops.c against the best headers there are and attach it."""
+    """Compile the probes against the best headers there are and attach them:
+    tracepoints always, kprobes on the bridge/VXLAN functions where possible."""
     started = time.perf_counter()
     try:
         from bcc import BPF
@@ -76,16 +92,42 @@ def load() -> Loaded:
     if headers == "portable":
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
     try:
-        macros = offsets(btf.BTF.load())
+        types = btf.BTF.load()
+        macros = offsets(types)
     except btf.BTFError as err:
         raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel built "
                          "with CONFIG_DEBUG_INFO_BTF=y") from None
-    cflags = [f"-D{name}={value}" for name, value in macros.items()]
-    cflags.append(f"-DRINGBUF_PAGES={RINGBUF_PAGES}")
-    program = BPF(text=source("hops.c"), cflags=cflags)  # RAW_TRACEPOINT_PROBEs attach themselves
+    macros["RINGBUF_PAGES"] = RINGBUF_PAGES
+    functions, skipped = _kprobe_targets()
+    text = source("hops.c")
+    if functions:
+        try:
+            macros.update(argument_offsets(types, platform.machine()))
+            macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
+            text += source("fn_hops.c")
+        except btf.BTFError as err:
+            functions, skipped = [], {"kprobes": str(err)}
+    program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
+    # the RAW_TRACEPOINT_PROBEs attached themselves at load
     loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in TRACEPOINTS],
-                    backends=["tracepoints"], headers=headers)
-    if not kernel.kprobes_available():
-        loaded.skipped["kprobes"] = "the kernel has no kprobes (CONFIG_KPROBES unset)"
+                    skipped=skipped, backends=["tracepoints"], headers=headers)
+    for name in functions:
+        try:
+            program.attach_kprobe(event=name.encode(), fn_name=f"fn_{name}".encode())
+            loaded.attached.append(f"kprobe:{name}")
+        except Exception as err:  # bcc raises plain Exception when a symbol cannot be probed
+            loaded.skipped[f"kprobe:{name}"] = str(err)
+    if any(a.startswith("kprobe:") for a in loaded.attached):
+        loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started
     return loaded
+
+
+def _kprobe_targets() -> tuple[list[str], dict[str, str]]:
+    """The functions to put kprobes on, and what is skipped with why."""
+    if not kernel.kprobes_available():
+        return [], {"kprobes": "the kernel has no kprobes (CONFIG_KPROBES unset)"}
+    present = kernel.kallsyms()
+    missing = {f"kprobe:{name}": "no such kernel function (inlined or not built)"
+               for name in kernel.KPROBE_SYMBOLS if name not in present}
+    return [name for name in kernel.KPROBE_SYMBOLS if name in present], missing

@@ -7,11 +7,12 @@ import ctypes
 import os
 from dataclasses import dataclass
 
-from dataplane import btf, netns, packet, probes
+from dataplane import btf, kernel, netns, packet, probes
 
 # struct hop_event's kind -> (the tracepoint that saw it, direction)
 KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
          3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
+HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
 
 
 @dataclass(frozen=True)
@@ -53,10 +54,10 @@ class Tracer:
         self.loaded = probes.load()
         try:
             self._reasons = btf.BTF.load().enum("skb_drop_reason")
-            watched = self.loaded.bpf["watched"]
+            watched = self.loaded.bpf[b"watched"]
             for inode in self._where_by_inode:
                 watched[ctypes.c_uint32(inode)] = ctypes.c_uint8(1)
-            self._events = self.loaded.bpf["events"]
+            self._events = self.loaded.bpf[b"events"]
             self._events.open_ring_buffer(self._on_event)
         except BaseException:
             self.loaded.close()
@@ -69,7 +70,10 @@ class Tracer:
 
     def _on_event(self, ctx: object, data: int, size: int) -> None:
         e = self._events.event(data)
-        func, direction = KINDS.get(e.kind, ("?", "?"))
+        if e.kind == HOP_FUNC:
+            func, direction = kernel.KPROBE_SYMBOLS[e.reason], "fn"
+        else:
+            func, direction = KINDS.get(e.kind, ("?", "?"))
         frame = packet.decode(bytes(e.data[:e.caplen]), self._vxlan_port)
         reason = self._reasons.get(e.reason, str(e.reason)) if direction == "drop" else None
         self._hops.append(Hop(ts=e.ts, skb=e.skb, netns=e.netns,
@@ -89,4 +93,4 @@ class Tracer:
 
     @property
     def lost(self) -> int:
-        return sum(int(v) for v in self.loaded.bpf["lost"].getvalue(ctypes.c_int(0)))
+        return sum(int(v) for v in self.loaded.bpf[b"lost"].getvalue(ctypes.c_int(0)))

@@ -16,7 +16,7 @@
 #define SNAPLEN 128
 #define MAC_UNSET 0xffff
 
-enum hop_kind { HOP_XMIT = 1, HOP_RECEIVE = 2, HOP_NETIF_RX = 3, HOP_DROP = 4 };
+enum hop_kind { HOP_XMIT = 1, HOP_RECEIVE = 2, HOP_NETIF_RX = 3, HOP_DROP = 4, HOP_FUNC = 5 };
 
 struct hop_event {
     u64 ts;
@@ -24,7 +24,7 @@ struct hop_event {
     u32 netns;
     u32 ifindex;
     u32 len;
-    u32 reason;
+    u32 reason;  // the drop reason, or for HOP_FUNC the function's id
     u16 kind;
     u16 caplen;
     char dev[16];
@@ -35,7 +35,7 @@ BPF_HASH(watched, u32, u8, 4096);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
-#define READ(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
+#define LOAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
 static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
 {
@@ -43,10 +43,10 @@ static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
     u32 inum = 0;
     if (!dev)
         return 0;
-    READ(net, dev, OFF_DEV_NET);
+    LOAD(net, dev, OFF_DEV_NET);
     if (!net)
         return 0;
-    READ(inum, net, OFF_NET_INUM);
+    LOAD(inum, net, OFF_NET_INUM);
     if (!watched.lookup(&inum))
         return 0;
 
@@ -63,15 +63,15 @@ static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
     e->netns = inum;
     e->kind = kind;
     e->reason = reason;
-    READ(e->ifindex, dev, OFF_DEV_IFINDEX);
+    LOAD(e->ifindex, dev, OFF_DEV_IFINDEX);
     bpf_probe_read_kernel_str(e->dev, sizeof(e->dev), dev + OFF_DEV_NAME);
 
     unsigned char *head = 0, *data = 0;
     u16 mac = 0;
-    READ(head, skb, OFF_SKB_HEAD);
-    READ(data, skb, OFF_SKB_DATA);
-    READ(mac, skb, OFF_SKB_MAC_HEADER);
-    READ(e->len, skb, OFF_SKB_LEN);
+    LOAD(head, skb, OFF_SKB_HEAD);
+    LOAD(data, skb, OFF_SKB_DATA);
+    LOAD(mac, skb, OFF_SKB_MAC_HEADER);
+    LOAD(e->len, skb, OFF_SKB_LEN);
     unsigned char *start = (mac == MAC_UNSET) ? data : head + mac;
     u32 len = e->len + (u32)(data - start);  // the frame from its Ethernet header
     e->len = len;
@@ -85,7 +85,7 @@ static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
 static __always_inline void *skb_dev(void *skb)
 {
     void *dev = 0;
-    READ(dev, skb, OFF_SKB_DEV);
+    LOAD(dev, skb, OFF_SKB_DEV);
     return dev;
 }
 

@@ -79,3 +79,22 @@ def default_cluster():
     made = cluster.up(DEFAULT, name=unique_name("m"))
     yield made
     cluster.down(made.name)
+
+
+def probes_unavailable() -> str | None:
+    """Why the eBPF probes cannot run here, or None."""
+    if not is_root():
+        return "needs root to load eBPF programs: run sudo pytest"
+    from dataplane import kernel
+
+    for fact in kernel.facts():
+        if not fact.ok:
+            return f"probes cannot run: {fact.name} is {fact.value}; {fact.fix}"
+    return None
+
+
+@pytest.fixture(scope="session")
+def probes_ready():
+    reason = probes_unavailable()
+    if reason:
+        pytest.skip(reason)

@@ -1,0 +1,121 @@
+"""The eBPF hop probes on a live cluster, and the BTF offsets they are built from."""
+
+import subprocess
+import textwrap
+
+import pytest
+
+from dataplane import btf, kernel, probes, trace
+from dataplane.tracer import Tracer
+
+from .conftest import sh
+
+pytestmark = pytest.mark.needs_root
+
+
+def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
+    """Independent oracle: bpftool turns BTF into C, gcc lays the structs out."""
+    if subprocess.run(["which", "bpftool"], capture_output=True).returncode:
+        pytest.skip("bpftool is not installed: run make setup")
+    header = tmp_path / "vmlinux.h"
+    header.write_text(sh(None, "bpftool", "btf", "dump", "file", str(btf.VMLINUX), "format", "c"))
+    lines = [f'printf("{macro} %lu\\n", (unsigned long)__builtin_offsetof(struct {struct}, {path}));'
+             for macro, struct, path in probes.OFFSETS]
+    (tmp_path / "off.c").write_text('#include "vmlinux.h"\nint printf(const char *, ...);\n'
+                                    "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
+    sh(None, "gcc", "-w", "-o", str(tmp_path / "off"), "-I", str(tmp_path), str(tmp_path / "off.c"))
+    compiled = dict(line.split() for line in sh(None, str(tmp_path / "off")).splitlines())
+    ours = probes.offsets(btf.BTF.load())
+    assert {k: int(v) for k, v in compiled.items()} == ours
+
+
+def test_drop_reasons_named_from_btf():
+    reasons = btf.BTF.load().enum("skb_drop_reason")
+    assert reasons[2] == "SKB_DROP_REASON_NOT_SPECIFIED"
+    assert "SKB_DROP_REASON_NO_SOCKET" in reasons.values()
+
+
+def hops_of(result):
+    return [(h.at, h.device, h.dir) for h in result.hops]
+
+
+def is_subsequence(wanted, seen):
+    it = iter(seen)
+    return all(any(w == s for s in it) for w in wanted)
+
+
+def test_cross_node_hops(default_cluster, probes_ready):
+    plan = default_cluster.plan
+    result = trace.run(plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    assert result.exchange.answered and result.lost_events == 0
+    src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
+    n0, n1 = plan.nodes
+    request = [
+        ("node-0/pod-0", "eth0", "tx"), ("node-0", src.host_veth, "rx"), ("node-0", "cni0", "rx"),
+        ("node-0", "flannel.1", "tx"), ("node-0", "eth0", "tx"), ("underlay", "node-0", "rx"),
+        ("underlay", "node-1", "tx"), ("node-1", "eth0", "rx"), ("node-1", "flannel.1", "rx"),
+        ("node-1", "cni0", "tx"), ("node-1", dst.host_veth, "tx"), ("node-1/pod-1", "eth0", "rx"),
+    ]
+    reply = [("node-1/pod-1", "eth0", "tx"), ("node-1", "flannel.1", "tx"),
+             ("node-1", "eth0", "tx"), ("node-0", "flannel.1", "rx"), ("node-0/pod-0", "eth0", "rx")]
+    assert is_subsequence(request + reply, hops_of(result)), trace.as_text(result)
+    (encap,) = [h for h in result.hops if (h.at, h.device, h.dir) == ("node-0", "eth0", "tx")]
+    f = encap.frame
+    assert (f.proto, f.dport, f.vni) == ("udp", 8472, 1)
+    assert (f.src, f.dst) == (str(n0.underlay_ip), str(n1.underlay_ip))
+    assert (f.inner.src, f.inner.dst) == (str(src.ip), str(dst.ip))
+    inner = [h for h in result.hops if h.device == "flannel.1" and h.at == "node-0"][0]
+    assert encap.length == inner.length + 50
+
+
+def test_same_node_hops(default_cluster, probes_ready):
+    plan = default_cluster.plan
+    result = trace.run(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
+    assert result.exchange.answered
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
+    assert hops_of(result) == [
+        ("node-0/pod-0", "eth0", "tx"), ("node-0", a.host_veth, "rx"), ("node-0", b.host_veth, "tx"),
+        ("node-0/pod-1", "eth0", "rx"),
+        ("node-0/pod-1", "eth0", "tx"), ("node-0", b.host_veth, "rx"), ("node-0", a.host_veth, "tx"),
+        ("node-0/pod-0", "eth0", "rx")], trace.as_text(result)
+
+
+def test_drop_has_its_reason(make_cluster, probes_ready):
+    made = make_cluster()
+    sh(None, "ip", "-n", made.plan.nodes[0].netns, "link", "set", "flannel.1", "down")
+    result = trace.run(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    assert not result.exchange.answered
+    drops = [h for h in result.hops if h.dir == "drop"]
+    assert drops and drops[-1].at == "node-0" and drops[-1].device == "cni0"
+    assert drops[-1].drop_reason == "SKB_DROP_REASON_IP_INNOROUTES"
+
+
+def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
+    plan = default_cluster.plan
+    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+        tracer.take()
+        sh(None, "ping", "-c", "3", "-i", "0.2", "-q", "127.0.0.1")
+        tracer.poll(50)
+        assert tracer.take() == []
+
+
+def test_loader_reports_backends(probes_ready):
+    loaded = probes.load()
+    try:
+        assert loaded.attached == [f"raw_tracepoint:{tp}" for tp in probes.TRACEPOINTS]
+        assert "tracepoints" in loaded.backends
+        assert loaded.seconds < 5
+        if not kernel.kprobes_available():
+            assert "kprobes" in loaded.skipped
+    finally:
+        loaded.close()
+
+
+@pytest.mark.skipif(not kernel.kprobes_available(),
+                    reason="the kernel has no kprobes (CONFIG_KPROBES unset): the kprobe "
+                           "backend runs in the VM lane (make vm-test)")
+def test_kprobe_function_hops(default_cluster, probes_ready):
+    result = trace.run(default_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
+    funcs = {h.func for h in result.hops}
+    assert {"br_forward", "vxlan_xmit", "vxlan_rcv"} <= funcs, textwrap.indent(
+        trace.as_text(result), "  ")
