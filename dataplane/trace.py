@@ -42,8 +42,7 @@ def run(plan: Plan, src: str, dst: str, proto: str) -> TraceResult:
     with Tracer(where_map(plan), plan.spec.port) as tracer:
         tracer.take()  # start from a clean slate
         exchange = traffic.exchange(plan.pod(src), plan.pod(dst), proto)
-        tracer.poll(SETTLE_MS)
-        hops = trail(tracer.take(), exchange)
+        hops = trail(tracer.take(SETTLE_MS), exchange)
         return TraceResult(exchange, hops, tracer.lost, tracer.loaded.backends)
 
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import ctypes
 import os
+import struct
+import threading
+import time
 from dataclasses import dataclass
 
 from dataplane import btf, kernel, netns, packet, probes
@@ -13,6 +16,8 @@ from dataplane import btf, kernel, netns, packet, probes
 KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
          3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
 HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
+# struct hop_event in probes/hops.c
+_EVENT = struct.Struct("<QQIIIIHH16s128s")
 
 
 @dataclass(frozen=True)
@@ -40,15 +45,24 @@ class Tracer:
     """Trace every packet in the given namespaces while the context is open.
 
     where: namespace name -> the label hops carry (node-0, node-0/pod-1, underlay).
+    A thread drains the ring buffer as events come, keeping each as raw bytes
+    (the hot path), and hands them over between two polls; take() decodes them.
     """
+
+    POLL_MS = 10
 
     def __init__(self, where: dict[str, str], vxlan_port: int):
         self._where_by_inode = {os.stat(netns.path(name)).st_ino: label
                                 for name, label in where.items()}
         self._vxlan_port = vxlan_port
-        self._hops: list[Hop] = []
+        self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
+        self._handover = threading.Condition()
+        self._wanted = 0  # take() calls waiting for the poller to hand the events over
+        self._handed: list[bytes] | None = None
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
 
     def __enter__(self) -> "Tracer":
         self.loaded = probes.load()
@@ -57,39 +71,60 @@ class Tracer:
             watched = self.loaded.bpf[b"watched"]
             for inode in self._where_by_inode:
                 watched[ctypes.c_uint32(inode)] = ctypes.c_uint8(1)
-            self._events = self.loaded.bpf[b"events"]
-            self._events.open_ring_buffer(self._on_event)
+            self.loaded.bpf[b"events"].open_ring_buffer(self._on_event)
         except BaseException:
             self.loaded.close()
             raise
+        self._poller = threading.Thread(target=self._poll, name="tracer-poll", daemon=True)
+        self._poller.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join()
         if self.loaded is not None:
             self.loaded.close()
 
+    def _poll(self) -> None:
+        """The only consumer of the ring buffer (libbpf's takes one at a time)."""
+        while not self._stop.is_set():
+            self.loaded.bpf.ring_buffer_poll(timeout=self.POLL_MS)
+            with self._handover:
+                if self._wanted and self._handed is None:
+                    self.loaded.bpf.ring_buffer_consume()
+                    self._handed, self._raw = self._raw, []
+                    self._handover.notify_all()
+
     def _on_event(self, ctx: object, data: int, size: int) -> None:
-        e = self._events.event(data)
-        if e.kind == HOP_FUNC:
-            func, direction = kernel.KPROBE_SYMBOLS[e.reason], "fn"
+        self._raw.append(ctypes.string_at(data, size))
+
+    def take(self, settle_ms: int = 0) -> list[Hop]:
+        """Every hop recorded since the last take(), in kernel time order, after
+        waiting settle_ms for the events of the last packets to arrive."""
+        time.sleep(settle_ms / 1000)
+        with self._handover:
+            self._wanted += 1
+            handed = self._handover.wait_for(lambda: self._handed is not None, timeout=10)
+            self._wanted -= 1
+            if not handed:
+                raise RuntimeError("the ring buffer poller stopped handing events over")
+            raw, self._handed = self._handed, None
+        return sorted((self._decode(r) for r in raw), key=lambda h: h.ts)
+
+    def _decode(self, raw: bytes) -> Hop:
+        ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \
+            _EVENT.unpack_from(raw)
+        if kind == HOP_FUNC:
+            func, direction = kernel.KPROBE_SYMBOLS[reason], "fn"
         else:
-            func, direction = KINDS.get(e.kind, ("?", "?"))
-        frame = packet.decode(bytes(e.data[:e.caplen]), self._vxlan_port)
-        reason = self._reasons.get(e.reason, str(e.reason)) if direction == "drop" else None
-        self._hops.append(Hop(ts=e.ts, skb=e.skb, netns=e.netns,
-                              at=self._where_by_inode.get(e.netns, str(e.netns)),
-                              ifindex=e.ifindex, device=e.dev.decode(errors="replace"),
-                              func=func, dir=direction, length=e.len, frame=frame,
-                              drop_reason=reason))
-
-    def poll(self, timeout_ms: int = 0) -> None:
-        self.loaded.bpf.ring_buffer_poll(timeout=timeout_ms)
-
-    def take(self) -> list[Hop]:
-        """Every hop recorded since the last take(), in kernel time order."""
-        self.loaded.bpf.ring_buffer_consume()
-        hops, self._hops = sorted(self._hops, key=lambda h: h.ts), []
-        return hops
+            func, direction = KINDS.get(kind, ("?", "?"))
+        return Hop(ts=ts, skb=skb, netns=inode, at=self._where_by_inode.get(inode, str(inode)),
+                   ifindex=ifindex, device=dev.split(b"\0", 1)[0].decode(errors="replace"),
+                   func=func, dir=direction, length=length,
+                   frame=packet.decode(data[:caplen], self._vxlan_port),
+                   drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"
+                   else None)
 
     @property
     def lost(self) -> int:

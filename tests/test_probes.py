@@ -95,8 +95,7 @@ def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
     with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
         tracer.take()
         sh(None, "ping", "-c", "3", "-i", "0.2", "-q", "127.0.0.1")
-        tracer.poll(50)
-        assert tracer.take() == []
+        assert tracer.take(50) == []
 
 
 def test_loader_reports_backends(probes_ready):
