@@ -7,10 +7,11 @@ portable headers. Backends are chosen from what the kernel offers.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from dataplane import btf, kernel
@@ -20,6 +21,7 @@ from dataplane.errors import UsageError
 _SOURCES = (Path(__file__).resolve().parent / "probes",
             Path(__file__).resolve().parent.parent / "probes")
 TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb")
+CACHE_DIR = Path("/var/cache/dataplane")
 RINGBUF_PAGES = 256  # 1 MiB: a burst of ~5000 events between two polls
 
 # (macro, struct, member path) for every offset the programs read
@@ -61,6 +63,44 @@ def argument_offsets(types: btf.BTF, machine: str) -> dict[str, int]:
             for i, reg in enumerate(registers)}
 
 
+@dataclass(frozen=True)
+class Layout:
+    """What the programs need to know of this kernel's types, all from its BTF."""
+
+    offsets: dict[str, int]  # OFF_* macros
+    arguments: dict[str, int]  # OFF_REGS_ARG* macros; empty on machines we do not know
+    drop_reasons: dict[int, str]
+
+
+def layout_from(types: btf.BTF, machine: str) -> Layout:
+    try:
+        arguments = argument_offsets(types, machine)
+    except btf.BTFError:
+        arguments = {}
+    return Layout(offsets(types), arguments, types.enum("skb_drop_reason"))
+
+
+def layout() -> Layout:
+    """This kernel's Layout, kept in CACHE_DIR: parsing BTF costs 0.1-0.2 s a load."""
+    stat = btf.VMLINUX.stat()
+    cached = CACHE_DIR / f"layout-{kernel.release()}-{stat.st_size}-{stat.st_mtime_ns}.json"
+    try:
+        data = json.loads(cached.read_text())
+        return Layout(data["offsets"], data["arguments"],
+                      {int(k): v for k, v in data["drop_reasons"].items()})
+    except (OSError, ValueError, KeyError):
+        pass
+    found = layout_from(btf.BTF.load(), platform.machine())
+    try:
+        CACHE_DIR.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(found)))
+        tmp.rename(cached)
+    except OSError:
+        pass  # not root: no cache, the next load parses BTF again
+    return found
+
+
 @dataclass
 class Loaded:
     """A loaded program and what was attached, skipped (with why) and chosen."""
@@ -71,6 +111,7 @@ class Loaded:
     backends: list[str] = field(default_factory=list)
     headers: str = ""
     seconds: float = 0.0
+    layout: Layout | None = None
 
     def close(self) -> None:
         self.bpf.cleanup()  # detaches every probe and frees the maps
@@ -92,25 +133,23 @@ def load() -> Loaded:
     if headers == "portable":
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
     try:
-        types = btf.BTF.load()
-        macros = offsets(types)
-    except btf.BTFError as err:
+        kernel_layout = layout()
+    except (OSError, btf.BTFError) as err:
         raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel built "
                          "with CONFIG_DEBUG_INFO_BTF=y") from None
-    macros["RINGBUF_PAGES"] = RINGBUF_PAGES
+    macros = {**kernel_layout.offsets, "RINGBUF_PAGES": RINGBUF_PAGES}
     functions, skipped = _kprobe_targets()
+    if functions and not kernel_layout.arguments:
+        functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}
     text = source("hops.c")
     if functions:
-        try:
-            macros.update(argument_offsets(types, platform.machine()))
-            macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
-            text += source("fn_hops.c")
-        except btf.BTFError as err:
-            functions, skipped = [], {"kprobes": str(err)}
+        macros.update(kernel_layout.arguments)
+        macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
+        text += source("fn_hops.c")
     program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
     # the RAW_TRACEPOINT_PROBEs attached themselves at load
     loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in TRACEPOINTS],
-                    skipped=skipped, backends=["tracepoints"], headers=headers)
+                    skipped=skipped, backends=["tracepoints"], headers=headers, layout=kernel_layout)
     for name in functions:
         try:
             program.attach_kprobe(event=name.encode(), fn_name=f"fn_{name}".encode())

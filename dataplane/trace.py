@@ -39,9 +39,8 @@ def trail(hops: list[Hop], exchange: traffic.Exchange) -> list[Hop]:
 
 
 def run(plan: Plan, src: str, dst: str, proto: str) -> TraceResult:
-    with Tracer(where_map(plan), plan.spec.port) as tracer:
-        tracer.take()  # start from a clean slate
-        exchange = traffic.exchange(plan.pod(src), plan.pod(dst), proto)
+    with Tracer(where_map(plan), plan.spec.port, record_all=False) as tracer:
+        exchange = traffic.exchange(plan.pod(src), plan.pod(dst), proto, watch=tracer.watch)
         hops = trail(tracer.take(SETTLE_MS), exchange)
         return TraceResult(exchange, hops, tracer.lost, tracer.loaded.backends)
 

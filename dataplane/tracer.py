@@ -5,17 +5,22 @@ from __future__ import annotations
 
 import ctypes
 import os
+import socket
 import struct
+import sys
 import threading
 import time
 from dataclasses import dataclass
 
-from dataplane import btf, kernel, netns, packet, probes
+from dataplane import kernel, netns, packet, probes
+from dataplane.traffic import Flow
 
 # struct hop_event's kind -> (the tracepoint that saw it, direction)
 KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
          3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
 HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
+CFG_ALL, CFG_VXLAN_PORT = 0, 1  # enum config_slot in probes/hops.c
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
 # struct hop_event in probes/hops.c
 _EVENT = struct.Struct("<QQIIIIHH16s128s")
 
@@ -45,16 +50,19 @@ class Tracer:
     """Trace every packet in the given namespaces while the context is open.
 
     where: namespace name -> the label hops carry (node-0, node-0/pod-1, underlay).
+    record_all: every packet there (like tcpdump), or only those of the flows
+    passed to watch() (the cheap way: everything else is filtered in the kernel).
     A thread drains the ring buffer as events come, keeping each as raw bytes
     (the hot path), and hands them over between two polls; take() decodes them.
     """
 
     POLL_MS = 10
 
-    def __init__(self, where: dict[str, str], vxlan_port: int):
+    def __init__(self, where: dict[str, str], vxlan_port: int, record_all: bool = True):
         self._where_by_inode = {os.stat(netns.path(name)).st_ino: label
                                 for name, label in where.items()}
         self._vxlan_port = vxlan_port
+        self._record_all = record_all
         self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
@@ -63,14 +71,18 @@ class Tracer:
         self._handed: list[bytes] | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._lost_at_exit: int | None = None
 
     def __enter__(self) -> "Tracer":
         self.loaded = probes.load()
         try:
-            self._reasons = btf.BTF.load().enum("skb_drop_reason")
+            self._reasons = self.loaded.layout.drop_reasons
             watched = self.loaded.bpf[b"watched"]
             for inode in self._where_by_inode:
                 watched[ctypes.c_uint32(inode)] = ctypes.c_uint8(1)
+            config = self.loaded.bpf[b"config"]
+            config[ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(self._record_all))
+            config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
             self.loaded.bpf[b"events"].open_ring_buffer(self._on_event)
         except BaseException:
             self.loaded.close()
@@ -84,7 +96,21 @@ class Tracer:
         if self._poller is not None:
             self._poller.join()
         if self.loaded is not None:
+            self._lost_at_exit = self.lost
             self.loaded.close()
+
+    def watch(self, flow: Flow) -> None:
+        """Record the packets of flow, both ways (and ICMP errors about them)."""
+        flows, tags = self.loaded.bpf[b"flows"], self.loaded.bpf[b"tags"]
+        word = ctypes.c_int(flow.tag >> 6)
+        tags[word] = ctypes.c_uint64(tags[word].value | 1 << (flow.tag & 63))
+        for a, b in ((flow.src, flow.dst), (flow.dst, flow.src)):
+            key = flows.Key()
+            key.saddr = int.from_bytes(socket.inet_aton(a), sys.byteorder)
+            key.daddr = int.from_bytes(socket.inet_aton(b), sys.byteorder)
+            key.tag = socket.htons(flow.tag)
+            key.proto = PROTO_NUMBERS[flow.proto]
+            flows[key] = ctypes.c_uint8(1)
 
     def _poll(self) -> None:
         """The only consumer of the ring buffer (libbpf's takes one at a time)."""
@@ -128,4 +154,7 @@ class Tracer:
 
     @property
     def lost(self) -> int:
+        """Events that found the ring buffer full (also readable after the context)."""
+        if self._lost_at_exit is not None:
+            return self._lost_at_exit
         return sum(int(v) for v in self.loaded.bpf[b"lost"].getvalue(ctypes.c_int(0)))

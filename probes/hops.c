@@ -7,7 +7,9 @@
 //   kfree_skb          (a packet is dropped, with the kernel's drop reason).
 // Emits one struct hop_event per packet seen on a device whose network namespace
 // inode is in the `watched` map, to the ring buffer `events`; events that find the
-// buffer full are counted in `lost`.
+// buffer full are counted in `lost`. With config[CFG_ALL] = 0, only packets of the
+// flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id, inside
+// VXLAN too, and inside ICMP errors; everything else costs one copy and a lookup.
 //
 // Struct offsets are macros computed from the running kernel's BTF by the loader
 // (dataplane/probes.py): OFF_SKB_*, OFF_DEV_*, OFF_NET_INUM. Nothing here includes a
@@ -31,54 +33,160 @@ struct hop_event {
     u8 data[SNAPLEN];
 };
 
+// A flow as it appears in a packet: addresses and tag (UDP/TCP port, ICMP echo id)
+// in network byte order, so one direction is one key.
+struct flow_key {
+    u32 saddr;
+    u32 daddr;
+    u16 tag;
+    u8 proto;
+    u8 pad;
+};
+
+enum config_slot { CFG_ALL = 0, CFG_VXLAN_PORT = 1 };  // the port in network byte order
+
 BPF_HASH(watched, u32, u8, 4096);
+BPF_HASH(flows, struct flow_key, u8, 65536);
+// Bit t of tags set when some watched flow has tag t (host order): an array lookup
+// (inlined by the verifier) turns most packets away before any hash lookup.
+BPF_ARRAY(tags, u64, 1024);
+BPF_ARRAY(config, u32, 2);
+BPF_PERCPU_ARRAY(scratch, struct hop_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
+#define ETH_LEN 14
+#define IP_LEN 20  // only option-less IPv4 headers are matched
+#define UDP_LEN 8
+#define VXLAN_LEN 8
+#define ICMP_LEN 8
+#define INNER (ETH_LEN + IP_LEN + UDP_LEN + VXLAN_LEN)  // a VXLAN packet's inner frame
+
+static __always_inline u32 config_of(u32 slot)
+{
+    u32 *value = config.lookup(&slot);
+    return value ? *value : 0;
+}
+
+static __always_inline int is_ipv4(u8 *d, const u32 eth)
+{
+    return d[eth + 12] == 0x08 && d[eth + 13] == 0x00 && d[eth + ETH_LEN] == 0x45;
+}
+
+static __always_inline int tag_watched(u8 *d, const u32 at)
+{
+    u32 tag = ((u32)d[at] << 8) | d[at + 1];
+    u32 word = tag >> 6;
+    u64 *bits = tags.lookup(&word);
+    return bits && (*bits >> (tag & 63)) & 1;
+}
+
+// Whether the IPv4 header at d + ip belongs to a watched flow, either way round.
+static __always_inline int flow_at(u8 *d, const u32 ip)
+{
+    struct flow_key k = {};
+    const u32 l4 = ip + IP_LEN;
+    k.proto = d[ip + 9];
+    if (k.proto == 1) {  // ICMP: the echo id
+        if (!tag_watched(d, l4 + 4))
+            return 0;
+        __builtin_memcpy(&k.tag, d + l4 + 4, 2);
+    } else if (k.proto == 6 || k.proto == 17) {
+        if (tag_watched(d, l4))  // source port
+            __builtin_memcpy(&k.tag, d + l4, 2);
+        else if (tag_watched(d, l4 + 2))  // destination port
+            __builtin_memcpy(&k.tag, d + l4 + 2, 2);
+        else
+            return 0;
+    } else {
+        return 0;
+    }
+    __builtin_memcpy(&k.saddr, d + ip + 12, 4);
+    __builtin_memcpy(&k.daddr, d + ip + 16, 4);
+    return flows.lookup(&k) != 0;
+}
+
+// The packet, or the one an ICMP error quotes, in a frame starting at d + eth.
+static __always_inline int frame_matches(u8 *d, const u32 eth)
+{
+    const u32 ip = eth + ETH_LEN;
+    if (!is_ipv4(d, eth))
+        return 0;
+    if (flow_at(d, ip))
+        return 1;
+    u8 type = d[ip + IP_LEN];
+    if (d[ip + 9] == 1 && (type == 3 || type == 11) && d[ip + IP_LEN + ICMP_LEN] == 0x45)
+        return flow_at(d, ip + IP_LEN + ICMP_LEN);
+    return 0;
+}
+
+static __always_inline int watched_flow(u8 *d)
+{
+    if (frame_matches(d, 0))
+        return 1;
+    u16 dport = 0;
+    __builtin_memcpy(&dport, d + ETH_LEN + IP_LEN + 2, 2);
+    if (is_ipv4(d, 0) && d[ETH_LEN + 9] == 17 && dport == (u16)config_of(CFG_VXLAN_PORT))
+        return frame_matches(d, INNER);
+    return 0;
+}
+
 #define LOAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
-static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
+static __always_inline int netns_watched(void *dev, u32 *inum)
 {
     void *net = 0;
-    u32 inum = 0;
-    if (!dev)
-        return 0;
     LOAD(net, dev, OFF_DEV_NET);
     if (!net)
         return 0;
-    LOAD(inum, net, OFF_NET_INUM);
-    if (!watched.lookup(&inum))
+    LOAD(*inum, net, OFF_NET_INUM);
+    return watched.lookup(inum) != 0;
+}
+
+static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
+{
+    u32 inum = 0, zero = 0;
+    if (!dev)
+        return 0;
+    // Recording everything, the namespace test turns host traffic away first;
+    // recording flows, the flow test is the one that turns most packets away.
+    u32 all = config_of(CFG_ALL);
+    if (all && !netns_watched(dev, &inum))
         return 0;
 
-    struct hop_event *e = events.ringbuf_reserve(sizeof(*e));
-    if (!e) {
-        u32 zero = 0;
-        u64 *count = lost.lookup(&zero);
-        if (count)
-            (*count)++;
+    struct hop_event *e = scratch.lookup(&zero);
+    if (!e)
         return 0;
-    }
-    e->ts = bpf_ktime_get_ns();
-    e->skb = (u64)skb;
-    e->netns = inum;
-    e->kind = kind;
-    e->reason = reason;
-    LOAD(e->ifindex, dev, OFF_DEV_IFINDEX);
-    bpf_probe_read_kernel_str(e->dev, sizeof(e->dev), dev + OFF_DEV_NAME);
-
     unsigned char *head = 0, *data = 0;
     u16 mac = 0;
     LOAD(head, skb, OFF_SKB_HEAD);
     LOAD(data, skb, OFF_SKB_DATA);
     LOAD(mac, skb, OFF_SKB_MAC_HEADER);
-    LOAD(e->len, skb, OFF_SKB_LEN);
     unsigned char *start = (mac == MAC_UNSET) ? data : head + mac;
-    u32 len = e->len + (u32)(data - start);  // the frame from its Ethernet header
+    if (bpf_probe_read_kernel(e->data, SNAPLEN, start) < 0) {
+        __builtin_memset(e->data, 0, SNAPLEN);  // no stale bytes from the last packet
+        bpf_probe_read_kernel(e->data, 64, start);  // near the end of a page
+    }
+    if (!all && (!watched_flow(e->data) || !netns_watched(dev, &inum)))
+        return 0;
+
+    u32 len = 0;
+    LOAD(len, skb, OFF_SKB_LEN);
+    len += (u32)(data - start);  // the frame from its Ethernet header
+    e->ts = bpf_ktime_get_ns();
+    e->skb = (u64)skb;
+    e->netns = inum;
+    e->kind = kind;
+    e->reason = reason;
     e->len = len;
     e->caplen = len < SNAPLEN ? len : SNAPLEN;
-    if (bpf_probe_read_kernel(e->data, SNAPLEN, start) < 0)
-        bpf_probe_read_kernel(e->data, 64, start);  // near the end of a page
-    events.ringbuf_submit(e, 0);
+    LOAD(e->ifindex, dev, OFF_DEV_IFINDEX);
+    bpf_probe_read_kernel_str(e->dev, sizeof(e->dev), dev + OFF_DEV_NAME);
+    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+        u64 *count = lost.lookup(&zero);
+        if (count)
+            (*count)++;
+    }
     return 0;
 }
 
@@ -102,6 +210,10 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 
 RAW_TRACEPOINT_PROBE(netif_rx)
 {
+    // Queued to a backlog, then seen again by netif_receive_skb: a watched flow's
+    // trail needs only that, so this hop is recorded when recording everything.
+    if (!config_of(CFG_ALL))
+        return 0;
     void *skb = (void *)ctx->args[0];
     return emit(skb, skb_dev(skb), HOP_NETIF_RX, 0);
 }

@@ -5,7 +5,7 @@ import textwrap
 
 import pytest
 
-from dataplane import btf, kernel, probes, trace
+from dataplane import btf, kernel, probes, trace, traffic
 from dataplane.tracer import Tracer
 
 from .conftest import sh
@@ -26,6 +26,7 @@ def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
     sh(None, "gcc", "-w", "-o", str(tmp_path / "off"), "-I", str(tmp_path), str(tmp_path / "off.c"))
     compiled = dict(line.split() for line in sh(None, str(tmp_path / "off")).splitlines())
     ours = probes.offsets(btf.BTF.load())
+    assert probes.layout().offsets == ours  # the cached layout too
     assert {k: int(v) for k, v in compiled.items()} == ours
 
 
@@ -118,3 +119,17 @@ def test_kprobe_function_hops(default_cluster, probes_ready):
     funcs = {h.func for h in result.hops}
     assert {"br_forward", "vxlan_xmit", "vxlan_rcv"} <= funcs, textwrap.indent(
         trace.as_text(result), "  ")
+
+
+def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready):
+    """What trace and verify use: everything else is turned away in the kernel."""
+    plan = default_cluster.plan
+    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer:
+        other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
+        mine = traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
+                                watch=tracer.watch)
+        hops = tracer.take(50)
+    assert other.answered and mine.answered
+    assert hops and all(mine.matches(h.flow_frame()) for h in hops)
+    assert not any(other.matches(h.flow_frame()) for h in hops)
+    assert tracer.lost == 0
