@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -110,6 +111,7 @@ class Loaded:
     skipped: dict[str, str] = field(default_factory=dict)
     backends: list[str] = field(default_factory=list)
     headers: str = ""
+    buffer: str = "ring"  # or "perf"
     seconds: float = 0.0
     layout: Layout | None = None
 
@@ -117,9 +119,16 @@ class Loaded:
         self.bpf.cleanup()  # detaches every probe and frees the maps
 
 
-def load() -> Loaded:
+def ring_buffer_supported(release: str) -> bool:
+    """BPF ring buffers came with Linux 5.8."""
+    major, minor = (int(part) for part in re.match(r"(\d+)\.(\d+)", release).groups())
+    return (major, minor) >= (5, 8)
+
+
+def load(buffer: str | None = None) -> Loaded:
     """Compile the probes against the best headers there are and attach them:
-    tracepoints always, kprobes on the bridge/VXLAN functions where possible."""
+    tracepoints always, kprobes on the bridge/VXLAN functions where possible.
+    buffer: "ring" or "perf"; by default a ring buffer where the kernel has them."""
     started = time.perf_counter()
     try:
         from bcc import BPF
@@ -138,6 +147,9 @@ def load() -> Loaded:
         raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel built "
                          "with CONFIG_DEBUG_INFO_BTF=y") from None
     macros = {**kernel_layout.offsets, "RINGBUF_PAGES": RINGBUF_PAGES}
+    buffer = buffer or ("ring" if ring_buffer_supported(kernel.release()) else "perf")
+    if buffer == "perf":
+        macros["USE_PERF_BUFFER"] = 1
     functions, skipped = _kprobe_targets()
     if functions and not kernel_layout.arguments:
         functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}
@@ -149,7 +161,8 @@ def load() -> Loaded:
     program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
     # the RAW_TRACEPOINT_PROBEs attached themselves at load
     loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in TRACEPOINTS],
-                    skipped=skipped, backends=["tracepoints"], headers=headers, layout=kernel_layout)
+                    skipped=skipped, backends=["tracepoints"], headers=headers, buffer=buffer,
+                    layout=kernel_layout)
     for name in functions:
         try:
             program.attach_kprobe(event=name.encode(), fn_name=f"fn_{name}".encode())

@@ -19,6 +19,7 @@ from dataplane.traffic import Flow
 KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
          3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
 HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
+PERF_PAGES_PER_CPU = 64
 CFG_ALL, CFG_VXLAN_PORT = 0, 1  # enum config_slot in probes/hops.c
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
 # struct hop_event in probes/hops.c
@@ -58,11 +59,13 @@ class Tracer:
 
     POLL_MS = 10
 
-    def __init__(self, where: dict[str, str], vxlan_port: int, record_all: bool = True):
+    def __init__(self, where: dict[str, str], vxlan_port: int, record_all: bool = True,
+                 buffer: str | None = None):
         self._where_by_inode = {os.stat(netns.path(name)).st_ino: label
                                 for name, label in where.items()}
         self._vxlan_port = vxlan_port
         self._record_all = record_all
+        self._buffer = buffer
         self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
@@ -74,7 +77,7 @@ class Tracer:
         self._lost_at_exit: int | None = None
 
     def __enter__(self) -> "Tracer":
-        self.loaded = probes.load()
+        self.loaded = probes.load(self._buffer)
         try:
             self._reasons = self.loaded.layout.drop_reasons
             watched = self.loaded.bpf[b"watched"]
@@ -83,7 +86,12 @@ class Tracer:
             config = self.loaded.bpf[b"config"]
             config[ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(self._record_all))
             config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
-            self.loaded.bpf[b"events"].open_ring_buffer(self._on_event)
+            events = self.loaded.bpf[b"events"]
+            if self.loaded.buffer == "ring":
+                events.open_ring_buffer(self._on_event)
+            else:
+                events.open_perf_buffer(self._on_event, page_cnt=PERF_PAGES_PER_CPU,
+                                        lost_cb=self._on_perf_lost)
         except BaseException:
             self.loaded.close()
             raise
@@ -113,17 +121,32 @@ class Tracer:
             flows[key] = ctypes.c_uint8(1)
 
     def _poll(self) -> None:
-        """The only consumer of the ring buffer (libbpf's takes one at a time)."""
+        """The only consumer of the buffer (libbpf's take one at a time)."""
         while not self._stop.is_set():
-            self.loaded.bpf.ring_buffer_poll(timeout=self.POLL_MS)
+            self._poll_once()
             with self._handover:
                 if self._wanted and self._handed is None:
-                    self.loaded.bpf.ring_buffer_consume()
+                    self._consume()
                     self._handed, self._raw = self._raw, []
                     self._handover.notify_all()
 
     def _on_event(self, ctx: object, data: int, size: int) -> None:
         self._raw.append(ctypes.string_at(data, size))
+
+    def _on_perf_lost(self, count: int) -> None:
+        pass  # the same drops the program counts in `lost` when its output fails
+
+    def _poll_once(self) -> None:
+        if self.loaded.buffer == "ring":
+            self.loaded.bpf.ring_buffer_poll(timeout=self.POLL_MS)
+        else:
+            self.loaded.bpf.perf_buffer_poll(timeout=self.POLL_MS)
+
+    def _consume(self) -> None:
+        if self.loaded.buffer == "ring":
+            self.loaded.bpf.ring_buffer_consume()
+        else:
+            self.loaded.bpf.perf_buffer_consume()
 
     def take(self, settle_ms: int = 0) -> list[Hop]:
         """Every hop recorded since the last take(), in kernel time order, after

@@ -15,7 +15,7 @@
     int fn_##name(void *ctx)                                    \
     {                                                           \
         void *skb = (void *)ARG(ctx, n);                        \
-        return emit(skb, skb_dev(skb), HOP_FUNC, FNID_##name);  \
+        return emit(ctx, skb, skb_dev(skb), HOP_FUNC, FNID_##name);  \
     }
 
 FN(br_forward, 2)           // (to, skb, local_rcv, local_orig)
@@ -31,5 +31,5 @@ int fn_br_handle_frame(void *ctx)  // (struct sk_buff **pskb)
 {
     void *skb = 0;
     bpf_probe_read_kernel(&skb, sizeof(skb), (void *)ARG(ctx, 1));
-    return emit(skb, skb_dev(skb), HOP_FUNC, FNID_br_handle_frame);
+    return emit(ctx, skb, skb_dev(skb), HOP_FUNC, FNID_br_handle_frame);
 }

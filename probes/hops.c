@@ -7,7 +7,9 @@
 //   kfree_skb          (a packet is dropped, with the kernel's drop reason).
 // Emits one struct hop_event per packet seen on a device whose network namespace
 // inode is in the `watched` map, to the ring buffer `events`; events that find the
-// buffer full are counted in `lost`. With config[CFG_ALL] = 0, only packets of the
+// buffer full are counted in `lost`. The buffer is a BPF ring buffer, or a perf
+// buffer where the kernel predates ring buffers (5.8) or the loader asks for one
+// (USE_PERF_BUFFER). With config[CFG_ALL] = 0, only packets of the
 // flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id, inside
 // VXLAN too, and inside ICMP errors; everything else costs one copy and a lookup.
 //
@@ -53,7 +55,11 @@ BPF_ARRAY(tags, u64, 1024);
 BPF_ARRAY(config, u32, 2);
 BPF_PERCPU_ARRAY(scratch, struct hop_event, 1);
 BPF_PERCPU_ARRAY(lost, u64, 1);
+#ifdef USE_PERF_BUFFER
+BPF_PERF_OUTPUT(events);
+#else
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+#endif
 
 #define ETH_LEN 14
 #define IP_LEN 20  // only option-less IPv4 headers are matched
@@ -143,7 +149,7 @@ static __always_inline int netns_watched(void *dev, u32 *inum)
     return watched.lookup(inum) != 0;
 }
 
-static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
+static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 reason)
 {
     u32 inum = 0, zero = 0;
     if (!dev)
@@ -182,7 +188,12 @@ static __always_inline int emit(void *skb, void *dev, u16 kind, u32 reason)
     e->caplen = len < SNAPLEN ? len : SNAPLEN;
     LOAD(e->ifindex, dev, OFF_DEV_IFINDEX);
     bpf_probe_read_kernel_str(e->dev, sizeof(e->dev), dev + OFF_DEV_NAME);
-    if (events.ringbuf_output(e, sizeof(*e), 0) < 0) {
+#ifdef USE_PERF_BUFFER
+    int failed = events.perf_submit(ctx, e, sizeof(*e));
+#else
+    int failed = events.ringbuf_output(e, sizeof(*e), 0);
+#endif
+    if (failed < 0) {
         u64 *count = lost.lookup(&zero);
         if (count)
             (*count)++;
@@ -199,13 +210,13 @@ static __always_inline void *skb_dev(void *skb)
 
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
-    return emit((void *)ctx->args[0], (void *)ctx->args[1], HOP_XMIT, 0);
+    return emit(ctx, (void *)ctx->args[0], (void *)ctx->args[1], HOP_XMIT, 0);
 }
 
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
     void *skb = (void *)ctx->args[0];
-    return emit(skb, skb_dev(skb), HOP_RECEIVE, 0);
+    return emit(ctx, skb, skb_dev(skb), HOP_RECEIVE, 0);
 }
 
 RAW_TRACEPOINT_PROBE(netif_rx)
@@ -215,11 +226,11 @@ RAW_TRACEPOINT_PROBE(netif_rx)
     if (!config_of(CFG_ALL))
         return 0;
     void *skb = (void *)ctx->args[0];
-    return emit(skb, skb_dev(skb), HOP_NETIF_RX, 0);
+    return emit(ctx, skb, skb_dev(skb), HOP_NETIF_RX, 0);
 }
 
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
     void *skb = (void *)ctx->args[0];
-    return emit(skb, skb_dev(skb), HOP_DROP, (u32)ctx->args[2]);
+    return emit(ctx, skb, skb_dev(skb), HOP_DROP, (u32)ctx->args[2]);
 }

@@ -30,6 +30,11 @@ def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
     assert {k: int(v) for k, v in compiled.items()} == ours
 
 
+def test_ring_buffer_from_5_8():
+    assert not probes.ring_buffer_supported("5.4.0-150-generic")
+    assert probes.ring_buffer_supported("5.8.0") and probes.ring_buffer_supported("6.18.44-fc")
+
+
 def test_drop_reasons_named_from_btf():
     reasons = btf.BTF.load().enum("skb_drop_reason")
     assert reasons[2] == "SKB_DROP_REASON_NOT_SPECIFIED"
@@ -121,15 +126,19 @@ def test_kprobe_function_hops(default_cluster, probes_ready):
         trace.as_text(result), "  ")
 
 
-def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready):
-    """What trace and verify use: everything else is turned away in the kernel."""
+@pytest.mark.parametrize("buffer", ["ring", "perf"])
+def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buffer):
+    """What trace and verify use: everything else is turned away in the kernel.
+    Also with the perf buffer that kernels before 5.8 get."""
     plan = default_cluster.plan
-    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer:
+    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False,
+                buffer=buffer) as tracer:
+        assert tracer.loaded.buffer == buffer
         other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
         mine = traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
                                 watch=tracer.watch)
         hops = tracer.take(50)
     assert other.answered and mine.answered
-    assert hops and all(mine.matches(h.flow_frame()) for h in hops)
+    assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
     assert not any(other.matches(h.flow_frame()) for h in hops)
     assert tracer.lost == 0
