@@ -64,20 +64,30 @@ def _config() -> dict[str, str]:
     return {}
 
 
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:  # tracefs is root-only
+        return False
+
+
 def mount_tracefs() -> bool:
     """Mount tracefs at its usual place if absent (kprobes are defined through it)."""
-    if (TRACEFS / "events").is_dir():
+    if _is_dir(TRACEFS / "events"):
         return True
     if os.geteuid() != 0:
         return False
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mount(b"tracefs", str(TRACEFS).encode(), b"tracefs", 0, None)
-    return (TRACEFS / "events").is_dir()
+    return _is_dir(TRACEFS / "events")
 
 
 def kprobes_available() -> bool:
     """kprobe_events exists only when the kernel was built with CONFIG_KPROBE_EVENTS."""
-    return mount_tracefs() and (TRACEFS / "kprobe_events").exists()
+    try:
+        return mount_tracefs() and (TRACEFS / "kprobe_events").exists()
+    except OSError:
+        return False
 
 
 def kallsyms(names: tuple[str, ...] = KPROBE_SYMBOLS) -> set[str]:

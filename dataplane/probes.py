@@ -66,11 +66,27 @@ def argument_offsets(types: btf.BTF, machine: str) -> dict[str, int]:
 
 @dataclass(frozen=True)
 class Layout:
-    """What the programs need to know of this kernel's types, all from its BTF."""
+    """What the programs need to know of this kernel's types: from its BTF, or on a
+    kernel without BTF, offsetof() expressions over its own matching headers."""
 
-    offsets: dict[str, int]  # OFF_* macros
-    arguments: dict[str, int]  # OFF_REGS_ARG* macros; empty on machines we do not know
-    drop_reasons: dict[int, str]
+    offsets: dict[str, int | str]  # OFF_* macros
+    arguments: dict[str, int | str]  # OFF_REGS_ARG* macros; empty on machines we do not know
+    drop_reasons: dict[int, str]  # empty without BTF: reasons are shown as numbers
+    prelude: str = ""  # what the programs must include to evaluate the macros
+
+
+HEADER_PRELUDE = "".join(f"#include <{h}>\n" for h in (
+    "linux/skbuff.h", "linux/netdevice.h", "net/net_namespace.h", "uapi/linux/ptrace.h"))
+
+
+def layout_from_headers(machine: str) -> Layout:
+    """Only ever with headers that match the running kernel."""
+    registers = ARG_REGISTERS.get(machine, ())
+    arguments = {f"OFF_REGS_ARG{i + 1}": f"offsetof(struct pt_regs, {reg})"
+                 + (f" + {8 * i}" if machine == "aarch64" else "")
+                 for i, reg in enumerate(registers)}
+    return Layout({macro: f"offsetof(struct {struct}, {path})" for macro, struct, path in OFFSETS},
+                  arguments, {}, HEADER_PRELUDE)
 
 
 def layout_from(types: btf.BTF, machine: str) -> Layout:
@@ -141,11 +157,7 @@ def load(buffer: str | None = None) -> Loaded:
                          "linux-headers-$(uname -r) or run `make setup` for a portable tree")
     if headers == "portable":
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
-    try:
-        kernel_layout = layout()
-    except (OSError, btf.BTFError) as err:
-        raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel built "
-                         "with CONFIG_DEBUG_INFO_BTF=y") from None
+    kernel_layout = _kernel_layout(headers)
     macros = {**kernel_layout.offsets, "RINGBUF_PAGES": RINGBUF_PAGES}
     buffer = buffer or ("ring" if ring_buffer_supported(kernel.release()) else "perf")
     if buffer == "perf":
@@ -153,7 +165,7 @@ def load(buffer: str | None = None) -> Loaded:
     functions, skipped = _kprobe_targets()
     if functions and not kernel_layout.arguments:
         functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}
-    text = source("hops.c")
+    text = kernel_layout.prelude + source("hops.c")
     if functions:
         macros.update(kernel_layout.arguments)
         macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
@@ -173,6 +185,21 @@ def load(buffer: str | None = None) -> Loaded:
         loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started
     return loaded
+
+
+def _kernel_layout(headers: str) -> Layout:
+    """From BTF; without it, from matching headers; otherwise a refusal, never a guess."""
+    if btf.VMLINUX.exists():
+        try:
+            return layout()
+        except (OSError, btf.BTFError) as err:
+            raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel "
+                             "built with CONFIG_DEBUG_INFO_BTF=y") from None
+    if headers == "matching":
+        return layout_from_headers(platform.machine())
+    raise UsageError(f"no BTF ({btf.VMLINUX}) and no headers matching {kernel.release()}: "
+                     "struct layouts are unknown; install linux-headers-$(uname -r) or boot a "
+                     "kernel built with CONFIG_DEBUG_INFO_BTF=y")
 
 
 def _kprobe_targets() -> tuple[list[str], dict[str, str]]:

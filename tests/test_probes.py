@@ -6,11 +6,11 @@ import textwrap
 import pytest
 
 from dataplane import btf, kernel, probes, trace, traffic
+from dataplane.errors import UsageError
 from dataplane.tracer import Tracer
 
 from .conftest import sh
 
-pytestmark = pytest.mark.needs_root
 
 
 def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
@@ -86,6 +86,7 @@ def test_same_node_hops(default_cluster, probes_ready):
         ("node-0/pod-0", "eth0", "rx")], trace.as_text(result)
 
 
+@pytest.mark.needs_root
 def test_drop_has_its_reason(make_cluster, probes_ready):
     made = make_cluster()
     sh(None, "ip", "-n", made.plan.nodes[0].netns, "link", "set", "flannel.1", "down")
@@ -142,3 +143,19 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
     assert not any(other.matches(h.flow_frame()) for h in hops)
     assert tracer.lost == 0
+
+
+def test_no_btf_and_portable_headers_is_a_refusal(monkeypatch, tmp_path):
+    """Offsets never come from headers that do not match the running kernel."""
+    monkeypatch.setattr(btf, "VMLINUX", tmp_path / "no-btf")
+    monkeypatch.setattr(kernel, "header_source", lambda: ("portable", tmp_path))
+    with pytest.raises(UsageError, match="no BTF .* and no headers matching"):
+        probes.load()
+
+
+def test_without_btf_matching_headers_give_offsetof():
+    found = probes.layout_from_headers("x86_64")
+    assert found.offsets["OFF_SKB_HEAD"] == "offsetof(struct sk_buff, head)"
+    assert found.offsets["OFF_NET_INUM"] == "offsetof(struct net, ns.inum)"
+    assert found.arguments["OFF_REGS_ARG2"] == "offsetof(struct pt_regs, si)"
+    assert "#include <linux/skbuff.h>" in found.prelude and found.drop_reasons == {}
