@@ -39,42 +39,61 @@ class Member:
 
 
 class BTF:
-    """An index of the named structs, unions and enums of one BTF blob."""
+    """An index of the named structs, unions and enums of one BTF blob.
 
-    def __init__(self, data: bytes):
+    A module's BTF is split BTF: its type ids and string offsets continue
+    those of vmlinux, given as base."""
+
+    def __init__(self, data: bytes, base: "BTF | None" = None):
         magic, _, _, hdr_len, type_off, type_len, str_off, str_len = _HEADER.unpack_from(data)
         if magic != MAGIC:
             raise BTFError("not BTF data (bad magic)")
         self._data = data
+        self._base = base
+        self._first_id = base._next_id if base else 1  # id 0 is void
+        self._str_first = base._str_next if base else 0
         self._strings = hdr_len + str_off
         self._str_end = self._strings + str_len
-        self._types: list[int] = [0]  # byte position of each type id; id 0 is void
+        self._str_next = self._str_first + str_len
+        self._types: list[int] = []  # byte position of each type, from _first_id on
         self._named: dict[tuple[int, str], int] = {}
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
         while pos < end:
             name_off, info, _ = _TYPE.unpack_from(data, pos)
             kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
             if kind in (STRUCT, UNION, ENUM, ENUM64) and name_off:
-                self._named.setdefault((kind, self._str(name_off)), len(self._types))
+                self._named.setdefault((kind, self._str(name_off)),
+                                       self._first_id + len(self._types))
             self._types.append(pos)
             fixed, each = _EXTRA.get(kind, (0, 0))
             pos += _TYPE.size + fixed + each * vlen
+        self._next_id = self._first_id + len(self._types)
 
     @classmethod
-    def load(cls, path: Path = VMLINUX) -> "BTF":
+    def load(cls, path: Path = VMLINUX, base: "BTF | None" = None) -> "BTF":
         try:
-            return cls(path.read_bytes())
+            return cls(path.read_bytes(), base)
         except OSError as err:
             raise BTFError(f"cannot read {path}: {err.strerror}") from None
 
+    def module(self, name: str) -> "BTF":
+        """The BTF of a loaded kernel module, split on this vmlinux BTF."""
+        return BTF.load(VMLINUX.parent / name, base=self)
+
     def _str(self, offset: int) -> str:
-        start = self._strings + offset
+        if offset < self._str_first:
+            return self._base._str(offset)
+        start = self._strings + offset - self._str_first
         return self._data[start:self._data.index(b"\0", start, self._str_end)].decode()
 
+    def _owner(self, type_id: int) -> "BTF":
+        return self._base._owner(type_id) if type_id < self._first_id else self
+
     def _type(self, type_id: int) -> tuple[int, int, int, int, int]:
-        """(kind, vlen, kind_flag, size_or_type, position) of a type."""
-        pos = self._types[type_id]
-        _, info, size_or_type = _TYPE.unpack_from(self._data, pos)
+        """(kind, vlen, kind_flag, size_or_type, position in its owner's data) of a type."""
+        owner = self._owner(type_id)
+        pos = owner._types[type_id - owner._first_id]
+        _, info, size_or_type = _TYPE.unpack_from(owner._data, pos)
         return (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, size_or_type, pos
 
     def _resolve(self, type_id: int) -> int:
@@ -89,18 +108,25 @@ class BTF:
         kind, vlen, kind_flag, _, pos = self._type(type_id)
         if kind not in (STRUCT, UNION):
             raise BTFError(f"type {type_id} is not a struct or union")
+        owner = self._owner(type_id)
         members = []
         for i in range(vlen):
-            name_off, member_type, offset = _MEMBER.unpack_from(self._data, pos + 12 + 12 * i)
+            name_off, member_type, offset = _MEMBER.unpack_from(owner._data, pos + 12 + 12 * i)
             bit_offset = offset & 0xFFFFFF if kind_flag else offset
-            members.append(Member(self._str(name_off), member_type, bit_offset))
+            members.append(Member(owner._str(name_off), member_type, bit_offset))
         return members
 
-    def struct_id(self, name: str) -> int:
-        for kind in (STRUCT, UNION):
+    def _named_id(self, kinds: tuple[int, ...], name: str) -> int | None:
+        for kind in kinds:
             if (kind, name) in self._named:
                 return self._named[(kind, name)]
-        raise BTFError(f"no struct {name} in BTF")
+        return self._base._named_id(kinds, name) if self._base else None
+
+    def struct_id(self, name: str) -> int:
+        found = self._named_id((STRUCT, UNION), name)
+        if found is None:
+            raise BTFError(f"no struct {name} in BTF")
+        return found
 
     def _find(self, type_id: int, name: str) -> tuple[int, int] | None:
         """(bit offset, type id) of member name, looking inside anonymous members."""
@@ -145,18 +171,17 @@ class BTF:
 
     def enum(self, name: str) -> dict[int, str]:
         """Value -> name of every enumerator of enum name."""
-        for kind in (ENUM, ENUM64):
-            type_id = self._named.get((kind, name))
-            if type_id is None:
-                continue
-            _, vlen, _, _, pos = self._type(type_id)
-            values = {}
-            for i in range(vlen):
-                if kind == ENUM:
-                    name_off, value = _ENUM.unpack_from(self._data, pos + 12 + 8 * i)
-                else:
-                    name_off, low, high = _ENUM64.unpack_from(self._data, pos + 12 + 12 * i)
-                    value = (high << 32) | low
-                values[value] = self._str(name_off)
-            return values
-        raise BTFError(f"no enum {name} in BTF")
+        type_id = self._named_id((ENUM, ENUM64), name)
+        if type_id is None:
+            raise BTFError(f"no enum {name} in BTF")
+        kind, vlen, _, _, pos = self._type(type_id)
+        owner = self._owner(type_id)
+        values = {}
+        for i in range(vlen):
+            if kind == ENUM:
+                name_off, value = _ENUM.unpack_from(owner._data, pos + 12 + 8 * i)
+            else:
+                name_off, low, high = _ENUM64.unpack_from(owner._data, pos + 12 + 12 * i)
+                value = (high << 32) | low
+            values[value] = owner._str(name_off)
+        return values

@@ -22,6 +22,7 @@ from dataplane.errors import UsageError
 _SOURCES = (Path(__file__).resolve().parent / "probes",
             Path(__file__).resolve().parent.parent / "probes")
 TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb")
+FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
 CACHE_DIR = Path("/var/cache/dataplane")
 RINGBUF_PAGES = 256  # 1 MiB: a burst of ~5000 events between two polls
 
@@ -37,6 +38,9 @@ OFFSETS = (
     ("OFF_DEV_NET", "net_device", "nd_net.net"),
     ("OFF_NET_INUM", "net", "ns.inum"),
 )
+# fdb.c's, from the bridge module's BTF when the bridge is a module
+FDB_OFFSETS = (("OFF_BRPORT_DEV", "net_bridge_port", "dev"),)
+BRIDGE_MODULE = "bridge"
 
 
 def source(name: str) -> str:
@@ -71,6 +75,7 @@ class Layout:
 
     offsets: dict[str, int | str]  # OFF_* macros
     arguments: dict[str, int | str]  # OFF_REGS_ARG* macros; empty on machines we do not know
+    fdb: dict[str, int | str]  # fdb.c's OFF_* macros; empty while the bridge is unknown
     drop_reasons: dict[int, str]  # empty without BTF: reasons are shown as numbers
     prelude: str = ""  # what the programs must include to evaluate the macros
 
@@ -86,7 +91,7 @@ def layout_from_headers(machine: str) -> Layout:
                  + (f" + {8 * i}" if machine == "aarch64" else "")
                  for i, reg in enumerate(registers)}
     return Layout({macro: f"offsetof(struct {struct}, {path})" for macro, struct, path in OFFSETS},
-                  arguments, {}, HEADER_PRELUDE)
+                  arguments, {}, {}, HEADER_PRELUDE)
 
 
 def layout_from(types: btf.BTF, machine: str) -> Layout:
@@ -94,16 +99,29 @@ def layout_from(types: btf.BTF, machine: str) -> Layout:
         arguments = argument_offsets(types, machine)
     except btf.BTFError:
         arguments = {}
-    return Layout(offsets(types), arguments, types.enum("skb_drop_reason"))
+    return Layout(offsets(types), arguments, fdb_offsets(types), types.enum("skb_drop_reason"))
+
+
+def fdb_offsets(types: btf.BTF) -> dict[str, int]:
+    """Built in, the bridge's types are in vmlinux; as a module, in its own BTF."""
+    for where in (types, None):
+        try:
+            where = where or types.module(BRIDGE_MODULE)
+            return {macro: where.offsetof(struct, path) for macro, struct, path in FDB_OFFSETS}
+        except btf.BTFError:
+            continue
+    return {}
 
 
 def layout() -> Layout:
     """This kernel's Layout, kept in CACHE_DIR: parsing BTF costs 0.1-0.2 s a load."""
     stat = btf.VMLINUX.stat()
-    cached = CACHE_DIR / f"layout-{kernel.release()}-{stat.st_size}-{stat.st_mtime_ns}.json"
+    bridge = "bridge" if (btf.VMLINUX.parent / BRIDGE_MODULE).exists() else "nobridge"
+    cached = CACHE_DIR / (f"layout-{kernel.release()}-{stat.st_size}-{stat.st_mtime_ns}"
+                          f"-{bridge}.json")
     try:
         data = json.loads(cached.read_text())
-        return Layout(data["offsets"], data["arguments"],
+        return Layout(data["offsets"], data["arguments"], data["fdb"],
                       {int(k): v for k, v in data["drop_reasons"].items()})
     except (OSError, ValueError, KeyError):
         pass
@@ -166,13 +184,21 @@ def load(buffer: str | None = None) -> Loaded:
     if functions and not kernel_layout.arguments:
         functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}
     text = kernel_layout.prelude + source("hops.c")
+    tracepoints = list(TRACEPOINTS)
+    if kernel_layout.fdb:
+        macros.update(kernel_layout.fdb)
+        text += source("fdb.c")
+        tracepoints += FDB_TRACEPOINTS
+    else:
+        skipped.update({f"raw_tracepoint:{tp}": "struct net_bridge_port not in BTF (bridge "
+                        "module not loaded)" for tp in FDB_TRACEPOINTS})
     if functions:
         macros.update(kernel_layout.arguments)
         macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
         text += source("fn_hops.c")
     program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
     # the RAW_TRACEPOINT_PROBEs attached themselves at load
-    loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in TRACEPOINTS],
+    loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in tracepoints],
                     skipped=skipped, backends=["tracepoints"], headers=headers, buffer=buffer,
                     layout=kernel_layout)
     for name in functions:

@@ -19,6 +19,7 @@ from dataplane.traffic import Flow
 KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
          3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
 HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
+LEARN_KINDS = {6: "br_fdb_update", 7: "br_fdb_add"}  # data: MAC, then VLAN id
 PERF_PAGES_PER_CPU = 64
 CFG_ALL, CFG_VXLAN_PORT = 0, 1  # enum config_slot in probes/hops.c
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
@@ -39,6 +40,7 @@ class Hop:
     length: int
     frame: packet.Frame | None
     drop_reason: str | None = None
+    learned: str | None = None  # FDB events: "MAC vlan N" learned on this device
 
     def flow_frame(self) -> packet.Frame | None:
         """The pod-to-pod packet inside: the inner frame of an encapsulated hop."""
@@ -164,12 +166,18 @@ class Tracer:
     def _decode(self, raw: bytes) -> Hop:
         ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \
             _EVENT.unpack_from(raw)
+        where = self._where_by_inode.get(inode, str(inode))
+        device = dev.split(b"\0", 1)[0].decode(errors="replace")
+        if kind in LEARN_KINDS:
+            mac = ":".join(f"{b:02x}" for b in data[:6])
+            return Hop(ts=ts, skb=0, netns=inode, at=where, ifindex=ifindex, device=device,
+                       func=LEARN_KINDS[kind], dir="learn", length=0, frame=None,
+                       learned=f"{mac} vlan {int.from_bytes(data[6:8], sys.byteorder)}")
         if kind == HOP_FUNC:
             func, direction = kernel.KPROBE_SYMBOLS[reason], "fn"
         else:
             func, direction = KINDS.get(kind, ("?", "?"))
-        return Hop(ts=ts, skb=skb, netns=inode, at=self._where_by_inode.get(inode, str(inode)),
-                   ifindex=ifindex, device=dev.split(b"\0", 1)[0].decode(errors="replace"),
+        return Hop(ts=ts, skb=skb, netns=inode, at=where, ifindex=ifindex, device=device,
                    func=func, dir=direction, length=length,
                    frame=packet.decode(data[:caplen], self._vxlan_port),
                    drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"

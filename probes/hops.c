@@ -20,7 +20,11 @@
 #define SNAPLEN 128
 #define MAC_UNSET 0xffff
 
-enum hop_kind { HOP_XMIT = 1, HOP_RECEIVE = 2, HOP_NETIF_RX = 3, HOP_DROP = 4, HOP_FUNC = 5 };
+enum hop_kind {
+    HOP_XMIT = 1, HOP_RECEIVE = 2, HOP_NETIF_RX = 3, HOP_DROP = 4,
+    HOP_FUNC = 5,  // fn_hops.c
+    HOP_FDB_UPDATE = 6, HOP_FDB_ADD = 7,  // fdb.c
+};
 
 struct hop_event {
     u64 ts;
@@ -139,6 +143,22 @@ static __always_inline int watched_flow(u8 *d)
 
 #define LOAD(dst, base, off) bpf_probe_read_kernel(&(dst), sizeof(dst), (void *)(base) + (off))
 
+// Send an event to user space, counting it in `lost` when the buffer is full.
+static __always_inline void output(void *ctx, struct hop_event *e)
+{
+#ifdef USE_PERF_BUFFER
+    int failed = events.perf_submit(ctx, e, sizeof(*e));
+#else
+    int failed = events.ringbuf_output(e, sizeof(*e), 0);
+#endif
+    if (failed < 0) {
+        u32 zero = 0;
+        u64 *count = lost.lookup(&zero);
+        if (count)
+            (*count)++;
+    }
+}
+
 static __always_inline int netns_watched(void *dev, u32 *inum)
 {
     void *net = 0;
@@ -188,16 +208,7 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
     e->caplen = len < SNAPLEN ? len : SNAPLEN;
     LOAD(e->ifindex, dev, OFF_DEV_IFINDEX);
     bpf_probe_read_kernel_str(e->dev, sizeof(e->dev), dev + OFF_DEV_NAME);
-#ifdef USE_PERF_BUFFER
-    int failed = events.perf_submit(ctx, e, sizeof(*e));
-#else
-    int failed = events.ringbuf_output(e, sizeof(*e), 0);
-#endif
-    if (failed < 0) {
-        u64 *count = lost.lookup(&zero);
-        if (count)
-            (*count)++;
-    }
+    output(ctx, e);
     return 0;
 }
 

@@ -108,7 +108,8 @@ def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
 def test_loader_reports_backends(probes_ready):
     loaded = probes.load()
     try:
-        assert loaded.attached == [f"raw_tracepoint:{tp}" for tp in probes.TRACEPOINTS]
+        assert loaded.attached[:6] == [f"raw_tracepoint:{tp}"
+                                       for tp in probes.TRACEPOINTS + probes.FDB_TRACEPOINTS]
         assert "tracepoints" in loaded.backends
         assert loaded.seconds < 5
         if not kernel.kprobes_available():
@@ -138,7 +139,7 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
         other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
         mine = traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
                                 watch=tracer.watch)
-        hops = tracer.take(50)
+        hops = [h for h in tracer.take(50) if h.dir != "learn"]  # learning is always kept
     assert other.answered and mine.answered
     assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
     assert not any(other.matches(h.flow_frame()) for h in hops)
@@ -159,3 +160,16 @@ def test_without_btf_matching_headers_give_offsetof():
     assert found.offsets["OFF_NET_INUM"] == "offsetof(struct net, ns.inum)"
     assert found.arguments["OFF_REGS_ARG2"] == "offsetof(struct pt_regs, si)"
     assert "#include <linux/skbuff.h>" in found.prelude and found.drop_reasons == {}
+
+
+@pytest.mark.needs_root
+def test_bridge_learning(make_cluster, probes_ready):
+    made = make_cluster()
+    plan = made.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
+    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+        assert "raw_tracepoint:br_fdb_update" in tracer.loaded.attached
+        assert traffic.exchange(a, b, "icmp").answered
+        learned = {(h.at, h.device, h.learned) for h in tracer.take(50) if h.dir == "learn"}
+    assert ("node-0", a.host_veth, f"{a.mac} vlan 0") in learned
+    assert ("node-0", b.host_veth, f"{b.mac} vlan 0") in learned
