@@ -52,6 +52,7 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python bench/bench_up.py
+	$(VENV)/bin/python bench/bench_trace.py
 
 clean-run: setup
 	$(DP) clean
