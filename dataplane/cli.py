@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("name")
     sub.add_parser("clean", help="remove every cluster an earlier run left behind")
     p = sub.add_parser("trace", help="send one packet between two pods and show its hops")
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help="build this topology for the trace, then "
                        "tear it down")
     where.add_argument("--running", metavar="N", help="trace in running cluster N")
@@ -43,6 +43,15 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--proto", choices=("icmp", "udp", "tcp"), default="icmp")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("doctor", help="show what the kernel offers the probes")
+    p = sub.add_parser("verify", help="verify every pod pair hop by hop (default: build "
+                       f"{DEFAULT_TOPOLOGY}, verify, tear down)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("topology", nargs="?", help=f"topology to build (default {DEFAULT_TOPOLOGY})")
+    where.add_argument("--running", metavar="N", help="verify running cluster N")
+    p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
+    p.add_argument("--proto", choices=("icmp", "udp", "tcp"), action="append",
+                   help="protocol(s) to verify with (default icmp; repeatable)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
 
 
@@ -94,22 +103,44 @@ def cmd_clean(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_trace(args: argparse.Namespace) -> int:
-    from dataplane import trace
-
-    if args.topology:
-        spec.load(args.topology)
-    _need_root("trace")
-    made = cluster.up(args.topology) if args.topology else None
+def _on_cluster(args: argparse.Namespace, command: str, work):
+    """Run work(plan) on --running N, or on a cluster built from the topology for it
+    (with a name of its own, so a cluster of that name may be up) and torn down."""
+    topology = None if args.running else (args.topology or DEFAULT_TOPOLOGY)
+    if topology:
+        spec.load(topology)
+    _need_root(command)
+    made = None
+    if topology:
+        made = cluster.up(topology, name=f"{spec.load(topology).name[:20]}-{os.getpid()}")
     try:
-        plan = made.plan if made else cluster.attach(args.running).plan
-        plan.pod(args.src), plan.pod(args.dst)  # name errors before loading probes
-        result = trace.run(plan, args.src, args.dst, args.proto)
+        return work(made.plan if made else cluster.attach(args.running).plan)
     finally:
         if made:
             cluster.down(made.name)
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from dataplane import trace
+
+    def work(plan):
+        plan.pod(args.src), plan.pod(args.dst)  # name errors before loading probes
+        return trace.run(plan, args.src, args.dst, args.proto)
+
+    if not args.topology and not args.running:
+        raise UsageError("trace needs a topology FILE or --running N")
+    result = _on_cluster(args, "trace", work)
     print(json.dumps(trace.as_dict(result), indent=2) if args.json else trace.as_text(result))
     return 0 if result.exchange.answered else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from dataplane import verify
+
+    protos = tuple(dict.fromkeys(args.proto or ["icmp"]))
+    report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos))
+    print(json.dumps(verify.as_dict(report), indent=2) if args.json else verify.as_text(report))
+    return 0 if report.passed else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -130,7 +161,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
-            "trace": cmd_trace, "doctor": cmd_doctor}
+            "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify}
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -1,12 +1,15 @@
-"""Traffic between pods from sockets opened inside their namespaces (no process
-per packet): an ICMP echo, a UDP datagram and its answer, or a TCP handshake.
+"""Traffic between pods from sockets opened inside their namespaces by this one
+process (no process per packet): an ICMP echo, a UDP datagram and its answer,
+or a TCP handshake.
 
-Each exchange is tagged (ICMP id, UDP/TCP source port) so its hops can be
-picked out of everything the probes saw.
+Each exchange is tagged (ICMP echo id, the client's UDP/TCP port) so its hops
+can be picked out of everything the probes saw; a Sender keeps its sockets,
+one per pod and purpose, for as many exchanges as it is asked for.
 """
 
 from __future__ import annotations
 
+import itertools
 import select
 import socket
 import struct
@@ -18,6 +21,7 @@ from dataplane.plan import PodPlan
 
 PROTOCOLS = ("icmp", "udp", "tcp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
+TIMEOUT = 1.0
 
 
 @dataclass(frozen=True)
@@ -44,75 +48,121 @@ class Exchange:
     src: PodPlan
     dst: PodPlan
     proto: str
-    tag: int  # ICMP echo id, or the client's UDP/TCP source port
+    tag: int
     answered: bool
+
+    @property
+    def key(self) -> tuple[frozenset[str], str, int]:
+        return frozenset((str(self.src.ip), str(self.dst.ip))), self.proto, self.tag
 
     def matches(self, frame) -> bool:
         """Whether a decoded pod-to-pod frame belongs to this exchange, either way."""
-        if frame is None or frame.proto != self.proto:
-            return False
-        pair = {frame.src, frame.dst}
-        if pair != {str(self.src.ip), str(self.dst.ip)}:
-            return False
-        if self.proto == "icmp":
-            return frame.icmp_id == self.tag
-        return self.tag in (frame.sport, frame.dport)
+        return frame is not None and self.key in frame_keys(frame)
+
+
+def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
+    """The exchange keys a frame could belong to (a port could be either end's)."""
+    pair = frozenset((frame.src, frame.dst))
+    if frame.proto == "icmp" and frame.icmp_id is not None:
+        return ((pair, "icmp", frame.icmp_id),)
+    if frame.proto in ("udp", "tcp") and frame.sport is not None:
+        return (pair, frame.proto, frame.sport), (pair, frame.proto, frame.dport)
+    return ()
 
 
 def _wait(sock: socket.socket, timeout: float) -> bool:
     return bool(select.select([sock], [], [], timeout)[0])
 
 
-def icmp_echo(src: PodPlan, dst: PodPlan, watch: Watch = _no_watch,
-              timeout: float = 1.0) -> Exchange:
-    """An echo from a ping socket: the kernel picks its id and checksums it."""
-    with netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM, socket.IPPROTO_ICMP) as s:
-        s.bind((str(src.ip), 0))
-        tag = s.getsockname()[1]  # a ping socket's port is its echo id
+class Sender:
+    """Exchanges between pods, reusing one socket per pod and purpose."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[tuple[str, str], socket.socket] = {}
+        self._sequence = itertools.count(1)
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _socket(self, pod: PodPlan, purpose: str) -> socket.socket:
+        """A bound socket of pod's: "ping", "udp-client", "udp-server" or "tcp-server"."""
+        key = (pod.netns, purpose)
+        if key not in self._sockets:
+            kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+                           "udp-client": (socket.SOCK_DGRAM, 0),
+                           "udp-server": (socket.SOCK_DGRAM, 0),
+                           "tcp-server": (socket.SOCK_STREAM, 0)}[purpose]
+            sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
+            if purpose == "tcp-server":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            port = SERVICE_PORT if purpose.endswith("server") else 0
+            sock.bind((str(pod.ip), port))
+            if purpose == "tcp-server":
+                sock.listen(64)
+            self._sockets[key] = sock
+        return self._sockets[key]
+
+    def exchange(self, src: PodPlan, dst: PodPlan, proto: str,
+                 watch: Watch = _no_watch) -> Exchange:
+        return {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp}[proto](src, dst, watch)
+
+    def _icmp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
+        """An echo from a ping socket: the kernel sets its id (the socket's port)
+        and checksum; replies are told apart by sequence number."""
+        sock = self._socket(src, "ping")
+        tag = sock.getsockname()[1]
         watch(Flow(str(src.ip), str(dst.ip), "icmp", tag))
-        s.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, 1) + b"dataplane", (str(dst.ip), 0))
-        answered = _wait(s, timeout) and s.recv(2048)[0] == 0  # echo reply
-    return Exchange(src, dst, "icmp", tag, answered)
+        seq = next(self._sequence) & 0xFFFF
+        sock.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"dataplane", (str(dst.ip), 0))
+        answered = False
+        while not answered and _wait(sock, TIMEOUT):
+            reply, (peer, _) = sock.recvfrom(2048)
+            answered = reply[0] == 0 and peer == str(dst.ip) and \
+                struct.unpack_from("!H", reply, 6)[0] == seq
+        return Exchange(src, dst, "icmp", tag, answered)
 
-
-def udp_roundtrip(src: PodPlan, dst: PodPlan, watch: Watch = _no_watch,
-                  timeout: float = 1.0) -> Exchange:
-    with netns.socket_in(dst.netns, socket.AF_INET, socket.SOCK_DGRAM) as server, \
-            netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as client:
-        server.bind((str(dst.ip), SERVICE_PORT))
-        client.bind((str(src.ip), 0))
+    def _udp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
+        client, server = self._socket(src, "udp-client"), self._socket(dst, "udp-server")
         tag = client.getsockname()[1]
         watch(Flow(str(src.ip), str(dst.ip), "udp", tag))
-        client.sendto(b"dataplane", (str(dst.ip), SERVICE_PORT))
+        payload = b"dataplane %d" % next(self._sequence)
+        client.sendto(payload, (str(dst.ip), SERVICE_PORT))
         answered = False
-        if _wait(server, timeout):
+        while _wait(server, TIMEOUT):
             data, peer = server.recvfrom(2048)
-            server.sendto(data, peer)
-            answered = _wait(client, timeout) and client.recv(2048) == data
-    return Exchange(src, dst, "udp", tag, answered)
+            if data == payload:  # the one we just sent, not a late earlier one
+                server.sendto(data, peer)
+                break
+        while not answered and _wait(client, TIMEOUT):
+            answered = client.recv(2048) == payload
+        return Exchange(src, dst, "udp", tag, answered)
 
-
-def tcp_handshake(src: PodPlan, dst: PodPlan, watch: Watch = _no_watch,
-                  timeout: float = 1.0) -> Exchange:
-    with netns.socket_in(dst.netns, socket.AF_INET, socket.SOCK_STREAM) as server, \
-            netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as client:
-        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.bind((str(dst.ip), SERVICE_PORT))
-        server.listen(1)
-        client.bind((str(src.ip), 0))
-        tag = client.getsockname()[1]
-        watch(Flow(str(src.ip), str(dst.ip), "tcp", tag))
-        client.settimeout(timeout)
-        try:
-            client.connect((str(dst.ip), SERVICE_PORT))
-            answered = True
-        except OSError:
-            answered = False
-    return Exchange(src, dst, "tcp", tag, answered)
-
-
-SENDERS = {"icmp": icmp_echo, "udp": udp_roundtrip, "tcp": tcp_handshake}
+    def _tcp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
+        server = self._socket(dst, "tcp-server")
+        with netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as client:
+            client.bind((str(src.ip), 0))
+            tag = client.getsockname()[1]
+            watch(Flow(str(src.ip), str(dst.ip), "tcp", tag))
+            client.settimeout(TIMEOUT)
+            try:
+                client.connect((str(dst.ip), SERVICE_PORT))
+                answered = True
+            except OSError:
+                answered = False
+        if answered and _wait(server, TIMEOUT):
+            server.accept()[0].close()
+        return Exchange(src, dst, "tcp", tag, answered)
 
 
 def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:
-    return SENDERS[proto](src, dst, watch)
+    """One exchange from sockets opened for it."""
+    with Sender() as sender:
+        return sender.exchange(src, dst, proto, watch)

@@ -1,0 +1,168 @@
+"""Verdicts: a flow's observed hops against its expected legs and the VXLAN rules.
+
+Pure: takes the plan, the exchange and its hops, and returns a FlowResult. Never
+PASS on doubt: lost events or a missing probe make a flow INCONCLUSIVE.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dataplane.paths import Leg, legs
+from dataplane.plan import NODE_IFNAME, POD_IFNAME, Plan
+from dataplane.tracer import Hop
+from dataplane.traffic import Exchange
+
+PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
+
+
+@dataclass
+class FlowResult:
+    src: str
+    dst: str
+    proto: str
+    verdict: str
+    rule: str | None = None  # what was broken, e.g. "path", "vxlan-vni"
+    diagnosis: str = ""
+    last_hop: dict[str, str] | None = None  # {"at", "device"}
+    drop_reason: str | None = None
+    hops: list[Hop] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.verdict == PASS
+
+
+def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
+          missing_probes: str | None = None) -> FlowResult:
+    src, dst = exchange.src, exchange.dst
+    result = FlowResult(src.ref, dst.ref, exchange.proto, PASS, hops=hops)
+    if missing_probes:
+        return _set(result, INCONCLUSIVE, "probes", f"a needed probe is missing: {missing_probes}")
+    if lost:
+        return _set(result, INCONCLUSIVE, "lost-events",
+                    f"{lost} events were lost: the trail may be incomplete")
+    request, answer = legs(plan, src, dst)
+    for leg in (request, answer):
+        mine = [h for h in hops if _sent_by(h, leg)]
+        problem = _wrong_pod(plan, leg, mine) or _bridged_only(plan, leg, mine) \
+            or _missing_hop(leg, mine, hops) or (leg.encapsulated and _vxlan(plan, leg, mine))
+        if problem:
+            return _set(result, FAIL, *problem[:2], last=problem[2] if len(problem) > 2 else None,
+                        hops=hops)
+        if leg is request and not exchange.answered and not _answer_seen(answer, hops):
+            break  # the request arrived; judge the answer's leg only if one was sent
+    if not exchange.answered:
+        last = hops[-1] if hops else None
+        return _set(result, FAIL, "delivery", f"no answer reached {src.ref}'s socket",
+                    last=last, hops=hops)
+    return result
+
+
+def _set(result: FlowResult, verdict: str, rule: str, diagnosis: str,
+         last: Hop | None = None, hops: list[Hop] | None = None) -> FlowResult:
+    result.verdict, result.rule, result.diagnosis = verdict, rule, diagnosis
+    if last is not None:
+        result.last_hop = {"at": last.at, "device": last.device}
+    drops = [h for h in (hops or []) if h.dir == "drop"]
+    if drops:
+        result.drop_reason = drops[-1].drop_reason
+        result.diagnosis += f"; dropped at {drops[-1].at} {drops[-1].device}: {drops[-1].drop_reason}"
+    return result
+
+
+def _sent_by(hop: Hop, leg: Leg) -> bool:
+    frame = hop.flow_frame()
+    return frame is not None and frame.src == str(leg.sender.ip) and hop.dir != "drop"
+
+
+def _answer_seen(answer: Leg, hops: list[Hop]) -> bool:
+    return any(_sent_by(h, answer) for h in hops)
+
+
+def _key(hop: Hop) -> tuple[str, str, str]:
+    return hop.at, hop.device, hop.dir
+
+
+def _missing_hop(leg: Leg, mine: list[Hop], everything: list[Hop]):
+    """The first expected hop not seen, in order, with the last one that was."""
+    seen = iter(mine)
+    last = None
+    for want in leg.hops:
+        for hop in seen:
+            if _key(hop) == want:
+                last = hop
+                break
+        else:
+            where = f"{want[0]} {want[1]} {want[2]}"
+            after = f" after {last.at} {last.device} {last.dir}" if last else ""
+            return ("path", f"{leg.sender.ref} -> {leg.receiver.ref}: no hop at {where}{after}",
+                    last or (everything[-1] if everything else None))
+    return None
+
+
+def _wrong_pod(plan: Plan, leg: Leg, mine: list[Hop]):
+    for hop in mine:
+        if hop.dir == "rx" and hop.device == POD_IFNAME and "/" in hop.at \
+                and hop.at != leg.receiver.ref:
+            return ("wrong-pod", f"{leg.sender.ref} -> {leg.receiver.ref} was delivered to "
+                    f"{hop.at}", hop)
+    return None
+
+
+def _bridged_only(plan: Plan, leg: Leg, mine: list[Hop]):
+    """A same-node packet must never reach flannel.1, a node's eth0 or the underlay."""
+    if leg.encapsulated:
+        return None
+    nodes = {node.name for node in plan.nodes}
+    for hop in mine:
+        if hop.at == "underlay" or (hop.at in nodes and hop.device in
+                                    (plan.spec.vtep_name, NODE_IFNAME)):
+            return ("bridged", f"same-node {leg.sender.ref} -> {leg.receiver.ref} left the "
+                    f"bridge: seen at {hop.at} {hop.device}", hop)
+    return None
+
+
+def _vxlan(plan: Plan, leg: Leg, mine: list[Hop]):
+    """The encapsulation rules, on the sender node's eth0 and the receiver pod's eth0."""
+    spec = plan.spec
+    sender_node, receiver_node = plan.node(leg.sender.node), plan.node(leg.receiver.node)
+    sent = [h for h in mine if _key(h) == (leg.sender.ref, POD_IFNAME, "tx")]
+    inner_tx = [h for h in mine if _key(h) == (leg.sender.node, spec.vtep_name, "tx")]
+    outer = [h for h in mine if _key(h) == (leg.sender.node, NODE_IFNAME, "tx")]
+    delivered = [h for h in mine if _key(h) == (leg.receiver.ref, POD_IFNAME, "rx")]
+    sports = {h.frame.sport for h in outer}
+    for hop, original, inner_hop in zip(outer, sent, inner_tx):
+        f, at = hop.frame, f"{hop.at} {hop.device}"
+        checks = (
+            ("vxlan-port", f.proto == "udp" and f.dport == spec.port,
+             f"outer {f.proto} port {f.dport}, not udp {spec.port}"),
+            ("vxlan-vni", f.vni == spec.vni, f"VNI {f.vni}, not {spec.vni}"),
+            ("outer-addresses", (f.src, f.dst) == (str(sender_node.underlay_ip),
+                                                   str(receiver_node.underlay_ip)),
+             f"outer {f.src} > {f.dst}, not {sender_node.underlay_ip} > "
+             f"{receiver_node.underlay_ip}"),
+            ("outer-length", hop.length == inner_hop.length + VXLAN_OVERHEAD,
+             f"outer {hop.length} bytes for inner {inner_hop.length}, not +{VXLAN_OVERHEAD}"),
+            ("inner-addresses", f.inner is not None and (f.inner.src, f.inner.dst) ==
+             (str(leg.sender.ip), str(leg.receiver.ip)),
+             f"inner {f.inner.src if f.inner else '?'} > {f.inner.dst if f.inner else '?'} "
+             f"(NAT?), not {leg.sender.ip} > {leg.receiver.ip}"),
+            ("inner-mac", f.inner is not None and f.inner.eth_dst == receiver_node.vtep_mac,
+             f"inner destination MAC {f.inner.eth_dst if f.inner else '?'}, not "
+             f"{receiver_node.vtep_mac} ({receiver_node.name}'s VTEP)"),
+            ("inner-ttl", f.inner is not None and f.inner.ttl == original.frame.ttl - 1,
+             f"inner TTL {f.inner.ttl if f.inner else '?'} after one router, sent with "
+             f"{original.frame.ttl}"),
+            ("outer-source-port", len(sports) == 1,
+             f"one flow used outer source ports {sorted(sports)}"),
+        )
+        for rule, ok, why in checks:
+            if not ok:
+                return (rule, f"{leg.sender.ref} -> {leg.receiver.ref} at {at}: {why}", hop)
+    for hop, original in zip(delivered, sent):
+        if hop.frame.ttl != original.frame.ttl - 2:
+            return ("inner-ttl", f"{leg.receiver.ref} got TTL {hop.frame.ttl}, sent with "
+                    f"{original.frame.ttl}: not two routers", hop)
+    return None

@@ -1,0 +1,88 @@
+"""`dataplane verify`: an exchange for every chosen pod pair, each judged hop by hop."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from dataplane import trace, traffic
+from dataplane.plan import Plan, PodPlan
+from dataplane.tracer import Hop, Tracer
+from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, FlowResult, judge
+
+PAIRS = ("all", "same-node", "cross-node")
+SETTLE_MS = 100
+
+
+@dataclass
+class Report:
+    flows: list[FlowResult]
+    backends: list[str]
+    lost_events: int
+
+    def count(self, verdict: str) -> int:
+        return sum(f.verdict == verdict for f in self.flows)
+
+    @property
+    def passed(self) -> bool:
+        return all(f.passed for f in self.flows)
+
+
+def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
+    """Every ordered pod pair, or those on the same node, or those across nodes."""
+    chosen = []
+    for src in plan.pods():
+        for dst in plan.pods():
+            same = src.node == dst.node
+            if src != dst and (which == "all" or (which == "same-node") == same):
+                chosen.append((src, dst))
+    return chosen
+
+
+def by_exchange(hops: list[Hop]) -> dict[tuple, list[Hop]]:
+    """Hops indexed by the exchange keys their packets could belong to."""
+    index: dict[tuple, list[Hop]] = defaultdict(list)
+    for hop in hops:
+        frame = hop.flow_frame()
+        for key in traffic.frame_keys(frame) if frame is not None else ():
+            index[key].append(hop)
+    return index
+
+
+def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = ("icmp",)) -> Report:
+    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer, \
+            traffic.Sender() as sender:
+        exchanges = [sender.exchange(src, dst, proto, watch=tracer.watch)
+                     for proto in protos for src, dst in pairs(plan, which)]
+        index = by_exchange(tracer.take(SETTLE_MS))
+        lost = tracer.lost
+        backends = tracer.loaded.backends
+    flows = [judge(plan, ex, trace.trail(index.get(ex.key, []), ex), lost) for ex in exchanges]
+    return Report(flows, backends, lost)
+
+
+def flow_dict(flow: FlowResult) -> dict[str, Any]:
+    return {"src": flow.src, "dst": flow.dst, "proto": flow.proto, "verdict": flow.verdict,
+            "rule": flow.rule, "diagnosis": flow.diagnosis, "last_hop": flow.last_hop,
+            "drop_reason": flow.drop_reason, "hops": [trace.hop_dict(h) for h in flow.hops]}
+
+
+def as_dict(report: Report) -> dict[str, Any]:
+    return {"flows": [flow_dict(f) for f in report.flows],
+            "summary": {"pass": report.count(PASS), "fail": report.count(FAIL),
+                        "inconclusive": report.count(INCONCLUSIVE)},
+            "backends": report.backends, "lost_events": report.lost_events}
+
+
+def as_text(report: Report) -> str:
+    lines = []
+    for flow in report.flows:
+        line = f"{flow.verdict:<12} {flow.proto:<4} {flow.src:>14} -> {flow.dst:<14}"
+        if not flow.passed:
+            line += f" [{flow.rule}] {flow.diagnosis}"
+        lines.append(line)
+    lines.append(f"{len(report.flows)} flows: {report.count(PASS)} passed, "
+                 f"{report.count(FAIL)} failed, {report.count(INCONCLUSIVE)} inconclusive; "
+                 f"backends {', '.join(report.backends)}; lost events {report.lost_events}")
+    return "\n".join(lines)
