@@ -28,7 +28,7 @@ headers:
 	  mv $(HEADERS_CACHE).tmp $(HEADERS_CACHE); \
 	fi
 
-$(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py)
+$(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py probes/*.c)
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \

@@ -65,20 +65,27 @@ def _node(plan: Plan, node: NodePlan, b: Batch, fds: "_NamespaceFds") -> None:
     b.addr_add(ETH0, node.underlay_ip, node.underlay_prefixlen)
     b.link_add(CNI0, CNI_BRIDGE, "bridge", mtu=spec.vtep_mtu, address=node.cni0_mac)
     b.addr_add(CNI0, node.gateway, node.pod_cidr.prefixlen)
-    b.link_add(VTEP, spec.vtep_name, "vxlan", mtu=spec.vtep_mtu, address=node.vtep_mac, data=[
-        ("IFLA_VXLAN_ID", spec.vni), ("IFLA_VXLAN_LOCAL", str(node.underlay_ip)),
-        ("IFLA_VXLAN_LINK", ETH0), ("IFLA_VXLAN_PORT", spec.port), ("IFLA_VXLAN_LEARNING", 0)])
-    b.addr_add(VTEP, node.vtep_ip, 32)
-    for peer in node.peers:  # what flannel's vxlan backend programs per remote lease
-        b.neigh_add(VTEP, peer.vtep_ip, peer.vtep_mac)
-        b.fdb_append(VTEP, peer.vtep_mac, peer.underlay_ip)
-        b.route_add(peer.pod_cidr, peer.vtep_ip, VTEP, onlink=True)
+    vtep(plan, node, b, plan.spec.vni)
     for i, pod in enumerate(node.pods):  # what the CNI bridge plugin does per pod
         b.veth_add(FIRST_POD_VETH + i, pod.host_veth, mtu=pod.mtu, master=CNI0,
                    peer_ifname=POD_IFNAME, peer_index=ETH0, peer_netns_fd=fds[pod.netns],
                    peer_address=pod.mac)
     b.send()
     fds.close_all()  # the pods' fds are needed by this batch only
+
+
+def vtep(plan: Plan, node: NodePlan, b: Batch, vni: int) -> None:
+    """flannel.<vni> with its address, and per peer node what flannel's vxlan backend
+    programs for a remote lease: a permanent neighbour, an FDB entry and a route."""
+    spec = plan.spec
+    b.link_add(VTEP, spec.vtep_name, "vxlan", mtu=spec.vtep_mtu, address=node.vtep_mac, data=[
+        ("IFLA_VXLAN_ID", vni), ("IFLA_VXLAN_LOCAL", str(node.underlay_ip)),
+        ("IFLA_VXLAN_LINK", ETH0), ("IFLA_VXLAN_PORT", spec.port), ("IFLA_VXLAN_LEARNING", 0)])
+    b.addr_add(VTEP, node.vtep_ip, 32)
+    for peer in node.peers:
+        b.neigh_add(VTEP, peer.vtep_ip, peer.vtep_mac)
+        b.fdb_append(VTEP, peer.vtep_mac, peer.underlay_ip)
+        b.route_add(peer.pod_cidr, peer.vtep_ip, VTEP, onlink=True)
 
 
 class _NamespaceFds(dict):

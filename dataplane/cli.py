@@ -51,7 +51,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
     p.add_argument("--proto", choices=("icmp", "udp", "tcp"), action="append",
                    help="protocol(s) to verify with (default icmp; repeatable)")
+    p.add_argument("--mtu", action="store_true",
+                   help="also send DF UDP probes at MTU-1, MTU and MTU+1 bytes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("fault", help="inject a fault into a running cluster")
+    faults = p.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
+    faults.add_parser("list", help="the faults there are")
+    p = faults.add_parser("inject", help="inject one fault")
+    p.add_argument("fault", metavar="NAME")
+    p.add_argument("--running", metavar="N", required=True, help="the running cluster")
+    p.add_argument("--node", help="the node to break (default: the first)")
+    p.add_argument("--pod", metavar="[NODE/]POD", help="the pod to break (default: the node's first)")
+    p.add_argument("--peer", help="missing-fdb: the peer whose entry goes (default: the next node)")
     return parser
 
 
@@ -138,7 +149,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from dataplane import verify
 
     protos = tuple(dict.fromkeys(args.proto or ["icmp"]))
-    report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos))
+    report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos,
+                                                                mtu=args.mtu))
     print(json.dumps(verify.as_dict(report), indent=2) if args.json else verify.as_text(report))
     return 0 if report.passed else 1
 
@@ -160,8 +172,22 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fault(args: argparse.Namespace) -> int:
+    from dataplane import faults
+
+    if args.fault_command == "list":
+        for fault in faults.FAULTS.values():
+            print(f"{fault.name:<14} {fault.summary}")
+        return 0
+    _need_root("fault inject")
+    plan = cluster.attach(args.running).plan
+    print(faults.inject(plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
+    return 0
+
+
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
-            "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify}
+            "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify,
+            "fault": cmd_fault}
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -167,23 +167,28 @@ def write_sysctl(key: str, value: str) -> None:
 def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:
     """A socket of namespace name, opened by a thread that enters it, so the
     caller's own namespace never changes. The socket stays in that namespace."""
-    result: list[socket.socket] = []
+    made: list[socket.socket] = []
+    run_in(name, lambda: made.append(socket.socket(family, kind, proto)))
+    return made[0]
+
+
+def run_in(name: str, work: Callable[[], None]) -> None:
+    """Run work() in namespace name, in a thread that enters it (e.g. to write a sysctl)."""
     failure: list[BaseException] = []
 
-    def work() -> None:
+    def enter_and_work() -> None:
         try:
             fd = os.open(path(name), os.O_RDONLY)
             try:
                 _check(_libc.setns(fd, CLONE_NEWNET), f"setns into {name}")
             finally:
                 os.close(fd)
-            result.append(socket.socket(family, kind, proto))
+            work()
         except BaseException as err:  # raised in the caller's thread below
             failure.append(err)
 
-    worker = threading.Thread(target=work, name=f"socket-in-{name}")
+    worker = threading.Thread(target=enter_and_work, name=f"in-{name}")
     worker.start()
     worker.join()
     if failure:
         raise failure[0]
-    return result[0]

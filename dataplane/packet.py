@@ -32,7 +32,8 @@ class Frame:
     icmp_mtu: int | None = None  # next-hop MTU of a fragmentation-needed message
     tcp_flags: int | None = None
     vni: int | None = None
-    inner: "Frame | None" = None
+    inner: "Frame | None" = None  # the frame a VXLAN packet carries
+    quoted: "Frame | None" = None  # the packet an ICMP error quotes (IP header + 8 bytes)
 
 
 def _mac(raw: bytes) -> str:
@@ -50,17 +51,26 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
                      dst=socket.inet_ntoa(data[38:42]))
     if ethertype != ETH_P_IP or len(data) < 34:
         return Frame(**base)
-    ihl = (data[14] & 0x0F) * 4
-    ip_len, frag, ttl, proto = struct.unpack_from("!H2xHBB", data, 16)
-    fields = dict(base, src=socket.inet_ntoa(data[26:30]), dst=socket.inet_ntoa(data[30:34]),
+    return Frame(**base, **_ipv4(data, 14, vxlan_port))
+
+
+def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
+    """The fields of the IPv4 packet at data[ip:], and what it carries."""
+    ihl = (data[ip] & 0x0F) * 4
+    ip_len, frag, ttl, proto = struct.unpack_from("!H2xHBB", data, ip + 2)
+    fields = dict(src=socket.inet_ntoa(data[ip + 12:ip + 16]),
+                  dst=socket.inet_ntoa(data[ip + 16:ip + 20]),
                   proto=PROTO_NAMES.get(proto, str(proto)), ttl=ttl, ip_len=ip_len,
                   df=bool(frag & 0x4000))
-    l4 = 14 + ihl
+    l4 = ip + ihl
     if proto == 1 and len(data) >= l4 + 8:
         kind, code, _, ident, seq = struct.unpack_from("!BBHHH", data, l4)
         fields.update(icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq)
         if kind == 3 and code == 4:
             fields["icmp_mtu"] = seq  # the next-hop MTU sits where an echo has its sequence
+        if kind in (3, 11) and len(data) >= l4 + 8 + 20 + 4:
+            fields["quoted"] = Frame(eth_src="", eth_dst="", ethertype=ETH_P_IP,
+                                     **_ipv4(data, l4 + 8, None))
     elif proto in (6, 17) and len(data) >= l4 + 4:
         fields["sport"], fields["dport"] = struct.unpack_from("!HH", data, l4)
         if proto == 6 and len(data) >= l4 + 14:
@@ -69,4 +79,4 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
             vxlan = l4 + 8
             fields["vni"] = int.from_bytes(data[vxlan + 4:vxlan + 7], "big")
             fields["inner"] = decode(data[vxlan + VXLAN_HEADER:], None)
-    return Frame(**fields)
+    return fields

@@ -43,7 +43,8 @@ def _load_message_classes():
 nlmsgerr, ifaddrmsg, ifinfmsg, ndmsg, rtmsg = _load_message_classes()
 
 # linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h, linux/if.h
-RTM_NEWLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE, RTM_NEWNEIGH = 16, 19, 20, 24, 28
+RTM_NEWLINK, RTM_DELLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 19, 20, 24
+RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
 NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -109,6 +110,21 @@ class Batch:
         msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
         self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {index} up")
 
+    def link_set(self, ifname: str, *, master: int | None = None, mtu: int | None = None) -> None:
+        """Change a link found by name: its master (0 detaches it) or its MTU."""
+        msg = ifinfmsg()
+        msg["attrs"] = [("IFLA_IFNAME", ifname)]
+        if master is not None:
+            msg["attrs"].append(("IFLA_MASTER", master))
+        if mtu is not None:
+            msg["attrs"].append(("IFLA_MTU", mtu))
+        self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {ifname}")
+
+    def link_del(self, index: int) -> None:
+        msg = ifinfmsg()
+        msg["index"] = index
+        self._add(msg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, f"link del {index}")
+
     # addresses, routes, neighbours
 
     def addr_add(self, index: int, address: IPv4Address, prefixlen: int) -> None:
@@ -137,12 +153,21 @@ class Batch:
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
+        self._add(self._fdb(index, lladdr, dst), RTM_NEWNEIGH,
+                  NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
+                  f"fdb append {lladdr} dst {dst}")
+
+    def fdb_del(self, index: int, lladdr: str, dst: IPv4Address) -> None:
+        self._add(self._fdb(index, lladdr, dst), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK,
+                  f"fdb del {lladdr} dst {dst}")
+
+    @staticmethod
+    def _fdb(index: int, lladdr: str, dst: IPv4Address):
         msg = ndmsg()
         msg["family"], msg["ifindex"], msg["state"] = AF_BRIDGE, index, NUD_PERMANENT
         msg["flags"] = NTF_SELF
         msg["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", str(dst))]
-        self._add(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-                  f"fdb append {lladdr} dst {dst}")
+        return msg
 
     def send(self) -> None:
         """Send every request at once, then check each ack; raise on the first error."""

@@ -9,6 +9,7 @@ one per pod and purpose, for as many exchanges as it is asked for.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import select
 import socket
@@ -22,6 +23,8 @@ from dataplane.plan import PodPlan
 PROTOCOLS = ("icmp", "udp", "tcp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 TIMEOUT = 1.0
+IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
+UDP_IP_HEADERS = 28
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,8 @@ class Exchange:
     proto: str
     tag: int
     answered: bool
+    size: int | None = None  # IP length of a DF probe; None for an ordinary exchange
+    refused_mtu: int | None = None  # the MTU the sender's kernel refused it with
 
     @property
     def key(self) -> tuple[frozenset[str], str, int]:
@@ -61,7 +66,10 @@ class Exchange:
 
 
 def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
-    """The exchange keys a frame could belong to (a port could be either end's)."""
+    """The exchange keys a frame could belong to (a port could be either end's); an
+    ICMP error belongs to the exchange of the packet it quotes."""
+    if frame.quoted is not None:
+        return frame_keys(frame.quoted)
     pair = frozenset((frame.src, frame.dst))
     if frame.proto == "icmp" and frame.icmp_id is not None:
         return ((pair, "icmp", frame.icmp_id),)
@@ -93,16 +101,18 @@ class Sender:
         self.close()
 
     def _socket(self, pod: PodPlan, purpose: str) -> socket.socket:
-        """A bound socket of pod's: "ping", "udp-client", "udp-server" or "tcp-server"."""
+        """A bound socket of pod's: "ping", "udp-client", "udp-server", "tcp-server", or
+        "udp-df-SIZE" (one per size, so that each size of probe is a flow of its own)."""
         key = (pod.netns, purpose)
         if key not in self._sockets:
             kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
-                           "udp-client": (socket.SOCK_DGRAM, 0),
-                           "udp-server": (socket.SOCK_DGRAM, 0),
-                           "tcp-server": (socket.SOCK_STREAM, 0)}[purpose]
+                           "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
+                                                                     (socket.SOCK_DGRAM, 0))
             sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
             if purpose == "tcp-server":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if purpose.startswith("udp-df"):
+                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
             port = SERVICE_PORT if purpose.endswith("server") else 0
             sock.bind((str(pod.ip), port))
             if purpose == "tcp-server":
@@ -129,21 +139,38 @@ class Sender:
                 struct.unpack_from("!H", reply, 6)[0] == seq
         return Exchange(src, dst, "icmp", tag, answered)
 
-    def _udp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
-        client, server = self._socket(src, "udp-client"), self._socket(dst, "udp-server")
+    def sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch = _no_watch) -> Exchange:
+        """A UDP datagram of IP length size with DF set, answered in kind: sizes around
+        the MTU show where a path refuses, fragments or drops."""
+        client = self._socket(src, f"udp-df-{size}")
+        try:
+            return self._udp(src, dst, watch, client, size)
+        except OSError as err:
+            if err.errno != errno.EMSGSIZE:
+                raise
+            client.connect((str(dst.ip), SERVICE_PORT))  # IP_MTU needs a route to ask about
+            mtu = client.getsockopt(socket.IPPROTO_IP, IP_MTU)
+            return Exchange(src, dst, "udp", client.getsockname()[1], False, size, mtu)
+
+    def _udp(self, src: PodPlan, dst: PodPlan, watch: Watch, client: socket.socket | None = None,
+             size: int | None = None) -> Exchange:
+        client = client or self._socket(src, "udp-client")
+        server = self._socket(dst, "udp-server")
         tag = client.getsockname()[1]
         watch(Flow(str(src.ip), str(dst.ip), "udp", tag))
-        payload = b"dataplane %d" % next(self._sequence)
+        payload = b"dataplane %d " % next(self._sequence)
+        if size is not None:
+            payload = payload.ljust(size - UDP_IP_HEADERS, b".")
         client.sendto(payload, (str(dst.ip), SERVICE_PORT))
         answered = False
         while _wait(server, TIMEOUT):
-            data, peer = server.recvfrom(2048)
+            data, peer = server.recvfrom(65536)
             if data == payload:  # the one we just sent, not a late earlier one
                 server.sendto(data, peer)
                 break
         while not answered and _wait(client, TIMEOUT):
-            answered = client.recv(2048) == payload
-        return Exchange(src, dst, "udp", tag, answered)
+            answered = client.recv(65536) == payload
+        return Exchange(src, dst, "udp", tag, answered, size)
 
     def _tcp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
         server = self._socket(dst, "tcp-server")

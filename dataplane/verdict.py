@@ -28,6 +28,7 @@ class FlowResult:
     last_hop: dict[str, str] | None = None  # {"at", "device"}
     drop_reason: str | None = None
     hops: list[Hop] = field(default_factory=list)
+    size: int | None = None  # a DF probe's IP length
 
     @property
     def passed(self) -> bool:
@@ -43,11 +44,16 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
     if lost:
         return _set(result, INCONCLUSIVE, "lost-events",
                     f"{lost} events were lost: the trail may be incomplete")
+    if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
+        return _oversize(plan, exchange, result, hops)
     request, answer = legs(plan, src, dst)
     for leg in (request, answer):
         mine = [h for h in hops if _sent_by(h, leg)]
+        # What was sent wrongly is named before what then went missing.
         problem = _wrong_pod(plan, leg, mine) or _bridged_only(plan, leg, mine) \
-            or _missing_hop(leg, mine, hops) or (leg.encapsulated and _vxlan(plan, leg, mine))
+            or (leg.encapsulated and _vxlan(plan, leg, mine)) or _missing_hop(leg, mine, hops)
+        if problem and leg is answer:
+            problem = (problem[0], "answer " + problem[1], *problem[2:])
         if problem:
             return _set(result, FAIL, *problem[:2], last=problem[2] if len(problem) > 2 else None,
                         hops=hops)
@@ -57,6 +63,23 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
         last = hops[-1] if hops else None
         return _set(result, FAIL, "delivery", f"no answer reached {src.ref}'s socket",
                     last=last, hops=hops)
+    return result
+
+
+def _oversize(plan: Plan, exchange: Exchange, result: FlowResult, hops: list[Hop]) -> FlowResult:
+    """A DF packet above the pod MTU must be refused at the source with that MTU."""
+    mtu, src = plan.spec.vtep_mtu, exchange.src
+    left = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, POD_IFNAME, "tx")]
+    too_big = [h for h in hops if h.frame and h.frame.icmp_mtu]
+    if left:
+        why = (f"a {exchange.size}-byte DF packet left {src.ref} eth0: its MTU is above "
+               f"{plan.spec.vtep_name}'s {mtu}")
+        if too_big:
+            why += f"; {too_big[0].at} answered fragmentation needed, MTU {too_big[0].frame.icmp_mtu}"
+        return _set(result, FAIL, "mtu", why, last=hops[-1], hops=hops)
+    if exchange.refused_mtu != mtu:
+        return _set(result, FAIL, "mtu", f"{src.ref} refused a {exchange.size}-byte DF packet "
+                    f"with MTU {exchange.refused_mtu}, not {mtu}")
     return result
 
 

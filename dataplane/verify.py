@@ -50,20 +50,35 @@ def by_exchange(hops: list[Hop]) -> dict[tuple, list[Hop]]:
     return index
 
 
-def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = ("icmp",)) -> Report:
+def mtu_sizes(plan: Plan) -> tuple[int, int, int]:
+    """IP lengths around the pod MTU (flannel.1's): one under, at, and one over."""
+    mtu = plan.spec.vtep_mtu
+    return mtu - 1, mtu, mtu + 1
+
+
+def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = ("icmp",),
+        mtu: bool = False) -> Report:
+    """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1."""
     with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer, \
             traffic.Sender() as sender:
+        chosen = pairs(plan, which)
         exchanges = [sender.exchange(src, dst, proto, watch=tracer.watch)
-                     for proto in protos for src, dst in pairs(plan, which)]
+                     for proto in protos for src, dst in chosen]
+        if mtu:
+            exchanges += [sender.sized(src, dst, size, watch=tracer.watch)
+                          for size in mtu_sizes(plan) for src, dst in chosen]
         index = by_exchange(tracer.take(SETTLE_MS))
         lost = tracer.lost
         backends = tracer.loaded.backends
     flows = [judge(plan, ex, trace.trail(index.get(ex.key, []), ex), lost) for ex in exchanges]
+    for flow, ex in zip(flows, exchanges):
+        flow.size = ex.size
     return Report(flows, backends, lost)
 
 
 def flow_dict(flow: FlowResult) -> dict[str, Any]:
-    return {"src": flow.src, "dst": flow.dst, "proto": flow.proto, "verdict": flow.verdict,
+    return {"src": flow.src, "dst": flow.dst, "proto": flow.proto, "size": flow.size,
+            "verdict": flow.verdict,
             "rule": flow.rule, "diagnosis": flow.diagnosis, "last_hop": flow.last_hop,
             "drop_reason": flow.drop_reason, "hops": [trace.hop_dict(h) for h in flow.hops]}
 
@@ -78,7 +93,8 @@ def as_dict(report: Report) -> dict[str, Any]:
 def as_text(report: Report) -> str:
     lines = []
     for flow in report.flows:
-        line = f"{flow.verdict:<12} {flow.proto:<4} {flow.src:>14} -> {flow.dst:<14}"
+        proto = flow.proto + (f"/{flow.size}" if flow.size else "")
+        line = f"{flow.verdict:<12} {proto:<8} {flow.src:>14} -> {flow.dst:<14}"
         if not flow.passed:
             line += f" [{flow.rule}] {flow.diagnosis}"
         lines.append(line)

@@ -103,3 +103,13 @@ def test_missing_pyroute2_is_an_environment_error():
     assert "pyroute2" in line and "make setup" in line
     assert not list(netns.NETNS_RUN.glob(f"dp-{name}.*"))
     assert not (state.STATE_ROOT / name).exists()
+
+
+def test_installed_package_carries_its_probes(tmp_path):
+    """The installed command (not this checkout) finds probes/*.c."""
+    done = subprocess.run([sys.executable, "-c", "from dataplane import probes; "
+                           "print(probes.source('hops.c')[:2], probes.__file__)"],
+                          cwd=tmp_path, capture_output=True, text=True,
+                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("//") and "site-packages" in done.stdout
