@@ -40,12 +40,10 @@ $(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py probes/*.c)
 	$(VENV)/bin/pip install -q --disable-pip-version-check .
 	touch $(STAMP)
 
-# The main job on the default topology: build it, show it, ping every ordered pod pair, tear it down.
+# The main job on the default topology: build it, verify every ordered pod pair hop by hop
+# (ICMP, UDP, TCP and DF probes around the MTU), tear it down.
 verify: setup
-	@name=verify-$$$$; \
-	$(DP) up $(TOPOLOGY) --name $$name || exit $$?; \
-	trap '$(DP) down '$$name' >/dev/null' EXIT; \
-	$(DP) status $$name && $(VENV)/bin/python -m tests.pingall $$name
+	$(DP) verify $(TOPOLOGY) --proto icmp --proto udp --proto tcp --mtu
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -22,7 +22,7 @@ from dataplane.plan import PodPlan
 
 PROTOCOLS = ("icmp", "udp", "tcp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
-TIMEOUT = 1.0
+TIMEOUT = 0.5  # for an answer; only a failing exchange waits it out
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
 

@@ -1,0 +1,111 @@
+"""The verifier on live clusters: a healthy one passes, every fault fails at its place."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import faults, verify
+
+from .conftest import ROOT
+
+pytestmark = pytest.mark.needs_root
+
+
+def results(plan, **options):
+    report = verify.run(plan, **options)
+    assert report.lost_events == 0
+    return {(f.src, f.dst, f.proto, f.size): f for f in report.flows}
+
+
+def test_healthy_cluster_passes_every_protocol_and_size(default_cluster, probes_ready):
+    flows = results(default_cluster.plan, protos=("icmp", "udp", "tcp"), mtu=True)
+    assert len(flows) == 12 * 6
+    failed = [f"{f.src}->{f.dst} {f.proto}/{f.size}: {f.diagnosis}" for f in flows.values()
+              if not f.passed]
+    assert failed == []
+
+
+def test_twenty_verifies_in_a_row_without_a_flake(default_cluster, probes_ready):
+    for _ in range(20):
+        report = verify.run(default_cluster.plan)
+        assert report.passed, verify.as_text(report)
+
+
+def crosses(flow, node):
+    """Whether a flow has a leg that leaves or enters node across the underlay."""
+    ends = {flow.src.split("/")[0], flow.dst.split("/")[0]}
+    return len(ends) == 2 and node in ends
+
+
+@pytest.mark.parametrize("fault, affected, where", [
+    ("vni-mismatch", lambda f: crosses(f, "node-0"), {("node-0", "eth0"), ("node-1", "eth0")}),
+    ("missing-fdb", lambda f: crosses(f, "node-0"), {("node-0", "flannel.1")}),
+    ("no-ip-forward", lambda f: crosses(f, "node-0"),
+     {("node-0", "cni0"), ("node-0", "flannel.1")}),
+    ("veth-detached", lambda f: "node-0/pod-0" in (f.src, f.dst), None),
+])
+def test_fault_fails_where_it_is(make_cluster, probes_ready, fault, affected, where):
+    plan = make_cluster().plan
+    faults.inject(plan, fault, node="node-0", pod="node-0/pod-0", peer="node-1")
+    for flow in results(plan).values():
+        if not affected(flow):
+            assert flow.passed, f"{fault} should not touch {flow.src}->{flow.dst}: " \
+                                f"{flow.diagnosis}"
+            continue
+        assert flow.verdict == "FAIL", f"{fault}: {flow.src}->{flow.dst} passed"
+        assert "node-0" in flow.diagnosis, flow.diagnosis
+        if where:
+            assert (flow.last_hop["at"], flow.last_hop["device"]) in where, flow.diagnosis
+
+
+def test_vni_mismatch_is_named_at_the_sender(make_cluster, probes_ready):
+    plan = make_cluster().plan
+    faults.inject(plan, "vni-mismatch", node="node-0")
+    flow = results(plan)[("node-0/pod-0", "node-1/pod-1", "icmp", None)]
+    assert (flow.rule, flow.last_hop) == ("vxlan-vni", {"at": "node-0", "device": "eth0"})
+    assert "VNI 2, not 1" in flow.diagnosis
+
+
+def test_pod_mtu_fails_the_oversize_probe_of_that_pod_only(make_cluster, probes_ready):
+    plan = make_cluster().plan
+    faults.inject(plan, "pod-mtu", pod="node-0/pod-0")
+    for flow in results(plan, mtu=True).values():
+        if flow.src == "node-0/pod-0" and flow.size == plan.spec.vtep_mtu + 1:
+            assert (flow.verdict, flow.rule) == ("FAIL", "mtu")
+            assert "left node-0/pod-0 eth0" in flow.diagnosis
+        else:
+            assert flow.passed, f"{flow.src}->{flow.dst} {flow.size}: {flow.diagnosis}"
+
+
+def test_verify_command_json(probes_ready):
+    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--pairs", "cross-node",
+                           "--json"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    shown = json.loads(done.stdout)
+    assert shown["summary"] == {"pass": 8, "fail": 0, "inconclusive": 0}
+    flow = shown["flows"][0]
+    assert {"src", "dst", "proto", "verdict", "rule", "diagnosis", "last_hop", "drop_reason",
+            "hops"} <= set(flow)
+    encap = [h for h in flow["hops"] if h["vxlan"]]
+    assert encap and encap[0]["vxlan"]["vni"] == 1 and encap[0]["vxlan"]["port"] == 8472
+
+
+def test_verify_command_fails_with_exit_1(make_cluster, probes_ready):
+    made = make_cluster()
+    faults.inject(made.plan, "no-ip-forward", node="node-1")
+    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", made.name],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 1, done.stderr
+    assert "8 failed" in done.stdout.splitlines()[-1]
+
+
+def test_fault_list_and_bad_name(make_cluster):
+    done = subprocess.run([sys.executable, "-m", "dataplane", "fault", "list"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert set(faults.FAULTS) <= set(line.split()[0] for line in done.stdout.splitlines())
+    made = make_cluster()
+    done = subprocess.run([sys.executable, "-m", "dataplane", "fault", "inject", "nope",
+                           "--running", made.name], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 2 and "fault list" in done.stderr
