@@ -51,6 +51,7 @@ test: setup
 bench: setup
 	$(VENV)/bin/python bench/bench_up.py
 	$(VENV)/bin/python bench/bench_trace.py
+	$(VENV)/bin/python bench/bench_verify.py
 
 clean-run: setup
 	$(DP) clean
