@@ -7,11 +7,14 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 
 from dataplane import cluster, spec, state
 from dataplane.errors import UsageError
 
 DEFAULT_TOPOLOGY = "topologies/flannel-vxlan.toml"
+CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vni N, "
+                "at WHERE, dev NAME")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -54,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mtu", action="store_true",
                    help="also send DF UDP probes at MTU-1, MTU and MTU+1 bytes")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
+    p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
+    p.add_argument("--running", metavar="N", required=True, help="the running cluster")
+    p.add_argument("--duration", type=float, default=10.0, metavar="S",
+                   help="seconds to record (default 10; Ctrl-C stops early)")
+    p.add_argument("--filter", metavar="EXPR", help="keep only matching hops: " + CAPTURE_HELP)
+    p.add_argument("-o", "--output", required=True, metavar="OUT.pcapng")
     p = sub.add_parser("fault", help="inject a fault into a running cluster")
     faults = p.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
     faults.add_parser("list", help="the faults there are")
@@ -151,8 +161,31 @@ def cmd_verify(args: argparse.Namespace) -> int:
     protos = tuple(dict.fromkeys(args.proto or ["icmp"]))
     report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos,
                                                                 mtu=args.mtu))
+    if args.pcap:
+        _write_pcap(args.pcap, [hop for flow in report.flows for hop in flow.hops])
     print(json.dumps(verify.as_dict(report), indent=2) if args.json else verify.as_text(report))
     return 0 if report.passed else 1
+
+
+def _write_pcap(path: str, hops: list) -> None:
+    from dataplane import pcapng
+
+    try:
+        Path(path).write_bytes(pcapng.write(sorted(hops, key=lambda hop: hop.ts)))
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}; pick a writable path") from None
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from dataplane import capture
+
+    keep = capture.parse_filter(args.filter)  # a bad expression fails before anything runs
+    _need_root("capture")
+    plan = cluster.attach(args.running).plan
+    hops, lost = capture.run(plan, args.duration, keep)
+    _write_pcap(args.output, hops)
+    print(f"{len(hops)} hops written to {args.output}; lost events {lost}")
+    return 0 if lost == 0 else 1
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -187,7 +220,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
             "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify,
-            "fault": cmd_fault}
+            "fault": cmd_fault, "capture": cmd_capture}
 
 
 def _terminate(signum: int, frame: object) -> None:

@@ -41,6 +41,7 @@ class Hop:
     frame: packet.Frame | None
     drop_reason: str | None = None
     learned: str | None = None  # FDB events: "MAC vlan N" learned on this device
+    raw: bytes = b""  # the captured start of the frame, from its Ethernet header
 
     def flow_frame(self) -> packet.Frame | None:
         """The pod-to-pod packet inside: the inner frame of an encapsulated hop."""
@@ -178,7 +179,7 @@ class Tracer:
         else:
             func, direction = KINDS.get(kind, ("?", "?"))
         return Hop(ts=ts, skb=skb, netns=inode, at=where, ifindex=ifindex, device=device,
-                   func=func, dir=direction, length=length,
+                   func=func, dir=direction, length=length, raw=data[:caplen],
                    frame=packet.decode(data[:caplen], self._vxlan_port),
                    drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"
                    else None)
