@@ -28,7 +28,7 @@ headers:
 	  mv $(HEADERS_CACHE).tmp $(HEADERS_CACHE); \
 	fi
 
-$(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py probes/*.c)
+$(STAMP): pyproject.toml Makefile
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml Makefile $(wildcard dataplane/*.py probes/*.c)
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	fi
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
-	$(VENV)/bin/pip install -q --disable-pip-version-check .
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat
 	touch $(STAMP)
 
 # The main job on the default topology: build it, verify every ordered pod pair hop by hop

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import zipfile
 
 import pytest
 
@@ -105,11 +106,20 @@ def test_missing_pyroute2_is_an_environment_error():
     assert not (state.STATE_ROOT / name).exists()
 
 
-def test_installed_package_carries_its_probes(tmp_path):
-    """The installed command (not this checkout) finds probes/*.c."""
-    done = subprocess.run([sys.executable, "-c", "from dataplane import probes; "
-                           "print(probes.source('hops.c')[:2], probes.__file__)"],
-                          cwd=tmp_path, capture_output=True, text=True,
-                          env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+def test_wheel_carries_the_probes(tmp_path):
+    """A user's `pip install` gets probes/*.c inside the package, as dataplane/probes."""
+    done = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
+                           "--no-build-isolation", "-w", str(tmp_path), str(ROOT)],
+                          capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("//") and "site-packages" in done.stdout
+    (wheel,) = tmp_path.glob("dataplane-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert {"dataplane/probes/hops.c", "dataplane/probes/fn_hops.c",
+            "dataplane/probes/fdb.c"} <= set(names)
+
+
+def test_probe_sources_found_from_anywhere(tmp_path):
+    done = subprocess.run([sys.executable, "-c", "from dataplane import probes; "
+                           "print(probes.source('hops.c')[:2])"],
+                          cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0 and done.stdout.startswith("//"), done.stderr
