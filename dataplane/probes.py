@@ -15,12 +15,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from dataplane import btf, kernel
+from dataplane import btf, kernel, resources
 from dataplane.errors import UsageError
 
-# Where probes/*.c live: packaged as dataplane/probes when installed, top-level in a checkout.
-_SOURCES = (Path(__file__).resolve().parent / "probes",
-            Path(__file__).resolve().parent.parent / "probes")
 TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb")
 FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
 CACHE_DIR = Path("/var/cache/dataplane")
@@ -44,10 +41,7 @@ BRIDGE_MODULE = "bridge"
 
 
 def source(name: str) -> str:
-    for base in _SOURCES:
-        if (base / name).is_file():
-            return (base / name).read_text()
-    raise FileNotFoundError(f"probe source {name} not found in {', '.join(map(str, _SOURCES))}")
+    return resources.find("probes", name).read_text()
 
 
 # Where the first three function arguments are saved in struct pt_regs, per machine.

@@ -81,19 +81,24 @@ def _describe(frame) -> str:
     return text
 
 
-def as_text(result: TraceResult) -> str:
-    ex = result.exchange
-    lines = [f"{ex.proto} {ex.src.ref} ({ex.src.ip}) -> {ex.dst.ref} ({ex.dst.ip}): "
-             f"{'answered' if ex.answered else 'NO ANSWER'}; {len(result.hops)} hops; "
-             f"backends {', '.join(result.backends)}; lost events {result.lost_events}"]
+def hop_table(hops: list[Hop], sender_ip: str) -> list[str]:
+    """Numbered rows, one per hop; a packet from sender_ip is the request, others the reply."""
     row = "{:>3}  {:<7} {:<14} {:<14} {:<5} {:<19} {:>5}  {}"
-    lines.append(row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS"))
-    for i, hop in enumerate(result.hops, 1):
+    lines = [row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS")]
+    for i, hop in enumerate(hops, 1):
         flow = hop.flow_frame()
-        leg = "request" if flow is not None and flow.src == str(ex.src.ip) else "reply"
+        leg = "request" if flow is not None and flow.src == sender_ip else "reply"
         headers = _describe(hop.frame)
         if hop.drop_reason:
             headers += f"  DROPPED: {hop.drop_reason}"
         lines.append(row.format(i, leg, hop.at, hop.device, hop.dir, hop.func, hop.length,
                                 headers))
-    return "\n".join(lines)
+    return lines
+
+
+def as_text(result: TraceResult) -> str:
+    ex = result.exchange
+    return "\n".join([f"{ex.proto} {ex.src.ref} ({ex.src.ip}) -> {ex.dst.ref} ({ex.dst.ip}): "
+                      f"{'answered' if ex.answered else 'NO ANSWER'}; {len(result.hops)} hops; "
+                      f"backends {', '.join(result.backends)}; lost events {result.lost_events}"]
+                     + hop_table(result.hops, str(ex.src.ip)))

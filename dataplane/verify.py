@@ -56,24 +56,64 @@ def mtu_sizes(plan: Plan) -> tuple[int, int, int]:
     return mtu - 1, mtu, mtu + 1
 
 
+class Verifier:
+    """Probes loaded once and sockets kept, for any number of exchanges on one cluster."""
+
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self._tracer = Tracer(trace.where_map(plan), plan.spec.port, record_all=False)
+        self._sender = traffic.Sender()
+        self._lost_before = 0
+
+    def __enter__(self) -> "Verifier":
+        self._tracer.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._sender.close()
+        self._tracer.__exit__(*exc)
+
+    @property
+    def backends(self) -> list[str]:
+        return self._tracer.loaded.backends
+
+    @property
+    def lost(self) -> int:
+        return self._tracer.lost
+
+    def send(self, src: PodPlan, dst: PodPlan, proto: str,
+             size: int | None = None) -> traffic.Exchange:
+        """An exchange (a DF UDP probe of IP length size, if given), recorded."""
+        if size is not None:
+            return self._sender.sized(src, dst, size, watch=self._tracer.watch)
+        return self._sender.exchange(src, dst, proto, watch=self._tracer.watch)
+
+    def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
+        """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
+        them INCONCLUSIVE."""
+        index = by_exchange(self._tracer.take(SETTLE_MS))
+        lost, self._lost_before = self.lost - self._lost_before, self.lost
+        flows = [judge(self.plan, ex, trace.trail(index.get(ex.key, []), ex), lost)
+                 for ex in exchanges]
+        for flow, ex in zip(flows, exchanges):
+            flow.size = ex.size
+        return flows
+
+    def check(self, src: str, dst: str, proto: str = "icmp") -> FlowResult:
+        """One flow between pods addressed as NODE/POD, judged."""
+        return self.judge([self.send(self.plan.pod(src), self.plan.pod(dst), proto)])[0]
+
+
 def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = ("icmp",),
         mtu: bool = False) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1."""
-    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer, \
-            traffic.Sender() as sender:
+    with Verifier(plan) as verifier:
         chosen = pairs(plan, which)
-        exchanges = [sender.exchange(src, dst, proto, watch=tracer.watch)
-                     for proto in protos for src, dst in chosen]
+        exchanges = [verifier.send(src, dst, proto) for proto in protos for src, dst in chosen]
         if mtu:
-            exchanges += [sender.sized(src, dst, size, watch=tracer.watch)
+            exchanges += [verifier.send(src, dst, "udp", size)
                           for size in mtu_sizes(plan) for src, dst in chosen]
-        index = by_exchange(tracer.take(SETTLE_MS))
-        lost = tracer.lost
-        backends = tracer.loaded.backends
-    flows = [judge(plan, ex, trace.trail(index.get(ex.key, []), ex), lost) for ex in exchanges]
-    for flow, ex in zip(flows, exchanges):
-        flow.size = ex.size
-    return Report(flows, backends, lost)
+        return Report(verifier.judge(exchanges), verifier.backends, verifier.lost)
 
 
 def flow_dict(flow: FlowResult) -> dict[str, Any]:
@@ -81,6 +121,14 @@ def flow_dict(flow: FlowResult) -> dict[str, Any]:
             "verdict": flow.verdict,
             "rule": flow.rule, "diagnosis": flow.diagnosis, "last_hop": flow.last_hop,
             "drop_reason": flow.drop_reason, "hops": [trace.hop_dict(h) for h in flow.hops]}
+
+
+def flow_text(plan: Plan, flow: FlowResult) -> str:
+    """A flow's verdict, diagnosis and hop table, as a person reads it."""
+    head = f"{flow.verdict} {flow.proto}{f'/{flow.size}' if flow.size else ''} {flow.src} -> {flow.dst}"
+    if not flow.passed:
+        head += f" [{flow.rule}] {flow.diagnosis}"
+    return "\n".join([head] + trace.hop_table(flow.hops, str(plan.pod(flow.src).ip)))
 
 
 def as_dict(report: Report) -> dict[str, Any]:

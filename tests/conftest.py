@@ -24,11 +24,7 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-def pytest_collection_modifyitems(config, items):
-    skip = pytest.mark.skip(reason="needs root to create network namespaces: run sudo pytest")
-    for item in items:
-        if "needs_root" in item.keywords and not is_root():
-            item.add_marker(skip)
+pytest_plugins = ["pytester"]  # to run the dataplane plugin on test files of its own
 
 
 def pytest_sessionfinish(session, exitstatus):

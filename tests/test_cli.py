@@ -115,7 +115,7 @@ def test_wheel_carries_the_probes(tmp_path):
     (wheel,) = tmp_path.glob("dataplane-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     assert {"dataplane/probes/hops.c", "dataplane/probes/fn_hops.c",
-            "dataplane/probes/fdb.c"} <= set(names)
+            "dataplane/probes/fdb.c", "dataplane/topologies/flannel-vxlan.toml"} <= set(names)
 
 
 def test_probe_sources_found_from_anywhere(tmp_path):

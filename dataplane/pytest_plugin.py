@@ -1,0 +1,175 @@
+"""pytest plugin: dataplane checks as ordinary tests (`sudo pytest`).
+
+Registered through the pytest11 entry point, so it is active once the package
+is installed. A test reads:
+
+    def test_cross_node_udp(dataplane_verify):
+        r = dataplane_verify("node-0/pod-0", "node-1/pod-1", proto="udp")
+        assert r.passed, r.diagnosis
+
+Fixtures: dataplane_cluster (built from a topology, torn down after its scope),
+dataplane_tracer (every hop while the test runs), dataplane_verify. Markers:
+dataplane_topology(path), needs_root, needs_kprobes, needs_btf. A failed test's
+report carries the hop table of every flow it verified.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from pathlib import Path
+
+import pytest
+
+from dataplane import btf, kernel, resources
+
+ROOT_REASON = "needs root: run sudo pytest"
+_clusters = itertools.count()
+_FLOWS = pytest.StashKey[list]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("dataplane", "pod network verification")
+    group.addoption("--dataplane-topology", metavar="FILE",
+                    help="topology for dataplane_cluster (default: the marker, the "
+                         "dataplane_topology ini option, or the shipped flannel-vxlan.toml)")
+    group.addoption("--dataplane-keep", action="store_true",
+                    help="leave a cluster up when a test using it failed, and print its name")
+    group.addoption("--dataplane-pcap", metavar="DIR",
+                    help="write a pcapng of each failed test's flows to DIR")
+    parser.addini("dataplane_topology", "topology file for dataplane_cluster")
+    parser.addini("dataplane_scope", "scope of dataplane_cluster: module (default) or session",
+                  default="module")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for line in (
+        "dataplane_topology(path): the topology dataplane_cluster builds for this module",
+        "needs_root: skip unless root (network namespaces and eBPF need it)",
+        "needs_kprobes: skip unless the kernel has kprobes",
+        "needs_btf: skip unless the kernel has BTF (/sys/kernel/btf/vmlinux)",
+    ):
+        config.addinivalue_line("markers", line)
+
+
+def _missing(item: pytest.Item) -> str | None:
+    """Why a capability a marker asks for is missing, with the fix."""
+    if item.get_closest_marker("needs_root") and os.geteuid() != 0:
+        return ROOT_REASON
+    if item.get_closest_marker("needs_btf") and not btf.VMLINUX.exists():
+        return "needs BTF: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y"
+    if item.get_closest_marker("needs_kprobes") and not kernel.kprobes_available():
+        return "needs kprobes: this kernel has none (CONFIG_KPROBES unset); use a VM with a " \
+               "stock distribution kernel"
+    return None
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    reason = _missing(item)
+    if reason:
+        pytest.skip(reason)
+
+
+def _scope(fixture_name: str, config: pytest.Config) -> str:
+    scope = config.getini("dataplane_scope") or "module"
+    if scope not in ("module", "session"):
+        raise pytest.UsageError(f"dataplane_scope = {scope}: use module or session")
+    return scope
+
+
+def _topology(request: pytest.FixtureRequest) -> Path:
+    marker = request.node.get_closest_marker("dataplane_topology")
+    chosen = (marker.args[0] if marker else None) \
+        or request.config.getoption("--dataplane-topology") \
+        or request.config.getini("dataplane_topology")
+    if not chosen:
+        return resources.find("topologies", "flannel-vxlan.toml")
+    path = Path(chosen)
+    return path if path.is_absolute() else request.config.rootpath / path
+
+
+@pytest.fixture(scope=_scope)
+def dataplane_cluster(request: pytest.FixtureRequest):
+    """A cluster built for this module (or session), torn down after it, failures included."""
+    from dataplane import cluster
+    from dataplane.errors import UsageError
+
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_REASON)
+    try:
+        made = cluster.up(_topology(request), name=f"pt{os.getpid()}-{next(_clusters)}")
+    except UsageError as err:
+        pytest.fail(str(err), pytrace=False)
+    failures_before = request.session.testsfailed
+    yield made
+    if request.config.getoption("--dataplane-keep") and \
+            request.session.testsfailed > failures_before:
+        made.record.release()  # left for inspection; `dataplane down` or `clean` removes it
+        print(f"\ndataplane: kept cluster {made.name} up after a failure "
+              f"(dataplane status {made.name}; dataplane down {made.name})")
+    else:
+        cluster.down(made.name)
+
+
+def _probes_or_skip() -> None:
+    if os.geteuid() != 0:
+        pytest.skip(ROOT_REASON)
+    for fact in kernel.facts():
+        if not fact.ok:
+            pytest.skip(f"probes cannot run: {fact.name} is {fact.value}; {fact.fix}")
+
+
+@pytest.fixture
+def dataplane_tracer(dataplane_cluster):
+    """A Tracer recording every hop in the cluster while the test runs."""
+    from dataplane import trace
+    from dataplane.tracer import Tracer
+
+    _probes_or_skip()
+    plan = dataplane_cluster.plan
+    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+        yield tracer
+
+
+@pytest.fixture(scope=_scope)
+def _dataplane_verifier(dataplane_cluster):
+    from dataplane.verify import Verifier
+
+    _probes_or_skip()
+    with Verifier(dataplane_cluster.plan) as verifier:
+        yield verifier
+
+
+@pytest.fixture
+def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
+    """verify(src, dst, proto="icmp") -> a result with .passed, .verdict, .diagnosis, .hops."""
+    flows = request.node.stash.setdefault(_FLOWS, [])
+
+    def verify(src: str, dst: str, proto: str = "icmp"):
+        result = _dataplane_verifier.check(src, dst, proto)
+        flows.append((_dataplane_verifier.plan, result))
+        return result
+
+    return verify
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report = outcome.get_result()
+    flows = item.stash.get(_FLOWS, [])
+    if report.when != "call" or not report.failed or not flows:
+        return
+    from dataplane import verify
+
+    report.sections.append(("dataplane flows", "\n\n".join(
+        verify.flow_text(plan, flow) for plan, flow in flows)))
+    folder = item.config.getoption("--dataplane-pcap")
+    if folder:
+        from dataplane import pcapng
+
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        out = Path(folder) / f"{item.name}.pcapng"
+        out.write_bytes(pcapng.write(sorted((h for _, f in flows for h in f.hops),
+                                            key=lambda hop: hop.ts)))
+        report.sections.append(("dataplane pcap", str(out)))

@@ -1,0 +1,122 @@
+"""The pytest plugin, run by pytester on test files of its own."""
+
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from dataplane import netns
+
+from .conftest import BIG, ROOT
+
+PASSING = '''
+def test_cross_node_udp(dataplane_verify):
+    r = dataplane_verify("node-0/pod-0", "node-1/pod-1", proto="udp")
+    assert r.passed, r.diagnosis
+    assert r.verdict == "PASS" and any(h.device == "flannel.1" for h in r.hops)
+
+def test_same_node(dataplane_verify):
+    assert dataplane_verify("node-0/pod-0", "node-0/pod-1").passed
+
+def test_tracer_sees_traffic(dataplane_cluster, dataplane_tracer):
+    from dataplane import traffic
+    plan = dataplane_cluster.plan
+    assert traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0"), "icmp").answered
+    assert any(h.at == "node-1/pod-0" for h in dataplane_tracer.take(50))
+'''
+
+FAILING = '''
+from dataplane import faults
+
+def test_broken(dataplane_cluster, dataplane_verify):
+    faults.inject(dataplane_cluster.plan, "missing-fdb", node="node-0", peer="node-1")
+    r = dataplane_verify("node-0/pod-0", "node-1/pod-1")
+    assert r.passed, r.diagnosis
+'''
+
+
+@pytest.mark.needs_root
+def test_passing_checks(pytester, probes_ready):
+    pytester.makepyfile(test_user=PASSING)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
+
+
+@pytest.mark.needs_root
+def test_failure_shows_hops_diagnosis_and_pcap(pytester, probes_ready, tmp_path):
+    pytester.makepyfile(test_user=FAILING)
+    result = pytester.runpytest("-p", "no:cacheprovider", f"--dataplane-pcap={tmp_path}")
+    result.assert_outcomes(failed=1)
+    text = result.stdout.str()
+    assert "dataplane flows" in text and "FAIL icmp node-0/pod-0 -> node-1/pod-1 [path]" in text
+    assert "SKB_DROP_REASON_NO_TX_TARGET" in text and "net_dev_start_xmit" in text
+    assert (tmp_path / "test_broken.pcapng").stat().st_size > 100
+
+
+@pytest.mark.needs_root
+def test_keep_leaves_the_failed_cluster_up(pytester, probes_ready):
+    pytester.makepyfile(test_user=FAILING)
+    result = pytester.runpytest("-p", "no:cacheprovider", "--dataplane-keep", "-s")
+    result.assert_outcomes(failed=1)
+    kept = [line.split()[3] for line in result.stdout.lines if "kept cluster" in line]
+    assert kept, result.stdout.str()
+    try:
+        assert netns.exists(f"dp-{kept[0]}.node-0")
+    finally:
+        subprocess.run([sys.executable, "-m", "dataplane", "down", kept[0]], cwd=ROOT)
+
+
+@pytest.mark.needs_root
+def test_topology_marker(pytester, probes_ready):
+    pytester.makepyfile(test_user=f'''
+import pytest
+pytestmark = pytest.mark.dataplane_topology({str(BIG)!r})
+
+def test_big(dataplane_cluster, dataplane_verify):
+    assert len(dataplane_cluster.plan.nodes) == 4
+    assert dataplane_verify("node-3/pod-7", "node-0/pod-0").passed
+''')
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+def test_capability_markers_skip_with_the_fix(pytester):
+    pytester.makepyfile(test_user='''
+import pytest
+
+@pytest.mark.needs_kprobes
+def test_kprobes():
+    pass
+
+@pytest.mark.needs_btf
+def test_btf():
+    pass
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
+    from dataplane import kernel
+    if not kernel.kprobes_available():
+        result.stdout.fnmatch_lines(["*needs kprobes: this kernel has none*"])
+
+
+def test_without_root_the_fixtures_skip():
+    """`pytest` as a normal user: skips with the reason, never an error."""
+    with tempfile.TemporaryDirectory() as folder:  # one a normal user may read
+        os.chmod(folder, 0o755)
+        (Path(folder) / "test_user.py").write_text(PASSING)
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"] \
+            if os.geteuid() == 0 else []
+        done = subprocess.run([*user, sys.executable, "-m", "pytest", "-p", "no:cacheprovider",
+                               "-rs", folder], cwd=folder, capture_output=True, text=True,
+                              env={"PATH": "/usr/bin:/bin", "HOME": folder})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "3 skipped" in done.stdout and "needs root: run sudo pytest" in done.stdout
+
+
+@pytest.mark.needs_root
+def test_the_shipped_example_passes(probes_ready):
+    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                           "examples/test_my_network.py"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert "5 passed" in done.stdout
