@@ -12,7 +12,18 @@ APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tsh
 # (common + arch merged) kept here; struct offsets never come from it, only from BTF.
 HEADERS_CACHE := /var/cache/dataplane/kernel-headers
 
-.PHONY: setup headers verify test bench clean-run
+.PHONY: setup headers setup-vm vm-test verify test bench clean-run
+
+# $(call ensure_packages,PACKAGE...): install those of the Debian packages that are missing.
+define ensure_packages
+	@missing=""; for p in $(1); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+endef
 
 setup: $(STAMP) headers
 
@@ -29,13 +40,7 @@ headers:
 	fi
 
 $(STAMP): pyproject.toml Makefile
-	@missing=""; for p in $(APT_PACKAGES); do \
-	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
-	done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing Debian packages:$$missing"; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	fi
+	$(call ensure_packages,$(APT_PACKAGES))
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(VENV)
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e . --config-settings editable_mode=compat
 	touch $(STAMP)
@@ -47,6 +52,13 @@ verify: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
+
+# The VM lane: the kprobe backend for real, in Debian's stock kernel under QEMU.
+setup-vm: setup
+	$(call ensure_packages,qemu-system-x86 debootstrap busybox-static cpio)
+
+vm-test: setup-vm
+	bash vm/run.sh
 
 bench: setup
 	$(VENV)/bin/python bench/bench_up.py

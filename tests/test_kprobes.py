@@ -1,0 +1,69 @@
+"""The kprobe backend end to end: run where the kernel has kprobes (the VM lane,
+`make vm-test`, boots Debian's stock kernel for it); skipped elsewhere with the reason."""
+
+import subprocess
+import sys
+
+import pytest
+
+from dataplane import faults, probes, trace, verify
+
+from .conftest import ROOT
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.needs_kprobes]
+
+
+def test_doctor_reports_kprobes_and_matching_headers():
+    done = subprocess.run([sys.executable, "-m", "dataplane", "doctor"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "kprobes:         available" in done.stdout
+    assert "kernel headers:  matching" in done.stdout
+    assert "backends:        kprobes + tracepoints" in done.stdout
+
+
+def order(result, wanted):
+    """Indexes of the wanted (at, device or function) hops of the request, in trail order."""
+    keys = [(h.at, h.func if h.dir == "fn" else h.device) for h in result.hops
+            if h.flow_frame() is not None and h.flow_frame().src == str(result.exchange.src.ip)]
+    found = []
+    for want in wanted:
+        assert want in keys[found[-1] + 1 if found else 0:], (want, trace.as_text(result))
+        found.append(keys.index(want, found[-1] + 1 if found else 0))
+    return found
+
+
+def test_same_node_hops_include_the_bridge_functions(default_cluster, probes_ready):
+    plan = default_cluster.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
+    result = trace.run(plan, a.ref, b.ref, "icmp")
+    assert result.exchange.answered and "kprobes" in result.backends
+    order(result, [("node-0/pod-0", "eth0"), ("node-0", "br_handle_frame"),
+                   ("node-0", "br_forward"), ("node-0", b.host_veth), ("node-0/pod-1", "eth0")])
+
+
+def test_cross_node_hops_include_the_vxlan_functions(default_cluster, probes_ready):
+    plan = default_cluster.plan
+    result = trace.run(plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    assert result.exchange.answered
+    order(result, [("node-0", "cni0"), ("node-0", "vxlan_xmit"), ("node-0", "eth0"),
+                   ("node-1", "vxlan_rcv"), ("node-1", "flannel.1"), ("node-1/pod-1", "eth0")])
+
+
+def test_verify_passes_then_fails_at_the_fault(make_cluster, probes_ready):
+    plan = make_cluster().plan
+    assert verify.run(plan).passed
+    faults.inject(plan, "missing-fdb", node="node-0", peer="node-1")
+    flow = {(f.src, f.dst): f for f in verify.run(plan).flows}[("node-0/pod-0", "node-1/pod-1")]
+    assert flow.verdict == "FAIL" and flow.last_hop["at"] == "node-0", flow.diagnosis
+
+
+def test_btf_offsets_equal_offsetof_from_the_matching_headers(probes_ready):
+    """Compiled against the guest's own headers: each _Static_assert holds."""
+    from bcc import BPF
+
+    layout = probes.layout()
+    asserts = "".join(f"_Static_assert({expression} == {layout.offsets[macro]}, \"{macro}\");\n"
+                      for macro, expression in probes.layout_from_headers("x86_64")
+                      .offsets.items())
+    BPF(text=(probes.HEADER_PRELUDE + asserts + "int nothing(void *ctx) { return 0; }\n").encode())
