@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import itertools
+import os
 import select
 import socket
 import struct
@@ -22,7 +23,9 @@ from dataplane.plan import PodPlan
 
 PROTOCOLS = ("icmp", "udp", "tcp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
-TIMEOUT = 0.5  # for an answer; only a failing exchange waits it out
+# Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
+# (the VM lane runs under QEMU's TCG, ~20x slower) raise it through the environment.
+TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
 

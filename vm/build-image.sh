@@ -34,13 +34,13 @@ site=$(find "$work/rootfs/usr/lib/python3" -maxdepth 1 -name dist-packages | hea
 cp -a "$project/.venv/lib/python3.11/site-packages/pyroute2" "$site/"
 install -m 755 "$here/guest-run" "$work/rootfs/usr/local/sbin/dataplane-guest-run"
 
-echo "vm: initramfs (busybox, virtio_pci, virtio_blk, ext4)"
+echo "vm: initramfs (busybox, virtio_pci, virtio_blk, crc32c, ext4)"
 ir=$work/initramfs
 mkdir -p "$ir/bin" "$ir/proc" "$ir/sys" "$ir/dev" "$ir/newroot" "$ir/lib/modules/$version"
 cp /bin/busybox "$ir/bin/busybox"
 for tool in sh mount modprobe switch_root sleep; do ln -s busybox "$ir/bin/$tool"; done
 modules="$work/rootfs/usr/lib/modules/$version"
-for mod in virtio_pci virtio_blk ext4; do
+for mod in virtio_pci virtio_blk crc32c_generic ext4; do
   chroot "$work/rootfs" modprobe --set-version "$version" --show-depends "$mod" \
     | awk '$1 == "insmod" {print $2}' | while read -r path; do
       mkdir -p "$ir$(dirname "$path")" && cp "$work/rootfs$path" "$ir$path"
@@ -50,9 +50,12 @@ cp "$modules"/modules.dep "$modules"/modules.alias "$ir/lib/modules/$version/" 2
 cat >"$ir/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-modprobe virtio_pci; modprobe virtio_blk; modprobe ext4
+# ext4 asks the crypto API for crc32c, which would need /sbin/modprobe: load it first.
+for mod in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $mod; done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
-mount -t ext4 /dev/vda /newroot || { echo "vm: cannot mount the root disk"; exec sh; }
+if ! mount -t ext4 /dev/vda /newroot; then
+  echo "vm: cannot mount the root disk"; echo o >/proc/sysrq-trigger; sleep 10
+fi
 exec switch_root /newroot /usr/local/sbin/dataplane-guest-run
 INIT
 chmod 755 "$ir/init"

@@ -26,7 +26,8 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 # This checkout, without its venv and git history, as the guest's second disk.
 mkdir "$work/src"
-tar -C "$project" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' -cf - . \
+tar -C "$project" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' \
+  --exclude='*.egg-info' -cf - . \
   | tar -C "$work/src" -xf -
 mke2fs -q -t ext4 -d "$work/src" "$work/src.ext4" 256M
 
