@@ -46,9 +46,9 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 # The main job on the default topology: build it, verify every ordered pod pair hop by hop
-# (ICMP, UDP, TCP and DF probes around the MTU), tear it down.
+# (ICMP, UDP, TCP, ARP and DF probes around the MTU), tear it down.
 verify: setup
-	$(DP) verify $(TOPOLOGY) --proto icmp --proto udp --proto tcp --mtu
+	$(DP) verify $(TOPOLOGY) --proto icmp --proto udp --proto tcp --proto arp --mtu
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

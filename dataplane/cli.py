@@ -52,8 +52,9 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("topology", nargs="?", help=f"topology to build (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
     p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
-    p.add_argument("--proto", choices=("icmp", "udp", "tcp"), action="append",
-                   help="protocol(s) to verify with (default icmp; repeatable)")
+    p.add_argument("--proto", choices=("icmp", "udp", "tcp", "arp"), action="append",
+                   help="protocol(s) to verify with (default icmp; repeatable; arp asks for "
+                        "the destination on the same node, else for the gateway)")
     p.add_argument("--mtu", action="store_true",
                    help="also send DF UDP probes at MTU-1, MTU and MTU+1 bytes")
     p.add_argument("--json", action="store_true", help="machine-readable output")

@@ -31,6 +31,8 @@ class Frame:
     icmp_seq: int | None = None
     icmp_mtu: int | None = None  # next-hop MTU of a fragmentation-needed message
     tcp_flags: int | None = None
+    arp_op: int | None = None  # 1 request, 2 reply
+    arp_sender_mac: str | None = None
     vni: int | None = None
     inner: "Frame | None" = None  # the frame a VXLAN packet carries
     quoted: "Frame | None" = None  # the packet an ICMP error quotes (IP header + 8 bytes)
@@ -48,7 +50,8 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
     base = {"eth_src": _mac(src), "eth_dst": _mac(dst), "ethertype": ethertype}
     if ethertype == ETH_P_ARP and len(data) >= 42:
         return Frame(**base, proto="arp", src=socket.inet_ntoa(data[28:32]),
-                     dst=socket.inet_ntoa(data[38:42]))
+                     dst=socket.inet_ntoa(data[38:42]), arp_op=struct.unpack_from("!H", data, 20)[0],
+                     arp_sender_mac=_mac(data[22:28]))
     if ethertype != ETH_P_IP or len(data) < 34:
         return Frame(**base)
     return Frame(**base, **_ipv4(data, 14, vxlan_port))

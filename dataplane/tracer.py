@@ -22,7 +22,7 @@ HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYM
 LEARN_KINDS = {6: "br_fdb_update", 7: "br_fdb_add"}  # data: MAC, then VLAN id
 PERF_PAGES_PER_CPU = 64
 CFG_ALL, CFG_VXLAN_PORT = 0, 1  # enum config_slot in probes/hops.c
-PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17}
+PROTO_NUMBERS = {"arp": 0, "icmp": 1, "tcp": 6, "udp": 17}  # ARP keys: proto 0, tag 0
 # struct hop_event in probes/hops.c
 _EVENT = struct.Struct("<QQIIIIHH16s128s")
 

@@ -21,13 +21,14 @@ from dataclasses import dataclass
 from dataplane import netns
 from dataplane.plan import PodPlan
 
-PROTOCOLS = ("icmp", "udp", "tcp")
+PROTOCOLS = ("icmp", "udp", "tcp", "arp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
 # (the VM lane runs under QEMU's TCG, ~20x slower) raise it through the environment.
 TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
+ETH_P_ARP = 0x0806
 
 
 @dataclass(frozen=True)
@@ -58,10 +59,19 @@ class Exchange:
     answered: bool
     size: int | None = None  # IP length of a DF probe; None for an ordinary exchange
     refused_mtu: int | None = None  # the MTU the sender's kernel refused it with
+    answer_mac: str | None = None  # an ARP probe's: who answered
+
+    @property
+    def target(self) -> str:
+        """Who the request is for: the destination pod, but for ARP across nodes, the
+        source pod's gateway (pods on other nodes are not on its link)."""
+        if self.proto == "arp" and self.src.node != self.dst.node:
+            return str(self.src.gateway)
+        return str(self.dst.ip)
 
     @property
     def key(self) -> tuple[frozenset[str], str, int]:
-        return frozenset((str(self.src.ip), str(self.dst.ip))), self.proto, self.tag
+        return frozenset((str(self.src.ip), self.target)), self.proto, self.tag
 
     def matches(self, frame) -> bool:
         """Whether a decoded pod-to-pod frame belongs to this exchange, either way."""
@@ -78,6 +88,8 @@ def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
         return ((pair, "icmp", frame.icmp_id),)
     if frame.proto in ("udp", "tcp") and frame.sport is not None:
         return (pair, frame.proto, frame.sport), (pair, frame.proto, frame.dport)
+    if frame.proto == "arp":
+        return ((pair, "arp", 0),)
     return ()
 
 
@@ -108,6 +120,12 @@ class Sender:
         "udp-df-SIZE" (one per size, so that each size of probe is a flow of its own)."""
         key = (pod.netns, purpose)
         if key not in self._sockets:
+            if purpose == "arp":  # ARP frames in and out of the pod's eth0
+                sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
+                                       socket.htons(ETH_P_ARP))
+                sock.bind(("eth0", 0))
+                self._sockets[key] = sock
+                return sock
             kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
                            "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
                                                                      (socket.SOCK_DGRAM, 0))
@@ -125,7 +143,8 @@ class Sender:
 
     def exchange(self, src: PodPlan, dst: PodPlan, proto: str,
                  watch: Watch = _no_watch) -> Exchange:
-        return {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp}[proto](src, dst, watch)
+        senders = {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp, "arp": self._arp}
+        return senders[proto](src, dst, watch)
 
     def _icmp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
         """An echo from a ping socket: the kernel sets its id (the socket's port)
@@ -190,6 +209,24 @@ class Sender:
         if answered and _wait(server, TIMEOUT):
             server.accept()[0].close()
         return Exchange(src, dst, "tcp", tag, answered)
+
+
+    def _arp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
+        """A who-has crafted with scapy, sent on the pod's eth0 from a packet socket."""
+        from scapy.layers.l2 import ARP, Ether  # only ARP probes pay for importing scapy
+
+        probe = Exchange(src, dst, "arp", 0, False)
+        target = probe.target
+        sock = self._socket(src, "arp")
+        watch(Flow(str(src.ip), target, "arp", 0))
+        sock.send(bytes(Ether(src=src.mac, dst="ff:ff:ff:ff:ff:ff")
+                        / ARP(op=1, hwsrc=src.mac, psrc=str(src.ip), pdst=target)))
+        while _wait(sock, TIMEOUT):
+            frame = sock.recv(2048)
+            reply = ARP(frame[14:])
+            if reply.op == 2 and reply.psrc == target and reply.pdst == str(src.ip):
+                return Exchange(src, dst, "arp", 0, True, answer_mac=reply.hwsrc)
+        return probe
 
 
 def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:

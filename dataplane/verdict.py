@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from dataplane.paths import Leg, legs
-from dataplane.plan import NODE_IFNAME, POD_IFNAME, Plan
+from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, Plan
 from dataplane.tracer import Hop
 from dataplane.traffic import Exchange
 
@@ -46,6 +46,8 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
                     f"{lost} events were lost: the trail may be incomplete")
     if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
         return _oversize(plan, exchange, result, hops)
+    if exchange.proto == "arp":
+        return _arp(plan, exchange, result, hops)
     request, answer = legs(plan, src, dst)
     for leg in (request, answer):
         mine = [h for h in hops if _sent_by(h, leg)]
@@ -109,10 +111,14 @@ def _key(hop: Hop) -> tuple[str, str, str]:
 
 
 def _missing_hop(leg: Leg, mine: list[Hop], everything: list[Hop]):
+    return _first_missing(leg.hops, mine, everything, f"{leg.sender.ref} -> {leg.receiver.ref}")
+
+
+def _first_missing(wanted, mine: list[Hop], everything: list[Hop], label: str):
     """The first expected hop not seen, in order, with the last one that was."""
     seen = iter(mine)
     last = None
-    for want in leg.hops:
+    for want in wanted:
         for hop in seen:
             if _key(hop) == want:
                 last = hop
@@ -120,9 +126,48 @@ def _missing_hop(leg: Leg, mine: list[Hop], everything: list[Hop]):
         else:
             where = f"{want[0]} {want[1]} {want[2]}"
             after = f" after {last.at} {last.device} {last.dir}" if last else ""
-            return ("path", f"{leg.sender.ref} -> {leg.receiver.ref}: no hop at {where}{after}",
+            return ("path", f"{label}: no hop at {where}{after}",
                     last or (everything[-1] if everything else None))
     return None
+
+
+def _arp(plan: Plan, exchange: Exchange, result: FlowResult, hops: list[Hop]) -> FlowResult:
+    """A who-has from a pod: for a pod on its node it is bridged to that pod and
+    answered with its MAC; across nodes it asks for the gateway, answered by cni0.
+    Either way ARP never leaves the node's bridge."""
+    src, dst = exchange.src, exchange.dst
+    node = plan.node(src.node)
+    if src.node == dst.node:
+        answerer, mac = dst.ref, dst.mac
+        request = ((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
+                   (node.name, dst.host_veth, "tx"), (dst.ref, POD_IFNAME, "rx"))
+        answer = ((dst.ref, POD_IFNAME, "tx"), (node.name, dst.host_veth, "rx"),
+                  (node.name, src.host_veth, "tx"), (src.ref, POD_IFNAME, "rx"))
+    else:
+        answerer, mac = f"{node.name} {CNI_BRIDGE}", node.cni0_mac
+        request = ((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
+                   (node.name, CNI_BRIDGE, "rx"))
+        answer = ((node.name, CNI_BRIDGE, "tx"), (node.name, src.host_veth, "tx"),
+                  (src.ref, POD_IFNAME, "rx"))
+    nodes = {n.name for n in plan.nodes}
+    for hop in hops:
+        if hop.at == "underlay" or (hop.at in nodes and hop.device in
+                                    (plan.spec.vtep_name, NODE_IFNAME)):
+            return _set(result, FAIL, "arp-scope", f"ARP for {exchange.target} left "
+                        f"{node.name}'s bridge: seen at {hop.at} {hop.device}", last=hop, hops=hops)
+    label = f"ARP {src.ref} -> {exchange.target}"
+    for op, wanted, what in ((1, request, "request"), (2, answer, "reply")):
+        mine = [h for h in hops if h.frame is not None and h.frame.arp_op == op]
+        problem = _first_missing(wanted, mine, hops, f"{label} {what}")
+        if problem:
+            return _set(result, FAIL, *problem[:2], last=problem[2], hops=hops)
+    if not exchange.answered:
+        return _set(result, FAIL, "delivery", f"no ARP reply for {exchange.target} reached "
+                    f"{src.ref}", last=hops[-1] if hops else None, hops=hops)
+    if exchange.answer_mac != mac:
+        return _set(result, FAIL, "arp-mac", f"{exchange.target} answered with "
+                    f"{exchange.answer_mac}, not {mac} ({answerer})", hops=hops)
+    return result
 
 
 def _wrong_pod(plan: Plan, leg: Leg, mine: list[Hop]):

@@ -130,8 +130,19 @@ static __always_inline int frame_matches(u8 *d, const u32 eth)
     return 0;
 }
 
+// An ARP packet of a watched pair: its sender and target addresses, proto 0, tag 0.
+static __always_inline int arp_watched(u8 *d)
+{
+    struct flow_key k = {};
+    __builtin_memcpy(&k.saddr, d + ETH_LEN + 14, 4);  // sender protocol address
+    __builtin_memcpy(&k.daddr, d + ETH_LEN + 24, 4);  // target protocol address
+    return flows.lookup(&k) != 0;
+}
+
 static __always_inline int watched_flow(u8 *d)
 {
+    if (d[12] == 0x08 && d[13] == 0x06)
+        return arp_watched(d);
     if (frame_matches(d, 0))
         return 1;
     u16 dport = 0;

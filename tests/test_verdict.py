@@ -113,3 +113,13 @@ def test_delivery_to_the_wrong_pod_fails():
     result = judge(PLAN, exchange(), hops)
     assert (result.verdict, result.rule) == (FAIL, "wrong-pod")
     assert "node-1/pod-0" in result.diagnosis
+
+
+def test_arp_must_stay_on_the_node():
+    src, dst = PLAN.pod("node-0/pod-0"), PLAN.pod("node-0/pod-1")
+    arp = Frame(eth_src="", eth_dst="", ethertype=0x806, src=str(src.ip), dst=str(dst.ip),
+                proto="arp", arp_op=1)
+    hops = [Hop(ts=1, skb=1, netns=1, at="node-0", ifindex=4, device="flannel.1", func="f",
+                dir="tx", length=42, frame=arp)]
+    result = judge(PLAN, Exchange(src, dst, "arp", 0, False), hops)
+    assert (result.verdict, result.rule) == (FAIL, "arp-scope")

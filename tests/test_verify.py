@@ -20,8 +20,8 @@ def results(plan, **options):
 
 
 def test_healthy_cluster_passes_every_protocol_and_size(default_cluster, probes_ready):
-    flows = results(default_cluster.plan, protos=("icmp", "udp", "tcp"), mtu=True)
-    assert len(flows) == 12 * 6
+    flows = results(default_cluster.plan, protos=("icmp", "udp", "tcp", "arp"), mtu=True)
+    assert len(flows) == 12 * 7
     failed = [f"{f.src}->{f.dst} {f.proto}/{f.size}: {f.diagnosis}" for f in flows.values()
               if not f.passed]
     assert failed == []
@@ -58,6 +58,19 @@ def test_fault_fails_where_it_is(make_cluster, probes_ready, fault, affected, wh
         assert "node-0" in flow.diagnosis, flow.diagnosis
         if where:
             assert (flow.last_hop["at"], flow.last_hop["device"]) in where, flow.diagnosis
+
+
+def test_arp_stops_at_a_detached_veth(make_cluster, probes_ready):
+    plan = make_cluster().plan
+    pod = plan.pod("node-0/pod-1")
+    faults.inject(plan, "veth-detached", pod=pod.ref)
+    for flow in results(plan, protos=("arp",)).values():
+        # its own probes, and the who-has of its node's other pods for it
+        if flow.src == pod.ref or (flow.dst == pod.ref and flow.src.startswith("node-0/")):
+            assert (flow.verdict, flow.rule) == ("FAIL", "path"), flow.diagnosis
+            assert pod.host_veth in flow.diagnosis or "cni0" in flow.diagnosis
+        else:
+            assert flow.passed, f"{flow.src}->{flow.dst}: {flow.diagnosis}"
 
 
 def test_vni_mismatch_is_named_at_the_sender(make_cluster, probes_ready):
