@@ -13,6 +13,7 @@ from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, FlowResult, judge
 
 PAIRS = ("all", "same-node", "cross-node")
 SETTLE_MS = 100
+NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
 
 @dataclass
@@ -93,8 +94,10 @@ class Verifier:
         them INCONCLUSIVE."""
         index = by_exchange(self._tracer.take(SETTLE_MS))
         lost, self._lost_before = self.lost - self._lost_before, self.lost
-        flows = [judge(self.plan, ex, trace.trail(index.get(ex.key, []), ex), lost)
-                 for ex in exchanges]
+        attached = self._tracer.loaded.attached
+        missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
+        flows = [judge(self.plan, ex, trace.trail(index.get(ex.key, []), ex), lost,
+                       missing_probes=missing or None) for ex in exchanges]
         for flow, ex in zip(flows, exchanges):
             flow.size = ex.size
         return flows
