@@ -26,6 +26,9 @@ define ensure_packages
 endef
 
 setup: $(STAMP) headers
+	@# Bytecode for our modules: with PYTHONDONTWRITEBYTECODE set (as on CI), every start
+	@# would compile them again (30 ms of `dataplane up`). Up-to-date files are skipped.
+	@$(VENV)/bin/python -m compileall -q dataplane
 
 headers:
 	@if [ ! -d /lib/modules/$$(uname -r)/build/include ] && [ ! -d $(HEADERS_CACHE)/include ]; then \

@@ -25,7 +25,7 @@ from dataplane.plan import Plan, make_plan  # noqa: E402
 DP = str(ROOT / ".venv" / "bin" / "dataplane")
 BIG = ROOT / "topologies" / "flannel-vxlan-4x8.toml"
 RUNS = 9
-SETTLE = 1.5  # let the kernel finish freeing the last run's namespaces
+SETTLE = 3.0  # let the kernel finish freeing the last run's namespaces
 
 
 def ip_script(plan: Plan) -> str:
