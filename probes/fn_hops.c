@@ -1,5 +1,5 @@
 // Function hops on kprobes, for kernels that have them (compiled after hops.c,
-// whose emit() and skb_dev() it uses, into the same program and maps).
+// whose emit() it uses, into the same program and maps).
 //
 // Each fn_<name> is attached by the loader (dataplane/probes.py) to the kernel
 // function <name> when that symbol exists: bridge (br_handle_frame, br_forward,
@@ -15,7 +15,7 @@
     int fn_##name(void *ctx)                                    \
     {                                                           \
         void *skb = (void *)ARG(ctx, n);                        \
-        return emit(ctx, skb, skb_dev(skb), HOP_FUNC, FNID_##name);  \
+        return emit(ctx, skb, 0, HOP_FUNC, FNID_##name);  \
     }
 
 FN(br_forward, 2)           // (to, skb, local_rcv, local_orig)
@@ -31,5 +31,5 @@ int fn_br_handle_frame(void *ctx)  // (struct sk_buff **pskb)
 {
     void *skb = 0;
     bpf_probe_read_kernel(&skb, sizeof(skb), (void *)ARG(ctx, 1));
-    return emit(ctx, skb, skb_dev(skb), HOP_FUNC, FNID_br_handle_frame);
+    return emit(ctx, skb, 0, HOP_FUNC, FNID_br_handle_frame);
 }

@@ -180,16 +180,26 @@ static __always_inline int netns_watched(void *dev, u32 *inum)
     return watched.lookup(inum) != 0;
 }
 
+static __always_inline void *skb_dev(void *skb)
+{
+    void *dev = 0;
+    LOAD(dev, skb, OFF_SKB_DEV);
+    return dev;
+}
+
+// dev may be 0 for "the skb's": read only when needed, so that recording flows, a
+// packet of no watched flow costs as few reads as possible.
 static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 reason)
 {
     u32 inum = 0, zero = 0;
-    if (!dev)
-        return 0;
     // Recording everything, the namespace test turns host traffic away first;
     // recording flows, the flow test is the one that turns most packets away.
     u32 all = config_of(CFG_ALL);
-    if (all && !netns_watched(dev, &inum))
-        return 0;
+    if (all) {
+        dev = dev ? dev : skb_dev(skb);
+        if (!dev || !netns_watched(dev, &inum))
+            return 0;
+    }
 
     struct hop_event *e = scratch.lookup(&zero);
     if (!e)
@@ -204,8 +214,13 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
         __builtin_memset(e->data, 0, SNAPLEN);  // no stale bytes from the last packet
         bpf_probe_read_kernel(e->data, 64, start);  // near the end of a page
     }
-    if (!all && (!watched_flow(e->data) || !netns_watched(dev, &inum)))
-        return 0;
+    if (!all) {
+        if (!watched_flow(e->data))
+            return 0;
+        dev = dev ? dev : skb_dev(skb);
+        if (!dev || !netns_watched(dev, &inum))
+            return 0;
+    }
 
     u32 len = 0;
     LOAD(len, skb, OFF_SKB_LEN);
@@ -223,13 +238,6 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
     return 0;
 }
 
-static __always_inline void *skb_dev(void *skb)
-{
-    void *dev = 0;
-    LOAD(dev, skb, OFF_SKB_DEV);
-    return dev;
-}
-
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
     return emit(ctx, (void *)ctx->args[0], (void *)ctx->args[1], HOP_XMIT, 0);
@@ -237,8 +245,7 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
-    void *skb = (void *)ctx->args[0];
-    return emit(ctx, skb, skb_dev(skb), HOP_RECEIVE, 0);
+    return emit(ctx, (void *)ctx->args[0], 0, HOP_RECEIVE, 0);
 }
 
 RAW_TRACEPOINT_PROBE(netif_rx)
@@ -247,12 +254,10 @@ RAW_TRACEPOINT_PROBE(netif_rx)
     // trail needs only that, so this hop is recorded when recording everything.
     if (!config_of(CFG_ALL))
         return 0;
-    void *skb = (void *)ctx->args[0];
-    return emit(ctx, skb, skb_dev(skb), HOP_NETIF_RX, 0);
+    return emit(ctx, (void *)ctx->args[0], 0, HOP_NETIF_RX, 0);
 }
 
 RAW_TRACEPOINT_PROBE(kfree_skb)
 {
-    void *skb = (void *)ctx->args[0];
-    return emit(ctx, skb, skb_dev(skb), HOP_DROP, (u32)ctx->args[2]);
+    return emit(ctx, (void *)ctx->args[0], 0, HOP_DROP, (u32)ctx->args[2]);
 }
