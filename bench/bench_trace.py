@@ -1,7 +1,9 @@
 """Benchmark: the cost of tracing. The same run, the same cross-node pod pair, a fixed
 number of UDP packets sent from sockets in the source pod, with and without the
-tracer attached: packets/s both ways and their ratio, events recorded and lost, and
-the tracer's load+attach time. Targets (issue 3): traced rate >= 0.8 of untraced,
+tracer attached (in alternating chunks, detaching and re-attaching the loaded
+programs, as this machine's speed drifts by tens of percent within minutes):
+packets/s both ways and their ratio, events recorded and lost, and the tracer's
+load+attach time. Targets (issue 3): traced rate >= 0.8 of untraced,
 zero events lost, load+attach < 1 s. Run as root: `make bench`.
 
 Traced, as `trace` and `verify` run it: every packet is seen by the probes, and one
