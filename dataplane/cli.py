@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from dataplane import cluster, spec, state
+from dataplane import cluster, state
 from dataplane.errors import UsageError
 
 DEFAULT_TOPOLOGY = "topologies/flannel-vxlan.toml"
@@ -84,9 +84,9 @@ def _need_root(command: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    spec.load(args.topology, name=args.name)  # report a bad file before asking for root
+    topology = cluster.read(args.topology, name=args.name)  # a bad file before root
     _need_root("up")
-    made = cluster.up(args.topology, name=args.name)
+    made = cluster.start(topology)
     made.record.release()  # it outlives this process; `down` or `clean` removes it
     n_pods = len(made.plan.pods())
     print(f"cluster {made.name} is up: {len(made.plan.nodes)} nodes, {n_pods} pods "
@@ -128,13 +128,12 @@ def cmd_clean(args: argparse.Namespace) -> int:
 def _on_cluster(args: argparse.Namespace, command: str, work):
     """Run work(plan) on --running N, or on a cluster built from the topology for it
     (with a name of its own, so a cluster of that name may be up) and torn down."""
-    topology = None if args.running else (args.topology or DEFAULT_TOPOLOGY)
-    if topology:
-        spec.load(topology)
+    path = None if args.running else (args.topology or DEFAULT_TOPOLOGY)
+    topology = cluster.read(path) if path else None  # a bad file before root
     _need_root(command)
     made = None
     if topology:
-        made = cluster.up(topology, name=f"{spec.load(topology).name[:20]}-{os.getpid()}")
+        made = cluster.start(topology.renamed(f"{topology.spec.name[:20]}-{os.getpid()}"))
     try:
         return work(made.plan if made else cluster.attach(args.running).plan)
     finally:

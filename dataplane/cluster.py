@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dataplane import netns, nodefiles, spec, state
@@ -25,13 +25,33 @@ def plan_of(record: state.Record) -> Plan:
     return make_plan(spec.parse(record.topology_text, source=record.source, name=record.name))
 
 
+@dataclass(frozen=True)
+class Topology:
+    """A validated topology file, read once: its Spec and its text (kept in the state)."""
+
+    spec: spec.Spec
+    text: str
+    source: str
+
+    def renamed(self, name: str) -> "Topology":
+        return replace(self, spec=replace(self.spec, name=name))
+
+
+def read(topology: str | Path, name: str | None = None) -> Topology:
+    """Read and validate a topology file; a bad one stops here, before anything is made."""
+    checked = spec.load(topology, name=name)
+    return Topology(checked, Path(topology).read_text(), str(topology))
+
+
 def up(topology: str | Path, name: str | None = None) -> Cluster:
-    """Build the cluster described by the topology file; tear down on any failure,
-    KeyboardInterrupt included. The caller owns the result until it calls
-    release() on its record or down()."""
-    plan = make_plan(spec.load(topology, name=name))  # a bad file stops here, nothing made
-    text = Path(topology).read_text()
-    record = state.register(plan.name, plan.namespaces(), str(topology), text)
+    return start(read(topology, name))
+
+
+def start(topology: Topology) -> Cluster:
+    """Build the cluster; tear down on any failure, KeyboardInterrupt included. The
+    caller owns the result until it calls release() on its record or down()."""
+    plan = make_plan(topology.spec)
+    record = state.register(plan.name, plan.namespaces(), topology.source, topology.text)
     taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
     if taken:  # not ours to remove: only the record goes
         record.remove()

@@ -45,8 +45,9 @@ def matching_headers() -> Path | None:
 
 def header_source() -> tuple[str, Path | None]:
     """('matching' | 'portable' | 'none', the tree bcc should use)."""
-    if matching_headers():
-        return "matching", matching_headers()
+    matching = matching_headers()
+    if matching:
+        return "matching", matching
     if (PORTABLE_HEADERS / "include").is_dir():
         return "portable", PORTABLE_HEADERS
     return "none", None
