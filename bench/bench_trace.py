@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from dataplane import cluster, netns, trace  # noqa: E402
+from dataplane import cluster, netns  # noqa: E402
 from dataplane.tracer import Tracer  # noqa: E402
 from dataplane.traffic import Flow  # noqa: E402
 
@@ -72,7 +72,7 @@ def main() -> int:
         chunk = PACKETS // CHUNKS
         blast(bulk, tagged, target, chunk)  # warm up: ARP, caches
         started = time.perf_counter()
-        with Tracer(trace.where_map(plan), plan.spec.port, record_all=False) as tracer:
+        with Tracer(plan, record_all=False) as tracer:
             load = time.perf_counter() - started
             tracer.watch(flow)
             plain, traced = [], []
@@ -82,7 +82,7 @@ def main() -> int:
                 set_attached(tracer, True)
                 traced.append(blast(bulk, tagged, target, chunk))
             events, lost = len(tracer.take(settle_ms=200)), tracer.lost
-        with Tracer(trace.where_map(plan), plan.spec.port, record_all=True) as tracer:
+        with Tracer(plan, record_all=True) as tracer:
             everything = [blast(bulk, tagged, target, PACKETS), len(tracer.take(settle_ms=200)),
                           tracer.lost]
         bulk.close()

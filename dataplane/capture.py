@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from dataplane import trace
 from dataplane.errors import UsageError
 from dataplane.plan import Plan
 from dataplane.tracer import Hop, Tracer
@@ -51,7 +50,7 @@ def parse_filter(expression: str | None) -> Callable[[Hop], bool]:
 
 def run(plan: Plan, duration: float, keep: Callable[[Hop], bool]) -> tuple[list[Hop], int]:
     """Record for duration seconds (Ctrl-C ends it early); the hops kept, and lost events."""
-    with Tracer(trace.where_map(plan), plan.spec.port, record_all=True) as tracer:
+    with Tracer(plan, record_all=True) as tracer:
         try:
             time.sleep(duration)
         except KeyboardInterrupt:

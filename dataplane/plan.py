@@ -92,6 +92,14 @@ class Plan:
         return ([self.underlay_netns] + [node.netns for node in self.nodes]
                 + [pod.netns for pod in self.pods()])
 
+    def where(self) -> dict[str, str]:
+        """Namespace name -> the label hops carry: underlay, node-0, node-0/pod-1."""
+        labels = {self.underlay_netns: "underlay"}
+        for node in self.nodes:
+            labels[node.netns] = node.name
+            labels.update({pod.netns: pod.ref for pod in node.pods})
+        return labels
+
     def sysctls(self, netns: str) -> dict[str, str]:
         """The sysctls of one of our namespaces."""
         # No IPv6: its autoconfiguration chatter would mix with the traffic we verify.

@@ -122,12 +122,10 @@ def _probes_or_skip() -> None:
 @pytest.fixture
 def dataplane_tracer(dataplane_cluster):
     """A Tracer recording every hop in the cluster while the test runs."""
-    from dataplane import trace
     from dataplane.tracer import Tracer
 
     _probes_or_skip()
-    plan = dataplane_cluster.plan
-    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+    with Tracer(dataplane_cluster.plan) as tracer:
         yield tracer
 
 

@@ -12,15 +12,6 @@ from dataplane.tracer import Hop, Tracer
 SETTLE_MS = 50  # events of the last packets may still be in flight to the ring buffer
 
 
-def where_map(plan: Plan) -> dict[str, str]:
-    """Namespace name -> the label hops carry: underlay, node-0, node-0/pod-1."""
-    where = {plan.underlay_netns: "underlay"}
-    for node in plan.nodes:
-        where[node.netns] = node.name
-        where.update({pod.netns: pod.ref for pod in node.pods})
-    return where
-
-
 @dataclass
 class TraceResult:
     exchange: traffic.Exchange
@@ -39,7 +30,7 @@ def trail(hops: list[Hop], exchange: traffic.Exchange) -> list[Hop]:
 
 
 def run(plan: Plan, src: str, dst: str, proto: str) -> TraceResult:
-    with Tracer(where_map(plan), plan.spec.port, record_all=False) as tracer:
+    with Tracer(plan, record_all=False) as tracer:
         exchange = traffic.exchange(plan.pod(src), plan.pod(dst), proto, watch=tracer.watch)
         hops = trail(tracer.take(SETTLE_MS), exchange)
         return TraceResult(exchange, hops, tracer.lost, tracer.loaded.backends)

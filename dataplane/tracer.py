@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from dataplane import kernel, netns, packet, probes
+from dataplane.plan import Plan
 from dataplane.traffic import Flow
 
 # struct hop_event's kind -> (the tracepoint that saw it, direction)
@@ -53,7 +54,7 @@ class Hop:
 class Tracer:
     """Trace every packet in the given namespaces while the context is open.
 
-    where: namespace name -> the label hops carry (node-0, node-0/pod-1, underlay).
+    Hops carry the plan's labels for where they were seen (node-0, node-0/pod-1, underlay).
     record_all: every packet there (like tcpdump), or only those of the flows
     passed to watch() (the cheap way: everything else is filtered in the kernel).
     A thread drains the ring buffer as events come, keeping each as raw bytes
@@ -62,11 +63,10 @@ class Tracer:
 
     POLL_MS = 10
 
-    def __init__(self, where: dict[str, str], vxlan_port: int, record_all: bool = True,
-                 buffer: str | None = None):
+    def __init__(self, plan: Plan, record_all: bool = True, buffer: str | None = None):
         self._where_by_inode = {os.stat(netns.path(name)).st_ino: label
-                                for name, label in where.items()}
-        self._vxlan_port = vxlan_port
+                                for name, label in plan.where().items()}
+        self._vxlan_port = plan.spec.port
         self._record_all = record_all
         self._buffer = buffer
         self._raw: list[bytes] = []

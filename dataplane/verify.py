@@ -62,7 +62,7 @@ class Verifier:
 
     def __init__(self, plan: Plan):
         self.plan = plan
-        self._tracer = Tracer(trace.where_map(plan), plan.spec.port, record_all=False)
+        self._tracer = Tracer(plan, record_all=False)
         self._sender = traffic.Sender()
         self._lost_before = 0
 

@@ -89,3 +89,10 @@ def test_host_local_records(plan):
     assert files[f"{base}/10.244.0.3"] == f"{pod.container_id}\r\neth0"
     assert files[f"{base}/last_reserved_ip.0"] == "10.244.0.3"
     assert len([f for f in files if f.startswith(base)]) == 3
+
+
+def test_where_labels_every_namespace(plan):
+    where = plan.where()
+    assert set(where) == set(plan.namespaces())
+    assert where["dp-p.underlay"] == "underlay" and where["dp-p.node-1"] == "node-1"
+    assert where["dp-p.node-1.pod-0"] == "node-1/pod-0"

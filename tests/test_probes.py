@@ -99,7 +99,7 @@ def test_drop_has_its_reason(make_cluster, probes_ready):
 
 def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
     plan = default_cluster.plan
-    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+    with Tracer(plan) as tracer:
         tracer.take()
         sh(None, "ping", "-c", "3", "-i", "0.2", "-q", "127.0.0.1")
         assert tracer.take(50) == []
@@ -133,7 +133,7 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     """What trace and verify use: everything else is turned away in the kernel.
     Also with the perf buffer that kernels before 5.8 get."""
     plan = default_cluster.plan
-    with Tracer(trace.where_map(plan), plan.spec.port, record_all=False,
+    with Tracer(plan, record_all=False,
                 buffer=buffer) as tracer:
         assert tracer.loaded.buffer == buffer
         other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
@@ -167,7 +167,7 @@ def test_bridge_learning(make_cluster, probes_ready):
     made = make_cluster()
     plan = made.plan
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
-    with Tracer(trace.where_map(plan), plan.spec.port) as tracer:
+    with Tracer(plan) as tracer:
         assert "raw_tracepoint:br_fdb_update" in tracer.loaded.attached
         assert traffic.exchange(a, b, "icmp").answered
         learned = {(h.at, h.device, h.learned) for h in tracer.take(50) if h.dir == "learn"}
