@@ -154,21 +154,6 @@ class BTF:
             raise BTFError(f"{struct_name}.{path} is a bitfield")
         return bits // 8
 
-    def sizeof_member(self, struct_name: str, path: str) -> int:
-        """Size in bytes of an integer or pointer member (for reads of the right width)."""
-        type_id = self.struct_id(struct_name)
-        for part in path.split("."):
-            found = self._find(type_id, part)
-            if found is None:
-                raise BTFError(f"struct {struct_name} has no member {path}")
-            type_id = found[1]
-        kind, _, _, size, _ = self._type(self._resolve(type_id))
-        if kind == PTR:
-            return 8
-        if kind in (INT, ENUM, ENUM64, STRUCT, UNION):
-            return size
-        raise BTFError(f"{struct_name}.{path} has no simple size")
-
     def enum(self, name: str) -> dict[int, str]:
         """Value -> name of every enumerator of enum name."""
         type_id = self._named_id((ENUM, ENUM64), name)

@@ -17,7 +17,6 @@ from pathlib import Path
 from dataplane import btf
 
 TRACEFS = Path("/sys/kernel/tracing")
-DEBUGFS = Path("/sys/kernel/debug")
 # Debian's generic header tree (common + arch merged) that `make setup` prepares when
 # the running kernel has no matching headers; only bcc's own helpers are compiled
 # against it: every struct offset comes from BTF.

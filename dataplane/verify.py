@@ -11,7 +11,6 @@ from dataplane.plan import Plan, PodPlan
 from dataplane.tracer import Hop, Tracer
 from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, FlowResult, judge
 
-PAIRS = ("all", "same-node", "cross-node")
 SETTLE_MS = 100
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
