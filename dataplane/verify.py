@@ -6,7 +6,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from dataplane import trace, traffic
+from dataplane import traffic
+from dataplane.hops import hop_dict, hop_table, trail
 from dataplane.plan import Plan, PodPlan
 from dataplane.tracer import Hop, Tracer
 from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, FlowResult, judge
@@ -95,7 +96,7 @@ class Verifier:
         lost, self._lost_before = self.lost - self._lost_before, self.lost
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
-        flows = [judge(self.plan, ex, trace.trail(index.get(ex.key, []), ex), lost,
+        flows = [judge(self.plan, ex, trail(index.get(ex.key, []), ex), lost,
                        missing_probes=missing or None) for ex in exchanges]
         for flow, ex in zip(flows, exchanges):
             flow.size = ex.size
@@ -122,7 +123,7 @@ def flow_dict(flow: FlowResult) -> dict[str, Any]:
     return {"src": flow.src, "dst": flow.dst, "proto": flow.proto, "size": flow.size,
             "verdict": flow.verdict,
             "rule": flow.rule, "diagnosis": flow.diagnosis, "last_hop": flow.last_hop,
-            "drop_reason": flow.drop_reason, "hops": [trace.hop_dict(h) for h in flow.hops]}
+            "drop_reason": flow.drop_reason, "hops": [hop_dict(h) for h in flow.hops]}
 
 
 def flow_text(plan: Plan, flow: FlowResult) -> str:
@@ -130,7 +131,7 @@ def flow_text(plan: Plan, flow: FlowResult) -> str:
     head = f"{flow.verdict} {flow.proto}{f'/{flow.size}' if flow.size else ''} {flow.src} -> {flow.dst}"
     if not flow.passed:
         head += f" [{flow.rule}] {flow.diagnosis}"
-    return "\n".join([head] + trace.hop_table(flow.hops, str(plan.pod(flow.src).ip)))
+    return "\n".join([head] + hop_table(flow.hops, str(plan.pod(flow.src).ip)))
 
 
 def as_dict(report: Report) -> dict[str, Any]:

@@ -1,0 +1,61 @@
+"""A packet's hops: picked out of everything recorded, and shown to a person or a machine."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dataplane import traffic
+from dataplane.tracer import Hop
+
+
+def trail(hops: list[Hop], exchange: traffic.Exchange) -> list[Hop]:
+    """The exchange's hops in time order. A netif_rx (queued to a backlog) is folded
+    into the netif_receive_skb that follows it for the same skb and device."""
+    mine = [h for h in hops if exchange.matches(h.flow_frame())]
+    received = {(h.skb, h.netns, h.ifindex) for h in mine if h.func == "netif_receive_skb"}
+    return [h for h in mine
+            if not (h.func == "netif_rx" and (h.skb, h.netns, h.ifindex) in received)]
+
+
+def hop_dict(hop: Hop) -> dict[str, Any]:
+    f = hop.frame
+    vxlan = None
+    if f is not None and f.vni is not None:
+        vxlan = {"vni": f.vni, "port": f.dport, "outer_src": f.src, "outer_dst": f.dst,
+                 "inner_src": f.inner.src if f.inner else None,
+                 "inner_dst": f.inner.dst if f.inner else None}
+    return {"at": hop.at, "netns": hop.netns, "device": hop.device, "dir": hop.dir,
+            "func": hop.func, "len": hop.length, "src": f.src if f else None,
+            "dst": f.dst if f else None, "proto": f.proto if f else None, "vxlan": vxlan,
+            "drop_reason": hop.drop_reason}
+
+
+def describe(frame) -> str:
+    if frame is None:
+        return "?"
+    text = f"{frame.src} > {frame.dst} {frame.proto}"
+    if frame.icmp_type is not None:
+        text += f" type {frame.icmp_type} id {frame.icmp_id}"
+    elif frame.sport is not None:
+        text += f" {frame.sport} > {frame.dport}"
+        if frame.tcp_flags is not None:
+            text += " [" + "".join(c for bit, c in zip(range(6), "FSRP.U")
+                                   if frame.tcp_flags >> bit & 1) + "]"
+    if frame.vni is not None:
+        text += f" vxlan vni {frame.vni} [{describe(frame.inner)}]"
+    return text
+
+
+def hop_table(hops: list[Hop], sender_ip: str) -> list[str]:
+    """Numbered rows, one per hop; a packet from sender_ip is the request, others the reply."""
+    row = "{:>3}  {:<7} {:<14} {:<14} {:<5} {:<19} {:>5}  {}"
+    lines = [row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS")]
+    for i, hop in enumerate(hops, 1):
+        flow = hop.flow_frame()
+        leg = "request" if flow is not None and flow.src == sender_ip else "reply"
+        headers = describe(hop.frame)
+        if hop.drop_reason:
+            headers += f"  DROPPED: {hop.drop_reason}"
+        lines.append(row.format(i, leg, hop.at, hop.device, hop.dir, hop.func, hop.length,
+                                headers))
+    return lines
