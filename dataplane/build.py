@@ -1,22 +1,23 @@
 """Make a Plan real with netlink, in the cluster's namespaces only.
 
 Every request goes through a socket that was opened inside its namespace (see
-netns.Creation), so nothing here can touch the root namespace. One batch per
-namespace, sent in the order underlay, nodes, pods: each veth is created from
-the side that is already built, with its peer made up, addressed and indexed
-straight in the next namespace, so no batch waits on a later one.
+netns.Creation), so nothing here can touch the root namespace. Batches go in
+the order the namespaces are made: the underlay (its bridge, then a port per
+node), then each node followed by its pods. Each veth is created from the side
+that is already built, with its peer made, addressed and indexed straight in
+the next namespace, so no batch waits on a later one.
 """
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from ipaddress import IPv4Network
+from pathlib import Path
 
 from dataplane import netns
 from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, NodePlan, Plan
-from dataplane.rtnl import Batch
+from dataplane.rtnl import Batch, Sender
 
 # Fixed interface indexes inside our namespaces (lo is always 1).
 LO = 1
@@ -34,44 +35,55 @@ def build(plan: Plan, socket_of: Callable[[str], socket.socket]) -> None:
 
     socket_of(name) gives a netlink socket opened in namespace name, waiting
     until that namespace exists: the namespaces may still be being made.
+    Batches are encoded here while a Sender hands the previous ones to the kernel.
     """
-    with _NamespaceFds(socket_of) as fds:
-        _underlay(plan, Batch(socket_of(plan.underlay_netns), plan.underlay_netns), fds)
+    with Sender() as sender:
+        _underlay(plan, sender, socket_of)
         for node in plan.nodes:
-            _node(plan, node, Batch(socket_of(node.netns), node.netns), fds)
-        for pod in plan.pods():
-            b = Batch(socket_of(pod.netns), pod.netns)
-            b.link_up(LO)
-            b.link_up(ETH0)
-            b.addr_add(ETH0, pod.ip, pod.prefixlen)
-            b.route_add(DEFAULT_ROUTE, pod.gateway, ETH0)
-            b.send()
+            _node(plan, node, sender, socket_of)
+            for pod in node.pods:
+                with sender.batch(socket_of(pod.netns), pod.netns) as b:
+                    b.link_up(LO)
+                    b.link_up(ETH0)
+                    b.addr_add(ETH0, pod.ip, pod.prefixlen)
+                    b.route_add(DEFAULT_ROUTE, pod.gateway, ETH0)
 
 
-def _underlay(plan: Plan, b: Batch, fds: "_NamespaceFds") -> None:
-    mtu = plan.spec.underlay_mtu
-    b.link_add(BR0, UNDERLAY_BRIDGE, "bridge", mtu=mtu)
+def _peer_netns(socket_of: Callable[[str], socket.socket], name: str) -> Path:
+    """The file of namespace name, once it exists."""
+    socket_of(name)
+    return netns.path(name)
+
+
+def _underlay(plan: Plan, sender: Sender, socket_of: Callable[[str], socket.socket]) -> None:
+    """The underlay bridge, then a port per node, each in a batch of its own: a node's
+    port needs just that node's namespace made."""
+    mtu, where = plan.spec.underlay_mtu, plan.underlay_netns
+    sock = socket_of(where)
+    with sender.batch(sock, where) as b:
+        b.link_add(BR0, UNDERLAY_BRIDGE, "bridge", mtu=mtu)
     for i, node in enumerate(plan.nodes):
-        b.veth_add(FIRST_NODE_PORT + i, node.underlay_port, mtu=mtu, master=BR0,
-                   peer_ifname=NODE_IFNAME, peer_index=ETH0, peer_netns_fd=fds[node.netns],
-                   peer_address=node.eth0_mac)
-    b.send()
+        with sender.batch(sock, where) as b:
+            b.veth_add(FIRST_NODE_PORT + i, node.underlay_port, mtu=mtu, master=BR0,
+                       peer_ifname=NODE_IFNAME, peer_index=ETH0,
+                       peer_netns=_peer_netns(socket_of, node.netns),
+                       peer_address=node.eth0_mac)
 
 
-def _node(plan: Plan, node: NodePlan, b: Batch, fds: "_NamespaceFds") -> None:
+def _node(plan: Plan, node: NodePlan, sender: Sender,
+          socket_of: Callable[[str], socket.socket]) -> None:
     spec = plan.spec
-    b.link_up(LO)
-    b.link_up(ETH0)
-    b.addr_add(ETH0, node.underlay_ip, node.underlay_prefixlen)
-    b.link_add(CNI0, CNI_BRIDGE, "bridge", mtu=spec.vtep_mtu, address=node.cni0_mac)
-    b.addr_add(CNI0, node.gateway, node.pod_cidr.prefixlen)
-    vtep(plan, node, b, plan.spec.vni)
-    for i, pod in enumerate(node.pods):  # what the CNI bridge plugin does per pod
-        b.veth_add(FIRST_POD_VETH + i, pod.host_veth, mtu=pod.mtu, master=CNI0,
-                   peer_ifname=POD_IFNAME, peer_index=ETH0, peer_netns_fd=fds[pod.netns],
-                   peer_address=pod.mac)
-    b.send()
-    fds.close_all()  # the pods' fds are needed by this batch only
+    with sender.batch(socket_of(node.netns), node.netns) as b:
+        b.link_up(LO)
+        b.link_up(ETH0)
+        b.addr_add(ETH0, node.underlay_ip, node.underlay_prefixlen)
+        b.link_add(CNI0, CNI_BRIDGE, "bridge", mtu=spec.vtep_mtu, address=node.cni0_mac)
+        b.addr_add(CNI0, node.gateway, node.pod_cidr.prefixlen)
+        vtep(plan, node, b, plan.spec.vni)
+        for i, pod in enumerate(node.pods):  # what the CNI bridge plugin does per pod
+            b.veth_add(FIRST_POD_VETH + i, pod.host_veth, mtu=pod.mtu, master=CNI0,
+                       peer_ifname=POD_IFNAME, peer_index=ETH0,
+                       peer_netns=_peer_netns(socket_of, pod.netns), peer_address=pod.mac)
 
 
 def vtep(plan: Plan, node: NodePlan, b: Batch, vni: int) -> None:
@@ -86,28 +98,3 @@ def vtep(plan: Plan, node: NodePlan, b: Batch, vni: int) -> None:
         b.neigh_add(VTEP, peer.vtep_ip, peer.vtep_mac)
         b.fdb_append(VTEP, peer.vtep_mac, peer.underlay_ip)
         b.route_add(peer.pod_cidr, peer.vtep_ip, VTEP, onlink=True)
-
-
-class _NamespaceFds(dict):
-    """Open fds of namespace files, opened on first use (once the namespace
-    exists), closed in bulk."""
-
-    def __init__(self, socket_of: Callable[[str], socket.socket]):
-        super().__init__()
-        self._ready = socket_of
-
-    def __missing__(self, name: str) -> int:
-        self._ready(name)
-        self[name] = os.open(netns.path(name), os.O_RDONLY)
-        return self[name]
-
-    def close_all(self) -> None:
-        for fd in self.values():
-            os.close(fd)
-        self.clear()
-
-    def __enter__(self) -> "_NamespaceFds":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close_all()

@@ -10,6 +10,8 @@ from dataplane import netns, nodefiles, spec, state
 from dataplane.errors import UsageError
 from dataplane.plan import Plan, make_plan
 
+SWITCH_INTERVAL = 1e-4  # seconds; see _make
+
 
 @dataclass
 class Cluster:
@@ -69,6 +71,11 @@ def start(topology: Topology) -> Cluster:
 
 
 def _make(plan: Plan) -> None:
+    # Three threads share the GIL here: this one encodes, one makes namespaces, one
+    # sends batches. The other two mostly wait on the kernel; at the default 5 ms
+    # switch interval each return from a system call could wait that long for the GIL.
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
     try:
         # Imported and run while the namespaces are being made: only building needs pyroute2.
@@ -81,6 +88,8 @@ def _make(plan: Plan) -> None:
             raise UsageError(f"Python module {err.name} is missing for {sys.executable}; "
                              "install it with `make setup`") from None
         raise
+    finally:
+        sys.setswitchinterval(switch)
     creation.close()
 
 

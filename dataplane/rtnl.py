@@ -10,11 +10,16 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import queue
 import socket
 import struct
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network
+from pathlib import Path
 
 
 def _load_message_classes():
@@ -69,6 +74,7 @@ class Batch:
     where: str  # the namespace, for error messages
     _messages: list[bytes] = field(default_factory=list)
     _what: list[str] = field(default_factory=list)
+    _fds: list[int] = field(default_factory=list)  # namespace files the requests name
 
     def _add(self, msg, kind: int, flags: int, what: str) -> None:
         msg["header"]["type"] = kind
@@ -96,12 +102,14 @@ class Batch:
         self._add(msg, RTM_NEWLINK, NEW, f"link add {ifname} type {kind}")
 
     def veth_add(self, index: int, ifname: str, *, mtu: int, master: int | None,
-                 peer_ifname: str, peer_index: int, peer_netns_fd: int, peer_address: str) -> None:
-        """A veth pair, the peer made straight in the namespace of peer_netns_fd. Only
+                 peer_ifname: str, peer_index: int, peer_netns: Path, peer_address: str) -> None:
+        """A veth pair, the peer made straight in the namespace bound at peer_netns. Only
         this end comes up: the kernel cannot open a peer before the pair is linked."""
+        fd = os.open(peer_netns, os.O_RDONLY)  # the kernel reads it when it gets the batch
+        self._fds.append(fd)
         peer = {"index": peer_index, "attrs": [
             ("IFLA_IFNAME", peer_ifname), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_address),
-            ("IFLA_NET_NS_FD", peer_netns_fd)]}
+            ("IFLA_NET_NS_FD", fd)]}
         self.link_add(index, ifname, "veth", mtu=mtu, master=master,
                       data=[("VETH_INFO_PEER", peer)])
 
@@ -171,6 +179,20 @@ class Batch:
 
     def send(self) -> None:
         """Send every request at once, then check each ack; raise on the first error."""
+        try:
+            self._send()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Forget the requests (sent or not) and close the namespace files they name."""
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+        self._messages.clear()
+        self._what.clear()
+
+    def _send(self) -> None:
         if not self._messages:
             return
         self.sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)
@@ -188,8 +210,6 @@ class Batch:
                     if code and error is None:
                         error = self._error(-code, data[offset:offset + length], seq)
                 offset += (length + 3) & ~3
-        self._messages.clear()
-        self._what.clear()
         if error:
             raise error
 
@@ -199,3 +219,56 @@ class Batch:
         detail = msg.get_attr("NLMSGERR_ATTR_MSG")
         reason = detail or os.strerror(errno_)
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
+
+
+class Sender:
+    """Sends batches in order from a thread of its own, so that the kernel carries
+    out one batch while the caller encodes the next. The first failure skips the
+    rest and is raised to the caller by its next submit or by leaving the block."""
+
+    def __init__(self) -> None:
+        self._queue: queue.SimpleQueue[Batch | None] = queue.SimpleQueue()
+        self._failure: BaseException | None = None
+        self._stop = False
+        self._done = threading.Event()
+        threading.Thread(target=self._work, name="rtnl-send").start()
+
+    @contextmanager
+    def batch(self, sock: socket.socket, where: str) -> Iterator[Batch]:
+        """A new Batch for the caller to fill, sent when the block ends without error."""
+        b = Batch(sock, where)
+        try:
+            yield b
+        except BaseException:
+            b.close()
+            raise
+        self._raise_failure()
+        self._queue.put(b)
+
+    def _work(self) -> None:
+        try:
+            while (b := self._queue.get()) is not None:
+                try:
+                    if self._failure is None and not self._stop:
+                        b.send()
+                except BaseException as err:  # raised in the caller's thread
+                    self._failure = err
+                finally:
+                    b.close()
+        finally:
+            self._done.set()
+
+    def _raise_failure(self) -> None:
+        if self._failure is not None:
+            raise self._failure
+
+    def __enter__(self) -> "Sender":
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        """Wait until every batch is sent (or, after an error, dropped)."""
+        self._stop = kind is not None
+        self._queue.put(None)
+        self._done.wait()
+        if kind is None:
+            self._raise_failure()
