@@ -239,10 +239,10 @@ class Sender:
         b = Batch(sock, where)
         try:
             yield b
+            self._raise_failure()
         except BaseException:
             b.close()
             raise
-        self._raise_failure()
         self._queue.put(b)
 
     def _work(self) -> None:

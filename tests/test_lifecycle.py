@@ -4,7 +4,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,40 @@ def test_exception_mid_build_tears_down(monkeypatch):
     with pytest.raises(RuntimeError, match="injected"):
         cluster.up(BIG, name=name)
     assert leftovers(name) == []
+
+
+def open_fds() -> set[str]:
+    return set(os.listdir("/proc/self/fd"))
+
+
+def test_kernel_refusal_mid_build_names_it_and_tears_down(monkeypatch):
+    """A request the kernel refuses (here a route whose gateway is off-link) fails in
+    the sending thread: the error names it and its namespace, and nothing is left,
+    no namespace file held open and no thread running."""
+    name = unique_name("refused")
+    real_vtep = build.vtep
+
+    def refused_route(plan, node, b, vni):
+        real_vtep(plan, node, b, vni)
+        if node.name == "node-0":  # the batches made after it find the failure
+            b.route_add(IPv4Network("192.0.2.0/24"), IPv4Address("198.51.100.1"), build.VTEP)
+
+    monkeypatch.setattr(build, "vtep", refused_route)
+    fds, threads = open_fds(), threading.active_count()
+    with pytest.raises(OSError, match=rf"route add 192.0.2.0/24 via 198.51.100.1 in "
+                                      rf"dp-{name}.node-0 failed"):
+        cluster.up(BIG, name=name)
+    assert leftovers(name) == []
+    assert open_fds() == fds and threading.active_count() == threads
+
+
+def test_build_leaves_no_fd_or_thread_behind():
+    fds, threads = open_fds(), threading.active_count()
+    made = cluster.up(BIG, name=unique_name("fds"))
+    try:
+        assert open_fds() == fds and threading.active_count() == threads
+    finally:
+        cluster.down(made.name)
 
 
 def test_same_name_twice_refused(make_cluster):
