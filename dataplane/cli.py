@@ -9,8 +9,9 @@ import signal
 import sys
 from pathlib import Path
 
-from dataplane import cluster, state, traffic
+from dataplane import cluster, state
 from dataplane.errors import UsageError
+from dataplane.protocols import PROTOCOLS
 
 DEFAULT_TOPOLOGY = "topologies/flannel-vxlan.toml"
 CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vni N, "
@@ -43,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--running", metavar="N", help="trace in running cluster N")
     p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
     p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
-    p.add_argument("--proto", choices=traffic.PROTOCOLS, default="icmp")
+    p.add_argument("--proto", choices=PROTOCOLS, default="icmp")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     sub.add_parser("doctor", help="show what the kernel offers the probes")
     p = sub.add_parser("verify", help="verify every pod pair hop by hop (default: build "
@@ -52,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("topology", nargs="?", help=f"topology to build (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
     p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
-    p.add_argument("--proto", choices=traffic.PROTOCOLS, action="append",
+    p.add_argument("--proto", choices=PROTOCOLS, action="append",
                    help="protocol(s) to verify with (default icmp; repeatable; arp asks for "
                         "the destination on the same node, else for the gateway)")
     p.add_argument("--mtu", action="store_true",

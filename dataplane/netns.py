@@ -16,8 +16,8 @@ import os
 import resource
 import socket
 import threading
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 NETNS_RUN = Path("/run/netns")  # where `ip netns` keeps its names
 CLONE_NEWNET = 0x40000000

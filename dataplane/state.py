@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -79,6 +78,8 @@ class Record:
         self.save()
 
     def remove(self) -> None:
+        import shutil  # here, not at the top: a successful `up` never needs its 1.5 ms
+
         shutil.rmtree(self.dir, ignore_errors=True)
 
 

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from dataplane import netns
 from dataplane.plan import PodPlan
 
-PROTOCOLS = ("icmp", "udp", "tcp", "arp")
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
 # (the VM lane runs under QEMU's TCG, ~20x slower) raise it through the environment.

@@ -12,7 +12,6 @@ from dataplane.tracer import Tracer
 from .conftest import sh
 
 
-
 def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
     """Independent oracle: bpftool turns BTF into C, gcc lays the structs out."""
     if subprocess.run(["which", "bpftool"], capture_output=True).returncode:
