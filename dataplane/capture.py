@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from dataplane.errors import UsageError
 from dataplane.plan import Plan
+from dataplane.protocols import PROTOCOLS
 from dataplane.tracer import Hop, Tracer
 
 HELP = "see `dataplane capture --help` for the terms"
@@ -21,7 +22,7 @@ def _frames(hop: Hop):
 
 def _term(words: list[str]) -> Callable[[Hop], bool]:
     kind, *rest = words
-    if kind in ("icmp", "udp", "tcp", "arp") and not rest:
+    if kind in PROTOCOLS and not rest:
         return lambda h: any(f.proto == kind for f in _frames(h))
     if len(rest) != 1:
         raise UsageError(f"--filter: cannot read {' '.join(words)!r}; {HELP}")

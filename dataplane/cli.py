@@ -172,7 +172,7 @@ def _write_pcap(path: str, hops: list) -> None:
     from dataplane import pcapng
 
     try:
-        Path(path).write_bytes(pcapng.write(sorted(hops, key=lambda hop: hop.ts)))
+        Path(path).write_bytes(pcapng.write(hops))
     except OSError as err:
         raise UsageError(f"cannot write {path}: {err.strerror}; pick a writable path") from None
 

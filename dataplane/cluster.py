@@ -73,8 +73,8 @@ def start(topology: Topology) -> Cluster:
 def _make(plan: Plan) -> None:
     # Four threads share the GIL here: this one encodes, two make namespaces, one sends
     # batches. The other three mostly wait on the kernel; at the default 5 ms switch
-    # interval each return from a system call could wait that long for the GIL (37
-    # namespaces took 2 s beside a busy main thread, 60 ms at this interval).
+    # interval each return from a system call could wait that long for the GIL (beside
+    # a busy main thread, one thread made 37 namespaces in 2 s; in 60 ms at this interval).
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)

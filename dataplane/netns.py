@@ -173,11 +173,7 @@ def exists(name: str) -> bool:
 
 def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
-    fd = os.open(f"/proc/sys/{key.replace('.', '/')}", os.O_WRONLY)
-    try:
-        os.write(fd, value.encode())
-    finally:
-        os.close(fd)
+    Path("/proc/sys", *key.split(".")).write_text(value)
 
 
 def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:

@@ -28,15 +28,16 @@ def interface_name(hop: Hop) -> str:
 
 
 def write(hops: list[Hop], clock_offset_ns: int | None = None) -> bytes:
-    """hops' timestamps are CLOCK_MONOTONIC (bpf_ktime_get_ns); clock_offset_ns turns
-    them into wall-clock time (by default: the offset now)."""
+    """Packets in time order, whatever the order of hops. Their timestamps are
+    CLOCK_MONOTONIC (bpf_ktime_get_ns); clock_offset_ns turns them into wall-clock
+    time (by default: the offset now)."""
     if clock_offset_ns is None:
         clock_offset_ns = time.time_ns() - time.monotonic_ns()
     section = _block(0x0A0D0D0A, struct.pack("<IHHq", 0x1A2B3C4D, 1, 0, -1)
                      + _option(OPT_COMMENT, b"dataplane hops") + _option(0, b""))
     interfaces: dict[str, int] = {}
     blocks = []
-    for hop in hops:
+    for hop in sorted(hops, key=lambda h: h.ts):
         if not hop.raw:
             continue  # an FDB learning event carries no packet
         name = interface_name(hop)

@@ -18,6 +18,7 @@ from dataplane.errors import UsageError
 
 IFNAMSIZ = 15  # bytes usable in a Linux interface name
 VNI_MAX = 16777215
+VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 # Kubernetes object names are DNS-1123 labels; they are also safe in netns and
 # interface names, and they cannot contain the '.' that separates them in ours.
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
@@ -48,7 +49,7 @@ class Spec:
 
     @property
     def vtep_mtu(self) -> int:
-        return self.underlay_mtu - 50  # outer IPv4 20 + UDP 8 + VXLAN 8 + Ethernet 14
+        return self.underlay_mtu - VXLAN_OVERHEAD
 
     @property
     def vtep_name(self) -> str:

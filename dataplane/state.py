@@ -57,20 +57,10 @@ class Record:
         tmp.rename(self.dir / STATE_FILE)  # atomic: a reader never sees half a record
 
     def write_files(self, files: dict[str, str]) -> None:
-        """Write {relative path: content} under dir. Plain os calls: a 16x32 cluster
-        has over 500 files, which Path.write_text made 0.1 s."""
-        made: set[str] = set()
         for rel, content in files.items():
-            target = os.path.join(self.dir, rel)
-            parent = os.path.dirname(target)
-            if parent not in made:
-                os.makedirs(parent, exist_ok=True)
-                made.add(parent)
-            fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, content.encode())
-            finally:
-                os.close(fd)
+            target = self.dir / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(content)
 
     def release(self) -> None:
         """Leave the cluster up with no owner, for later commands (`dataplane up`)."""

@@ -209,7 +209,6 @@ class Sender:
             server.accept()[0].close()
         return Exchange(src, dst, "tcp", tag, answered)
 
-
     def _arp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
         """A who-has crafted with scapy, sent on the pod's eth0 from a packet socket."""
         from scapy.layers.l2 import ARP, Ether  # only ARP probes pay for importing scapy

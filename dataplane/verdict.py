@@ -10,11 +10,11 @@ from dataclasses import dataclass, field
 
 from dataplane.paths import Leg, legs
 from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, Plan
+from dataplane.spec import VXLAN_OVERHEAD
 from dataplane.tracer import Hop
 from dataplane.traffic import Exchange
 
 PASS, FAIL, INCONCLUSIVE = "PASS", "FAIL", "INCONCLUSIVE"
-VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 
 
 @dataclass

@@ -93,7 +93,8 @@ class Verifier:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE."""
         index = by_exchange(self._tracer.take(SETTLE_MS))
-        lost, self._lost_before = self.lost - self._lost_before, self.lost
+        total = self.lost
+        lost, self._lost_before = total - self._lost_before, total
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
         flows = [judge(self.plan, ex, trail(index.get(ex.key, []), ex), lost,
@@ -126,9 +127,14 @@ def flow_dict(flow: FlowResult) -> dict[str, Any]:
             "drop_reason": flow.drop_reason, "hops": [hop_dict(h) for h in flow.hops]}
 
 
+def _proto(flow: FlowResult) -> str:
+    """icmp, or udp/1451 for a DF probe of that IP length."""
+    return flow.proto + (f"/{flow.size}" if flow.size else "")
+
+
 def flow_text(plan: Plan, flow: FlowResult) -> str:
     """A flow's verdict, diagnosis and hop table, as a person reads it."""
-    head = f"{flow.verdict} {flow.proto}{f'/{flow.size}' if flow.size else ''} {flow.src} -> {flow.dst}"
+    head = f"{flow.verdict} {_proto(flow)} {flow.src} -> {flow.dst}"
     if not flow.passed:
         head += f" [{flow.rule}] {flow.diagnosis}"
     return "\n".join([head] + hop_table(flow.hops, str(plan.pod(flow.src).ip)))
@@ -144,8 +150,7 @@ def as_dict(report: Report) -> dict[str, Any]:
 def as_text(report: Report) -> str:
     lines = []
     for flow in report.flows:
-        proto = flow.proto + (f"/{flow.size}" if flow.size else "")
-        line = f"{flow.verdict:<12} {proto:<8} {flow.src:>14} -> {flow.dst:<14}"
+        line = f"{flow.verdict:<12} {_proto(flow):<8} {flow.src:>14} -> {flow.dst:<14}"
         if not flow.passed:
             line += f" [{flow.rule}] {flow.diagnosis}"
         lines.append(line)
