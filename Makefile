@@ -51,7 +51,7 @@ $(STAMP): pyproject.toml Makefile
 # The main job on the default topology: build it, verify every ordered pod pair hop by hop
 # (ICMP, UDP, TCP, ARP and DF probes around the MTU), tear it down.
 verify: setup
-	$(DP) verify $(TOPOLOGY) --proto icmp --proto udp --proto tcp --proto arp --mtu
+	$(DP) verify $(TOPOLOGY)
 
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider

@@ -54,10 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     where.add_argument("--running", metavar="N", help="verify running cluster N")
     p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
     p.add_argument("--proto", choices=PROTOCOLS, action="append",
-                   help="protocol(s) to verify with (default icmp; repeatable; arp asks for "
-                        "the destination on the same node, else for the gateway)")
-    p.add_argument("--mtu", action="store_true",
-                   help="also send DF UDP probes at MTU-1, MTU and MTU+1 bytes")
+                   help="verify with only these protocol(s) (default: all of them; repeatable; "
+                        "arp asks for the destination on the same node, else for the gateway)")
+    p.add_argument("--no-mtu", dest="mtu", action="store_false",
+                   help="skip the DF UDP probes at MTU-1, MTU and MTU+1 bytes (sent by default)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
@@ -159,7 +159,7 @@ def cmd_trace(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from dataplane import verify
 
-    protos = tuple(dict.fromkeys(args.proto or ["icmp"]))
+    protos = tuple(dict.fromkeys(args.proto or PROTOCOLS))
     report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos,
                                                                 mtu=args.mtu))
     if args.pcap:

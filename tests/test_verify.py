@@ -94,7 +94,7 @@ def test_pod_mtu_fails_the_oversize_probe_of_that_pod_only(make_cluster, probes_
 
 def test_verify_command_json(probes_ready):
     done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--pairs", "cross-node",
-                           "--json"], cwd=ROOT, capture_output=True, text=True)
+                           "--proto", "icmp", "--no-mtu", "--json"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["summary"] == {"pass": 8, "fail": 0, "inconclusive": 0}
@@ -108,7 +108,8 @@ def test_verify_command_json(probes_ready):
 def test_verify_command_fails_with_exit_1(make_cluster, probes_ready):
     made = make_cluster()
     faults.inject(made.plan, "no-ip-forward", node="node-1")
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", made.name],
+    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", made.name,
+                           "--proto", "icmp", "--no-mtu"],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 1, done.stderr
     assert "8 failed" in done.stdout.splitlines()[-1]
