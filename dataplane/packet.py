@@ -25,6 +25,7 @@ class Frame:
     df: bool = False
     sport: int | None = None
     dport: int | None = None
+    udp_checksum: int | None = None
     icmp_type: int | None = None
     icmp_code: int | None = None
     icmp_id: int | None = None
@@ -78,8 +79,24 @@ def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
         fields["sport"], fields["dport"] = struct.unpack_from("!HH", data, l4)
         if proto == 6 and len(data) >= l4 + 14:
             fields["tcp_flags"] = data[l4 + 13]
-        if proto == 17 and fields["dport"] == vxlan_port and len(data) >= l4 + 8 + VXLAN_HEADER:
+        if proto == 17 and len(data) >= l4 + 8:
+            fields["udp_checksum"] = struct.unpack_from("!H", data, l4 + 6)[0]
+        if proto == 17 and _is_vxlan(data, l4 + 8, fields["dport"] == vxlan_port):
             vxlan = l4 + 8
             fields["vni"] = int.from_bytes(data[vxlan + 4:vxlan + 7], "big")
             fields["inner"] = decode(data[vxlan + VXLAN_HEADER:], None)
     return fields
+
+
+def _is_vxlan(data: bytes, at: int, on_port: bool) -> bool:
+    """VXLAN on the configured port, or on any port when the header has the shape of one
+    (the I flag alone, reserved bytes zero) and carries an IPv4 or ARP frame: a tunnel
+    misconfigured onto another port is still recognised, and named for it."""
+    if len(data) < at + VXLAN_HEADER:
+        return False
+    if on_port:
+        return True
+    header, inner = data[at:at + VXLAN_HEADER], at + VXLAN_HEADER
+    return (header[0] == 0x08 and header[1:4] == b"\0\0\0" and header[7] == 0
+            and len(data) >= inner + 14
+            and struct.unpack_from("!H", data, inner + 12)[0] in (ETH_P_IP, ETH_P_ARP))

@@ -4,13 +4,15 @@ Same node: bridged by cni0 (pod eth0 -> host veth -> host veth -> pod eth0),
 never touching flannel.1, the node's eth0 or the underlay. Cross node: up
 through cni0, out flannel.1 and eth0 as VXLAN, across the underlay bridge,
 in at the far eth0 and flannel.1, down through cni0 to the pod's veth.
+ARP never leaves the node's bridge: a who-has for a pod of the node is bridged
+to it, one for a pod elsewhere asks for the gateway and cni0 answers.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, Plan, PodPlan
+from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, Plan, PodPlan
 
 Hop = tuple[str, str, str]  # (at, device, dir) as the tracer reports them
 
@@ -23,6 +25,16 @@ class Leg:
     receiver: PodPlan
     hops: tuple[Hop, ...]
     encapsulated: bool
+
+
+@dataclass(frozen=True)
+class ArpLegs:
+    """An ARP probe's who-has and its reply, and who must answer with which MAC."""
+
+    request: tuple[Hop, ...]
+    reply: tuple[Hop, ...]
+    answerer: str
+    mac: str
 
 
 def leg(plan: Plan, sender: PodPlan, receiver: PodPlan) -> Leg:
@@ -44,3 +56,42 @@ def leg(plan: Plan, sender: PodPlan, receiver: PodPlan) -> Leg:
 def legs(plan: Plan, src: PodPlan, dst: PodPlan) -> tuple[Leg, Leg]:
     """The request's leg and the answer's."""
     return leg(plan, src, dst), leg(plan, dst, src)
+
+
+def arp_legs(plan: Plan, src: PodPlan, dst: PodPlan) -> ArpLegs:
+    node = plan.node(src.node)
+    if src.node == dst.node:
+        return ArpLegs(
+            request=((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
+                     (node.name, dst.host_veth, "tx"), (dst.ref, POD_IFNAME, "rx")),
+            reply=((dst.ref, POD_IFNAME, "tx"), (node.name, dst.host_veth, "rx"),
+                   (node.name, src.host_veth, "tx"), (src.ref, POD_IFNAME, "rx")),
+            answerer=dst.ref, mac=dst.mac)
+    return ArpLegs(
+        request=((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
+                 (node.name, CNI_BRIDGE, "rx")),
+        reply=((node.name, CNI_BRIDGE, "tx"), (node.name, src.host_veth, "tx"),
+               (src.ref, POD_IFNAME, "rx")),
+        answerer=f"{node.name} {CNI_BRIDGE}", mac=node.cni0_mac)
+
+
+def off_bridge(plan: Plan, at: str, device: str) -> bool:
+    """Whether a place lies beyond a node's pod bridge: its VTEP, its eth0, the underlay."""
+    return at == "underlay" or (at in {n.name for n in plan.nodes}
+                                and device in (plan.spec.vtep_name, NODE_IFNAME))
+
+
+def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: str) -> set[tuple[str, str]]:
+    """Every (namespace label, device) a flow's packets cross either way, with the
+    bridges they are forwarded by (a bridge that is down forwards nothing)."""
+    if proto == "arp":
+        arp = arp_legs(plan, src, dst)
+        hops = arp.request + arp.reply
+    else:
+        request, answer = legs(plan, src, dst)
+        hops = request.hops + answer.hops
+    found = {(at, device) for at, device, _ in hops}
+    found |= {(node, CNI_BRIDGE) for node in (src.node, dst.node)}
+    if src.node != dst.node and proto != "arp":
+        found.add(("underlay", UNDERLAY_BRIDGE))
+    return found

@@ -51,6 +51,18 @@ class Hop:
         return self.frame
 
 
+def _inodes(plan: Plan) -> dict[int, str]:
+    """Namespace inode -> label, for the cluster's namespaces that exist: one deleted by
+    hand is the audit's and the flows' finding, not a reason to trace nothing."""
+    found = {}
+    for name, label in plan.where().items():
+        try:
+            found[os.stat(netns.path(name)).st_ino] = label
+        except FileNotFoundError:
+            continue
+    return found
+
+
 class Tracer:
     """Trace every packet in the given namespaces while the context is open.
 
@@ -64,8 +76,7 @@ class Tracer:
     POLL_MS = 10
 
     def __init__(self, plan: Plan, record_all: bool = True, buffer: str | None = None):
-        self._where_by_inode = {os.stat(netns.path(name)).st_ino: label
-                                for name, label in plan.where().items()}
+        self._where_by_inode = _inodes(plan)
         self._vxlan_port = plan.spec.port
         self._record_all = record_all
         self._buffer = buffer

@@ -15,7 +15,8 @@ import os
 import select
 import socket
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 from dataplane import netns
@@ -59,6 +60,7 @@ class Exchange:
     size: int | None = None  # IP length of a DF probe; None for an ordinary exchange
     refused_mtu: int | None = None  # the MTU the sender's kernel refused it with
     answer_mac: str | None = None  # an ARP probe's: who answered
+    error: str | None = None  # what the kernel refused while preparing, sending or receiving
 
     @property
     def target(self) -> str:
@@ -92,6 +94,31 @@ def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
     return ()
 
 
+class ProbeError(OSError):
+    """A kernel refusal, named by the step and the pod it happened in."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def _describe(err: OSError) -> str:
+    if isinstance(err, ProbeError) or not err.errno:
+        return str(err)
+    return f"[Errno {err.errno}] {err.strerror}"
+
+
+@contextmanager
+def _step(what: str) -> Iterator[None]:
+    """Name the step and the pod in a kernel refusal ("udp-server socket in node-1/pod-1:
+    [Errno 99] Cannot assign requested address"), keeping its errno."""
+    try:
+        yield
+    except (ProbeError, TimeoutError):
+        raise
+    except OSError as err:
+        raise ProbeError(err.errno, f"{what}: {_describe(err)}") from None
+
+
 def _wait(sock: socket.socket, timeout: float) -> bool:
     return bool(select.select([sock], [], [], timeout)[0])
 
@@ -119,31 +146,64 @@ class Sender:
         "udp-df-SIZE" (one per size, so that each size of probe is a flow of its own)."""
         key = (pod.netns, purpose)
         if key not in self._sockets:
-            if purpose == "arp":  # ARP frames in and out of the pod's eth0
-                sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
-                                       socket.htons(ETH_P_ARP))
-                sock.bind(("eth0", 0))
-                self._sockets[key] = sock
-                return sock
+            with _step(f"{purpose} socket in {pod.ref}"):
+                self._sockets[key] = self._open(pod, purpose)
+        return self._sockets[key]
+
+    @staticmethod
+    def _open(pod: PodPlan, purpose: str) -> socket.socket:
+        if purpose == "arp":  # ARP frames in and out of the pod's eth0
+            sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
+                                   socket.htons(ETH_P_ARP))
+            address: tuple = ("eth0", 0)
+        else:
             kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
                            "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
                                                                      (socket.SOCK_DGRAM, 0))
             sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
+            address = (str(pod.ip), SERVICE_PORT if purpose.endswith("server") else 0)
+        try:
             if purpose == "tcp-server":
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if purpose.startswith("udp-df"):
                 sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-            port = SERVICE_PORT if purpose.endswith("server") else 0
-            sock.bind((str(pod.ip), port))
+            sock.bind(address)
             if purpose == "tcp-server":
                 sock.listen(64)
-            self._sockets[key] = sock
-        return self._sockets[key]
+        except OSError:
+            sock.close()
+            raise
+        return sock
 
     def exchange(self, src: PodPlan, dst: PodPlan, proto: str,
                  watch: Watch = _no_watch) -> Exchange:
+        """An exchange; whatever the kernel refuses on the way (no route, no address, no
+        buffer space, a namespace gone) is recorded in it, never raised: on a broken
+        network that refusal is the evidence."""
         senders = {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp, "arp": self._arp}
-        return senders[proto](src, dst, watch)
+        return self._guarded(src, dst, proto, None, lambda w: senders[proto](src, dst, w), watch)
+
+    def sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch = _no_watch) -> Exchange:
+        """A UDP datagram of IP length size with DF set, answered in kind: sizes around
+        the MTU show where a path refuses, fragments or drops."""
+        return self._guarded(src, dst, "udp", size, lambda w: self._sized(src, dst, size, w),
+                             watch)
+
+    def _guarded(self, src: PodPlan, dst: PodPlan, proto: str, size: int | None,
+                 send: Callable[[Watch], Exchange], watch: Watch) -> Exchange:
+        flows: list[Flow] = []
+
+        def noted(flow: Flow) -> None:
+            flows.append(flow)
+            watch(flow)
+
+        try:
+            return send(noted)
+        except OSError as err:
+            tag = flows[-1].tag if flows else 0
+            what = _describe(err) if isinstance(err, ProbeError) \
+                else f"{src.ref} -> {dst.ref}: {_describe(err)}"
+            return Exchange(src, dst, proto, tag, False, size, error=what)
 
     def _icmp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
         """An echo from a ping socket: the kernel sets its id (the socket's port)
@@ -152,7 +212,8 @@ class Sender:
         tag = sock.getsockname()[1]
         watch(Flow(str(src.ip), str(dst.ip), "icmp", tag))
         seq = next(self._sequence) & 0xFFFF
-        sock.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"dataplane", (str(dst.ip), 0))
+        with _step(f"send from {src.ref}"):
+            sock.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"dataplane", (str(dst.ip), 0))
         answered = False
         while not answered and _wait(sock, TIMEOUT):
             reply, (peer, _) = sock.recvfrom(2048)
@@ -160,13 +221,11 @@ class Sender:
                 struct.unpack_from("!H", reply, 6)[0] == seq
         return Exchange(src, dst, "icmp", tag, answered)
 
-    def sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch = _no_watch) -> Exchange:
-        """A UDP datagram of IP length size with DF set, answered in kind: sizes around
-        the MTU show where a path refuses, fragments or drops."""
+    def _sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch) -> Exchange:
         client = self._socket(src, f"udp-df-{size}")
         try:
             return self._udp(src, dst, watch, client, size)
-        except OSError as err:
+        except ProbeError as err:
             if err.errno != errno.EMSGSIZE:
                 raise
             client.connect((str(dst.ip), SERVICE_PORT))  # IP_MTU needs a route to ask about
@@ -182,7 +241,8 @@ class Sender:
         payload = b"dataplane %d " % next(self._sequence)
         if size is not None:
             payload = payload.ljust(size - UDP_IP_HEADERS, b".")
-        client.sendto(payload, (str(dst.ip), SERVICE_PORT))
+        with _step(f"send from {src.ref}"):
+            client.sendto(payload, (str(dst.ip), SERVICE_PORT))
         answered = False
         while _wait(server, TIMEOUT):
             data, peer = server.recvfrom(65536)
@@ -201,9 +261,10 @@ class Sender:
             watch(Flow(str(src.ip), str(dst.ip), "tcp", tag))
             client.settimeout(TIMEOUT)
             try:
-                client.connect((str(dst.ip), SERVICE_PORT))
+                with _step(f"connect from {src.ref}"):
+                    client.connect((str(dst.ip), SERVICE_PORT))
                 answered = True
-            except OSError:
+            except TimeoutError:  # unanswered; a refusal (RST, ICMP error, local) is raised
                 answered = False
         if answered and _wait(server, TIMEOUT):
             server.accept()[0].close()
@@ -217,8 +278,9 @@ class Sender:
         target = probe.target
         sock = self._socket(src, "arp")
         watch(Flow(str(src.ip), target, "arp", 0))
-        sock.send(bytes(Ether(src=src.mac, dst="ff:ff:ff:ff:ff:ff")
-                        / ARP(op=1, hwsrc=src.mac, psrc=str(src.ip), pdst=target)))
+        with _step(f"send from {src.ref}"):
+            sock.send(bytes(Ether(src=src.mac, dst="ff:ff:ff:ff:ff:ff")
+                            / ARP(op=1, hwsrc=src.mac, psrc=str(src.ip), pdst=target)))
         while _wait(sock, TIMEOUT):
             frame = sock.recv(2048)
             reply = ARP(frame[14:])

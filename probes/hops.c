@@ -11,7 +11,8 @@
 // buffer where the kernel predates ring buffers (5.8) or the loader asks for one
 // (USE_PERF_BUFFER). With config[CFG_ALL] = 0, only packets of the
 // flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id, inside
-// VXLAN too, and inside ICMP errors; everything else costs one copy and a lookup.
+// VXLAN too (on any UDP port), and inside ICMP errors; everything else costs one copy
+// and a lookup.
 //
 // Struct offsets are macros computed from the running kernel's BTF by the loader
 // (dataplane/probes.py): OFF_SKB_*, OFF_DEV_*, OFF_NET_INUM. Nothing here includes a
@@ -147,7 +148,10 @@ static __always_inline int watched_flow(u8 *d)
         return 1;
     u16 dport = 0;
     __builtin_memcpy(&dport, d + ETH_LEN + IP_LEN + 2, 2);
-    if (is_ipv4(d, 0) && d[ETH_LEN + 9] == 17 && dport == (u16)config_of(CFG_VXLAN_PORT))
+    // On the VXLAN port, or on any port with a VXLAN header's I flag: a tunnel sent to
+    // the wrong port is still this flow's, and the verifier names the port.
+    if (is_ipv4(d, 0) && d[ETH_LEN + 9] == 17 &&
+        (dport == (u16)config_of(CFG_VXLAN_PORT) || d[ETH_LEN + IP_LEN + UDP_LEN] == 0x08))
         return frame_matches(d, INNER);
     return 0;
 }
