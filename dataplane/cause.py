@@ -84,9 +84,13 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
             return Drift(at, device, f"no ARP answer for {address}",
                          f"{at} answers {drops[-1].at}'s ARP", f"unanswered: "
                          f"{drops[-1].at} {drops[-1].device} dropped the packet ({NEIGH_FAILED})")
+    why = flow.diagnosis.split("; ")[0].rsplit(": ", 1)[-1]  # the rule's finding alone
     if flow.rule in SENDER_SIDE_RULES and flow.last_hop:
         return Drift(flow.last_hop["at"], plan.spec.vtep_name, f"encapsulation ({flow.rule})",
-                     "flannel's VXLAN rules", flow.diagnosis)
+                     "flannel's VXLAN rules", why)
+    if flow.rule in ("inner-addresses", "inner-ttl") and flow.last_hop:
+        return Drift(flow.last_hop["at"], None, f"forwarding ({flow.rule}: NAT or routing)",
+                     "pod packets forwarded unchanged", why)
     missing = re.search(r"no hop at (\S+) (\S+) (\w+)", flow.diagnosis)
     if missing:
         at, device, direction = missing.groups()
@@ -97,7 +101,8 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
         return Drift(drops[-1].at, drops[-1].device, "packet dropped", "forwarded",
                      drops[-1].drop_reason or "?")
     where = flow.last_hop or {"at": src.ref, "device": POD_IFNAME}
-    return Drift(where["at"], where["device"], flow.rule or "failure", "PASS", flow.diagnosis)
+    return Drift(where["at"], where["device"], flow.rule or "failure", "flannel's rules hold",
+                 why)
 
 
 def _neighbour(plan: Plan, drop: Hop, known: Owners) -> tuple[str, str, str] | None:

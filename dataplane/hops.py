@@ -11,7 +11,7 @@ from dataplane.tracer import Hop
 def trail(hops: list[Hop], exchange: traffic.Exchange) -> list[Hop]:
     """The exchange's hops in time order. A netif_rx (queued to a backlog) is folded
     into the netif_receive_skb that follows it for the same skb and device."""
-    mine = [h for h in hops if exchange.matches(h.flow_frame())]
+    mine = sorted((h for h in hops if exchange.matches(h.flow_frame())), key=lambda h: h.ts)
     received = {(h.skb, h.netns, h.ifindex) for h in mine if h.func == "netif_receive_skb"}
     return [h for h in mine
             if not (h.func == "netif_rx" and (h.skb, h.netns, h.ifindex) in received)]

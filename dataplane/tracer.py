@@ -51,6 +51,11 @@ class Hop:
         return self.frame
 
 
+def _address(ip: str) -> int:
+    """An IPv4 address as the probes' maps hold it (network order, read as a host u32)."""
+    return int.from_bytes(socket.inet_aton(ip), sys.byteorder)
+
+
 def _inodes(plan: Plan) -> dict[int, str]:
     """Namespace inode -> label, for the cluster's namespaces that exist: one deleted by
     hand is the audit's and the flows' finding, not a reason to trace nothing."""
@@ -123,16 +128,20 @@ class Tracer:
 
     def watch(self, flow: Flow) -> None:
         """Record the packets of flow, both ways (and ICMP errors about them)."""
-        flows, tags = self.loaded.bpf[b"flows"], self.loaded.bpf[b"tags"]
+        flows, tags, ends = (self.loaded.bpf[name] for name in (b"flows", b"tags", b"ends"))
         word = ctypes.c_int(flow.tag >> 6)
         tags[word] = ctypes.c_uint64(tags[word].value | 1 << (flow.tag & 63))
         for a, b in ((flow.src, flow.dst), (flow.dst, flow.src)):
             key = flows.Key()
-            key.saddr = int.from_bytes(socket.inet_aton(a), sys.byteorder)
-            key.daddr = int.from_bytes(socket.inet_aton(b), sys.byteorder)
+            key.saddr, key.daddr = _address(a), _address(b)
             key.tag = socket.htons(flow.tag)
             key.proto = PROTO_NUMBERS[flow.proto]
             flows[key] = ctypes.c_uint8(1)
+        if flow.proto != "arp":  # the receiving end, for packets NATed on the way
+            end = ends.Key()
+            end.addr, end.tag, end.proto = _address(flow.dst), socket.htons(flow.tag), \
+                PROTO_NUMBERS[flow.proto]
+            ends[end] = ctypes.c_uint8(1)
 
     def _poll(self) -> None:
         """The only consumer of the buffer (libbpf's take one at a time)."""

@@ -74,24 +74,47 @@ class Exchange:
     def key(self) -> tuple[frozenset[str], str, int]:
         return frozenset((str(self.src.ip), self.target)), self.proto, self.tag
 
+    @property
+    def end(self) -> tuple[str, str, int]:
+        """The receiving end and the tag: what a packet of this exchange keeps when NAT
+        rewrote its other address (the source, as a masquerading node does)."""
+        return self.target, self.proto, self.tag
+
     def matches(self, frame) -> bool:
-        """Whether a decoded pod-to-pod frame belongs to this exchange, either way."""
-        return frame is not None and self.key in frame_keys(frame)
+        """Whether a decoded pod-to-pod frame belongs to this exchange, either way, NATed
+        or not."""
+        return frame is not None and (self.key in frame_keys(frame)
+                                      or self.end in frame_ends(frame))
+
+
+def _tags(frame) -> tuple[str, tuple[int, ...]]:
+    """The protocol and the tags a frame could carry (a port could be either end's)."""
+    if frame.proto == "icmp" and frame.icmp_id is not None:
+        return "icmp", (frame.icmp_id,)
+    if frame.proto in ("udp", "tcp") and frame.sport is not None:
+        return frame.proto, (frame.sport, frame.dport)
+    if frame.proto == "arp":
+        return "arp", (0,)
+    return "", ()
 
 
 def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
-    """The exchange keys a frame could belong to (a port could be either end's); an
-    ICMP error belongs to the exchange of the packet it quotes."""
+    """The exchange keys a frame could belong to; an ICMP error belongs to the exchange
+    of the packet it quotes."""
     if frame.quoted is not None:
         return frame_keys(frame.quoted)
-    pair = frozenset((frame.src, frame.dst))
-    if frame.proto == "icmp" and frame.icmp_id is not None:
-        return ((pair, "icmp", frame.icmp_id),)
-    if frame.proto in ("udp", "tcp") and frame.sport is not None:
-        return (pair, frame.proto, frame.sport), (pair, frame.proto, frame.dport)
-    if frame.proto == "arp":
-        return ((pair, "arp", 0),)
-    return ()
+    proto, tags = _tags(frame)
+    return tuple((frozenset((frame.src, frame.dst)), proto, tag) for tag in tags)
+
+
+def frame_ends(frame) -> tuple[tuple[str, str, int], ...]:
+    """The exchange ends (address, protocol, tag) a frame could belong to."""
+    if frame.quoted is not None:
+        return frame_ends(frame.quoted)
+    proto, tags = _tags(frame)
+    if proto == "arp":  # ARP is never NATed: its pair is its key
+        return ()
+    return tuple((address, proto, tag) for address in (frame.src, frame.dst) for tag in tags)
 
 
 class ProbeError(OSError):

@@ -236,9 +236,14 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
         return None
     spec = plan.spec
     s_node, r_node = plan.node(leg.sender.node), plan.node(leg.receiver.node)
+    # This leg's packets on the sender node, by place: NAT may have rewritten the
+    # source address that makes them `mine`.
+    here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
+            and h.flow_frame() is not None and h.flow_frame().quoted is None
+            and h.flow_frame().src != str(leg.receiver.ip)]
     sent = [h for h in mine if _key(h) == (leg.sender.ref, POD_IFNAME, "tx")]
-    inner_tx = [h for h in mine if _key(h) == (s_node.name, spec.vtep_name, "tx")]
-    outer = [h for h in mine if (h.at, h.device, h.dir) == (s_node.name, NODE_IFNAME, "tx")]
+    inner_tx = [h for h in here if h.device == spec.vtep_name]
+    outer = [h for h in here if h.device == NODE_IFNAME and h.frame.vni is not None]
     sports = {h.frame.sport for h in outer}
     for hop in outer:
         f, inner = hop.frame, hop.flow_frame()

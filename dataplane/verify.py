@@ -53,12 +53,17 @@ def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
     return chosen
 
 
-def by_exchange(hops: list[Hop]) -> dict[tuple, list[Hop]]:
-    """Hops indexed by the exchange keys their packets could belong to."""
+def by_exchange(hops: list[Hop], exchanges: list[traffic.Exchange]) -> dict[tuple, list[Hop]]:
+    """Hops indexed by the exchange keys their packets could belong to; a packet of no
+    exchange's key (NATed on the way) is indexed by the exchange end it kept."""
+    keys = {ex.key for ex in exchanges}
     index: dict[tuple, list[Hop]] = defaultdict(list)
     for hop in hops:
         frame = hop.flow_frame()
-        for key in traffic.frame_keys(frame) if frame is not None else ():
+        if frame is None:
+            continue
+        mine = [key for key in traffic.frame_keys(frame) if key in keys]
+        for key in mine or traffic.frame_ends(frame):
             index[key].append(hop)
     return index
 
@@ -109,13 +114,13 @@ class Verifier:
     def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE."""
-        index = by_exchange(self._tracer.take(SETTLE_MS))
+        index = by_exchange(self._tracer.take(SETTLE_MS), exchanges)
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
-        return [judge(self.plan, ex, trail(index.get(ex.key, []), ex), lost,
-                      missing_probes=missing or None) for ex in exchanges]
+        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, []), ex),
+                      lost, missing_probes=missing or None) for ex in exchanges]
 
     def check(self, src: str, dst: str, proto: str = "icmp") -> FlowResult:
         """One flow between pods addressed as NODE/POD, judged."""

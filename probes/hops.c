@@ -10,8 +10,9 @@
 // buffer full are counted in `lost`. The buffer is a BPF ring buffer, or a perf
 // buffer where the kernel predates ring buffers (5.8) or the loader asks for one
 // (USE_PERF_BUFFER). With config[CFG_ALL] = 0, only packets of the
-// flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id, inside
-// VXLAN too (on any UDP port), and inside ICMP errors; everything else costs one copy
+// flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id (or on
+// one end in `ends`, for NATed packets), inside VXLAN too (on any UDP port), and
+// inside ICMP errors; everything else costs one copy
 // and a lookup.
 //
 // Struct offsets are macros computed from the running kernel's BTF by the loader
@@ -50,10 +51,20 @@ struct flow_key {
     u8 pad;
 };
 
+// One end of a flow (the receiver's address, the tag, the protocol): a packet whose
+// other address NAT rewrote still carries it.
+struct end_key {
+    u32 addr;
+    u16 tag;
+    u8 proto;
+    u8 pad;
+};
+
 enum config_slot { CFG_ALL = 0, CFG_VXLAN_PORT = 1 };  // the port in network byte order
 
 BPF_HASH(watched, u32, u8, 4096);
 BPF_HASH(flows, struct flow_key, u8, 65536);
+BPF_HASH(ends, struct end_key, u8, 65536);
 // Bit t of tags set when some watched flow has tag t (host order): an array lookup
 // (inlined by the verifier) turns most packets away before any hash lookup.
 BPF_ARRAY(tags, u64, 1024);
@@ -114,7 +125,13 @@ static __always_inline int flow_at(u8 *d, const u32 ip)
     }
     __builtin_memcpy(&k.saddr, d + ip + 12, 4);
     __builtin_memcpy(&k.daddr, d + ip + 16, 4);
-    return flows.lookup(&k) != 0;
+    if (flows.lookup(&k))
+        return 1;
+    struct end_key e = {.addr = k.daddr, .tag = k.tag, .proto = k.proto};
+    if (ends.lookup(&e))
+        return 1;
+    e.addr = k.saddr;
+    return ends.lookup(&e) != 0;
 }
 
 // The packet, or the one an ICMP error quotes, in a frame starting at d + eth.

@@ -1,9 +1,16 @@
-"""Expected legs and verdicts on recorded hops: pure, no root needed."""
+"""Expected legs and verdicts on hops made of real frames: every rule gets a PASS and a
+FAIL. Frames are built with scapy as the wire carries them at each hop, and read back
+through packet.decode, as the tracer does. Pure: no root needed."""
+
+from collections.abc import Callable
 
 import pytest
+from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.l2 import ARP, Ether
+from scapy.layers.vxlan import VXLAN
+from scapy.packet import Raw
 
-from dataplane import spec
-from dataplane.packet import Frame
+from dataplane import packet, spec
 from dataplane.paths import legs
 from dataplane.plan import make_plan
 from dataplane.tracer import Hop
@@ -14,15 +21,82 @@ from .conftest import DEFAULT
 
 PLAN = make_plan(spec.load(DEFAULT, name="v"))
 A, B = PLAN.pod("node-0/pod-0"), PLAN.pod("node-1/pod-1")
+A2 = PLAN.pod("node-0/pod-1")  # A's neighbour on node-0
 N0, N1 = PLAN.nodes
+PORT = PLAN.spec.port
+BROADCAST = "ff:ff:ff:ff:ff:ff"
+
+
+def hop(at, device, direction, raw, ts=0, skb=1, drop=None):
+    return Hop(ts=ts, skb=skb, netns=1, at=at, ifindex=2, device=device, func="f",
+               dir=direction, length=len(raw), frame=packet.decode(raw, PORT), raw=raw,
+               drop_reason=drop)
+
+
+def wire(sender, receiver, place, echo_type=8, sport=40000):
+    """The frame of an ICMP echo from sender to receiver as it is at place."""
+    s_node, r_node = PLAN.node(sender.node), PLAN.node(receiver.node)
+    at, device, _ = place
+    same = sender.node == receiver.node
+    icmp = ICMP(type=echo_type, id=7, seq=1) / b"dataplane"
+    if same:
+        return Ether(src=sender.mac, dst=receiver.mac) / IP(src=str(sender.ip),
+                                                             dst=str(receiver.ip)) / icmp
+    before = at in (sender.ref, sender.node) and device != "flannel.1" \
+        and place[:2] != (sender.node, "eth0")
+    if before:
+        eth, ttl = Ether(src=sender.mac, dst=s_node.cni0_mac), 64
+    elif at in (receiver.ref,) or (at == receiver.node and device not in ("eth0", "flannel.1")):
+        eth, ttl = Ether(src=r_node.cni0_mac, dst=receiver.mac), 62
+    else:
+        eth, ttl = Ether(src=s_node.vtep_mac, dst=r_node.vtep_mac), 63
+    inner = eth / IP(src=str(sender.ip), dst=str(receiver.ip), ttl=ttl) / icmp
+    if device == "flannel.1" or at != "underlay" and device != "eth0" or "/" in at:
+        return inner
+    return (Ether(src=s_node.eth0_mac, dst=r_node.eth0_mac)
+            / IP(src=str(s_node.underlay_ip), dst=str(r_node.underlay_ip), ttl=64, flags=0)
+            / UDP(sport=sport, dport=PORT, chksum=0x1234) / VXLAN(flags=0x08, vni=PLAN.spec.vni)
+            / inner)
+
+
+def trail(sender, receiver, echo_type=8, skb=1, sport=40000):
+    leg = legs(PLAN, sender, receiver)[0]
+    return [hop(*place, bytes(wire(sender, receiver, place, echo_type, sport)), ts=i, skb=skb)
+            for i, place in enumerate(leg.hops)]
+
+
+def exchange_hops(src=A, dst=B):
+    return trail(src, dst) + trail(dst, src, echo_type=0, skb=2)
+
+
+def ex(src=A, dst=B, answered=True, **more):
+    return Exchange(src, dst, "icmp", 7, answered, **more)
+
+
+def changed(hops, place, change: Callable, more=b""):
+    """hops with the frame at place (at, device, dir) rebuilt after change(scapy packet)."""
+    out = []
+    for h in hops:
+        if (h.at, h.device, h.dir) == place:
+            pkt = Ether(h.raw)
+            change(pkt)
+            raw = bytes(pkt) + more
+            h = hop(h.at, h.device, h.dir, raw, ts=h.ts, skb=h.skb)
+        out.append(h)
+    return out
+
+
+def verdict(exchange, hops, **more):
+    result = judge(PLAN, exchange, hops, **more)
+    return result.verdict, result.rule
 
 
 def test_same_node_leg_is_bridged():
-    request, answer = legs(PLAN, A, PLAN.pod("node-0/pod-1"))
+    request, answer = legs(PLAN, A, A2)
     assert not request.encapsulated
     assert [h[:2] for h in request.hops] == [
         ("node-0/pod-0", "eth0"), ("node-0", A.host_veth),
-        ("node-0", PLAN.pod("node-0/pod-1").host_veth), ("node-0/pod-1", "eth0")]
+        ("node-0", A2.host_veth), ("node-0/pod-1", "eth0")]
     assert answer.hops[0] == ("node-0/pod-1", "eth0", "tx")
 
 
@@ -34,92 +108,201 @@ def test_cross_node_leg_goes_through_vxlan():
         request.hops.index(("underlay", "node-1", "tx"))
 
 
-def ip(src, dst, ttl=64, **more):
-    return Frame(eth_src="", eth_dst=more.pop("eth_dst", ""), ethertype=0x800, src=str(src),
-                 dst=str(dst), proto="icmp", ttl=ttl, icmp_id=7, **more)
+@pytest.mark.parametrize("dst", [B, A2], ids=["cross-node", "same-node"])
+def test_a_healthy_exchange_of_real_frames_passes(dst):
+    assert verdict(ex(A, dst), exchange_hops(A, dst)) == (PASS, None)
 
 
-def trail(sender, receiver, vni=1, port=8472, outer_len=148, ttl_in=63):
-    """A healthy leg's hops, with the encapsulated one as given."""
-    request, _ = legs(PLAN, sender, receiver)
-    s_node, r_node = PLAN.node(sender.node), PLAN.node(receiver.node)
-    hops = []
-    for i, (at, device, direction) in enumerate(request.hops):
-        ttl = 64 if at == sender.ref else (62 if at == receiver.ref else 63)
-        frame, length = ip(sender.ip, receiver.ip, ttl), 98
-        if (at, device, direction) == (sender.node, "eth0", "tx"):
-            inner = ip(sender.ip, receiver.ip, ttl_in, eth_dst=r_node.vtep_mac)
-            frame = Frame(eth_src="", eth_dst="", ethertype=0x800, src=str(s_node.underlay_ip),
-                          dst=str(r_node.underlay_ip), proto="udp", sport=40000, dport=port,
-                          vni=vni, inner=inner)
-            length = outer_len
-        hops.append(Hop(ts=i, skb=1, netns=1, at=at, ifindex=2, device=device, func="f",
-                        dir=direction, length=length, frame=frame))
-    return hops
+def test_lost_events_and_missing_probes_are_never_a_pass():
+    assert verdict(ex(), exchange_hops(), lost=3) == (INCONCLUSIVE, "lost-events")
+    assert verdict(ex(), exchange_hops(), missing_probes="kfree_skb") == (INCONCLUSIVE, "probes")
 
 
-def exchange(answered=True):
-    return Exchange(A, B, "icmp", 7, answered)
-
-
-def healthy():
-    return trail(A, B) + [h for h in trail(B, A)]
-
-
-def test_a_healthy_exchange_passes():
-    assert judge(PLAN, exchange(), healthy()).verdict == PASS
-
-
-def test_lost_events_are_never_a_pass():
-    result = judge(PLAN, exchange(), healthy(), lost=3)
-    assert result.verdict == INCONCLUSIVE and result.rule == "lost-events"
-
-
-def test_missing_probe_is_inconclusive():
-    assert judge(PLAN, exchange(), healthy(), missing_probes="kfree_skb").verdict == INCONCLUSIVE
+def test_a_check_that_breaks_never_passes():
+    broken = exchange_hops()
+    broken[0] = Hop(**{**broken[0].__dict__, "frame": None})  # no frame where one must be
+    broken[-1] = Hop(**{**broken[-1].__dict__, "frame": "not a frame"})
+    assert judge(PLAN, ex(), broken).verdict != PASS
 
 
 def test_missing_hop_names_the_last_one_seen():
-    hops = [h for h in healthy() if (h.at, h.device, h.dir) != ("node-1", "flannel.1", "rx")]
-    result = judge(PLAN, exchange(False), hops)
+    hops = [h for h in exchange_hops() if (h.at, h.device, h.dir) != ("node-1", "flannel.1", "rx")]
+    result = judge(PLAN, ex(answered=False), hops)
     assert (result.verdict, result.rule) == (FAIL, "path")
     assert "no hop at node-1 flannel.1 rx after node-1 eth0 rx" in result.diagnosis
     assert result.last_hop == {"at": "node-1", "device": "eth0"}
 
 
+def test_no_answer_at_the_socket_fails():
+    assert verdict(ex(answered=False), trail(A, B)) == (FAIL, "delivery")
+
+
+def test_a_probe_the_kernel_refused_fails_as_send():
+    result = judge(PLAN, ex(answered=False, error="send from node-0/pod-0: [Errno 101] "
+                            "Network is unreachable"), [])
+    assert (result.verdict, result.rule) == (FAIL, "send")
+    assert "node-0/pod-0" in result.diagnosis and "Errno 101" in result.diagnosis
+
+
+OUTER = ("node-0", "eth0", "tx")
+
+
 @pytest.mark.parametrize("change, rule", [
-    ({"vni": 2}, "vxlan-vni"),
-    ({"port": 4789}, "vxlan-port"),
-    ({"outer_len": 140}, "outer-length"),
-    ({"ttl_in": 64}, "inner-ttl"),
+    (lambda p: setattr(p[VXLAN], "vni", 2), "vxlan-vni"),
+    (lambda p: setattr(p[UDP], "dport", 4789), "vxlan-port"),
+    (lambda p: setattr(p[IP], "src", "172.30.0.9"), "outer-addresses"),
+    (lambda p: setattr(p, "dst", "02:00:00:00:00:09"), "outer-mac"),
+    (lambda p: setattr(p[IP], "ttl", 1), "outer-ttl"),
+    (lambda p: setattr(p[IP], "flags", "DF"), "outer-df"),
+    (lambda p: setattr(p[UDP], "chksum", 0), "outer-checksum"),
+    (lambda p: setattr(p[VXLAN][IP], "src", "10.244.0.99"), "inner-addresses"),
+    (lambda p: setattr(p[VXLAN][Ether], "dst", "0e:fa:00:00:00:09"), "inner-mac"),
+    (lambda p: setattr(p[VXLAN][Ether], "src", "0e:fa:00:00:00:09"), "inner-mac"),
+    (lambda p: setattr(p[VXLAN][IP], "ttl", 64), "inner-ttl"),
 ])
 def test_broken_encapsulation_names_its_rule(change, rule):
-    hops = trail(A, B, **change) + trail(B, A)
-    result = judge(PLAN, exchange(), hops)
-    assert (result.verdict, result.rule) == (FAIL, rule)
+    hops = changed(exchange_hops(), OUTER, change)
+    result = judge(PLAN, ex(), hops)
+    assert (result.verdict, result.rule) == (FAIL, rule), result.diagnosis
     assert result.last_hop == {"at": "node-0", "device": "eth0"}
 
 
-def test_no_answer_at_the_socket_fails():
-    result = judge(PLAN, exchange(answered=False), healthy())
-    assert (result.verdict, result.rule) == (FAIL, "delivery")
+def test_outer_length_must_be_inner_plus_50():
+    hops = changed(exchange_hops(), OUTER, lambda p: None, more=b"\0" * 4)
+    assert verdict(ex(), hops) == (FAIL, "outer-length")
+
+
+def test_one_flow_keeps_one_outer_source_port():
+    second = trail(A, B, skb=3, sport=40001)
+    hops = trail(A, B) + second + trail(B, A, echo_type=0, skb=2)
+    assert verdict(ex(), hops) == (FAIL, "outer-source-port")
+    hops = trail(A, B) + trail(A, B, skb=3) + trail(B, A, echo_type=0, skb=2)
+    assert verdict(ex(), hops) == (PASS, None)
 
 
 def test_delivery_to_the_wrong_pod_fails():
     wrong = PLAN.pod("node-1/pod-0")
-    hops = healthy()
-    hops.insert(11, Hop(ts=11, skb=1, netns=1, at=wrong.ref, ifindex=2, device="eth0",
-                        func="f", dir="rx", length=98, frame=ip(A.ip, B.ip, 62)))
-    result = judge(PLAN, exchange(), hops)
+    hops = exchange_hops()
+    hops.insert(11, hop(wrong.ref, "eth0", "rx", hops[11].raw, ts=11))
+    result = judge(PLAN, ex(), hops)
     assert (result.verdict, result.rule) == (FAIL, "wrong-pod")
     assert "node-1/pod-0" in result.diagnosis
 
 
+def test_a_copy_off_the_path_fails():
+    hops = exchange_hops()
+    hops.insert(7, hop("underlay", "node-0", "tx", hops[6].raw, ts=6))  # flooded back
+    assert verdict(ex(), hops) == (FAIL, "extra-hop")
+
+
+def test_a_duplicated_delivery_fails():
+    hops = exchange_hops()
+    hops.insert(12, hop(B.ref, "eth0", "rx", hops[11].raw, ts=11))
+    assert verdict(ex(), hops) == (FAIL, "duplicate")
+
+
+def test_same_node_traffic_must_not_leave_the_bridge():
+    hops = exchange_hops(A, A2)
+    hops.insert(2, hop("node-0", "flannel.1", "tx", hops[1].raw, ts=1))
+    assert verdict(ex(A, A2), hops) == (FAIL, "bridged")
+
+
+def test_same_node_traffic_routed_through_cni0_fails():
+    hops = exchange_hops(A, A2)
+    hops.insert(2, hop("node-0", "cni0", "rx", hops[1].raw, ts=1))
+    assert verdict(ex(A, A2), hops) == (FAIL, "bridged")
+
+
+def test_same_node_traffic_keeps_its_ttl():
+    hops = changed(exchange_hops(A, A2), (A2.ref, "eth0", "rx"),
+                   lambda p: setattr(p[IP], "ttl", 63))
+    assert verdict(ex(A, A2), hops) == (FAIL, "ttl")
+
+
+def test_cross_node_delivery_passes_two_routers():
+    hops = changed(exchange_hops(), (B.ref, "eth0", "rx"), lambda p: setattr(p[IP], "ttl", 63))
+    assert verdict(ex(), hops) == (FAIL, "ttl")
+
+
+@pytest.mark.parametrize("place, field", [
+    (("node-0/pod-0", "eth0", "tx"), "dst"),
+    (("node-0/pod-0", "eth0", "tx"), "src"),
+    (("node-1/pod-1", "eth0", "rx"), "src"),
+    (("node-1/pod-1", "eth0", "rx"), "dst"),
+])
+def test_pod_frames_carry_the_right_macs(place, field):
+    hops = changed(exchange_hops(), place, lambda p: setattr(p, field, "02:00:00:00:00:09"))
+    assert verdict(ex(), hops) == (FAIL, "mac")
+
+
+SIZE = PLAN.spec.vtep_mtu + 1
+
+
+def test_an_oversize_df_probe_must_be_refused_with_the_pod_mtu():
+    refused = Exchange(A, B, "udp", 9, False, size=SIZE, refused_mtu=PLAN.spec.vtep_mtu)
+    assert verdict(refused, []) == (PASS, None)
+    wrong = Exchange(A, B, "udp", 9, False, size=SIZE, refused_mtu=1500)
+    assert verdict(wrong, []) == (FAIL, "mtu")
+    big = bytes(Ether(src=A.mac, dst=N0.cni0_mac) / IP(src=str(A.ip), dst=str(B.ip), flags="DF")
+                / UDP(sport=9, dport=7777) / Raw(b"." * (SIZE - 28)))
+    left = Exchange(A, B, "udp", 9, False, size=SIZE)
+    assert verdict(left, [hop(A.ref, "eth0", "tx", big)]) == (FAIL, "mtu")
+
+
+def arp_frame(op, sender_mac, sender_ip, target_ip, dst_mac=BROADCAST):
+    return bytes(Ether(src=sender_mac, dst=dst_mac)
+                 / ARP(op=op, hwsrc=sender_mac, psrc=str(sender_ip), pdst=str(target_ip)))
+
+
+def arp_hops(src, dst):
+    """A who-has from src and its reply, as the bridge floods and answers them."""
+    node = PLAN.node(src.node)
+    if src.node == dst.node:
+        target, mac = dst.ip, dst.mac
+        request = [(src.ref, "eth0", "tx"), (node.name, src.host_veth, "rx"),
+                   (node.name, dst.host_veth, "tx"), (dst.ref, "eth0", "rx")]
+        reply = [(dst.ref, "eth0", "tx"), (node.name, dst.host_veth, "rx"),
+                 (node.name, src.host_veth, "tx"), (src.ref, "eth0", "rx")]
+    else:
+        target, mac = src.gateway, node.cni0_mac
+        other = next(p for p in node.pods if p != src)
+        request = [(src.ref, "eth0", "tx"), (node.name, src.host_veth, "rx"),
+                   (node.name, other.host_veth, "tx"), (node.name, "cni0", "rx"),
+                   (other.ref, "eth0", "rx")]
+        reply = [(node.name, "cni0", "tx"), (node.name, src.host_veth, "tx"),
+                 (src.ref, "eth0", "rx")]
+    who_has = arp_frame(1, src.mac, src.ip, target)
+    is_at = arp_frame(2, mac, target, src.ip, dst_mac=src.mac)
+    return ([hop(*p, who_has, ts=i) for i, p in enumerate(request)]
+            + [hop(*p, is_at, ts=10 + i, skb=2) for i, p in enumerate(reply)]), mac
+
+
+@pytest.mark.parametrize("dst", [A2, B], ids=["same-node", "cross-node"])
+def test_arp_answered_by_the_right_mac_passes(dst):
+    hops, mac = arp_hops(A, dst)
+    assert verdict(Exchange(A, dst, "arp", 0, True, answer_mac=mac), hops) == (PASS, None)
+    assert verdict(Exchange(A, dst, "arp", 0, True, answer_mac="02:00:00:00:00:09"), hops) \
+        == (FAIL, "arp-mac")
+    assert verdict(Exchange(A, dst, "arp", 0, False), hops) == (FAIL, "delivery")
+
+
 def test_arp_must_stay_on_the_node():
-    src, dst = PLAN.pod("node-0/pod-0"), PLAN.pod("node-0/pod-1")
-    arp = Frame(eth_src="", eth_dst="", ethertype=0x806, src=str(src.ip), dst=str(dst.ip),
-                proto="arp", arp_op=1)
-    hops = [Hop(ts=1, skb=1, netns=1, at="node-0", ifindex=4, device="flannel.1", func="f",
-                dir="tx", length=42, frame=arp)]
-    result = judge(PLAN, Exchange(src, dst, "arp", 0, False), hops)
-    assert (result.verdict, result.rule) == (FAIL, "arp-scope")
+    hops, mac = arp_hops(A, A2)
+    hops.append(hop("node-0", "flannel.1", "tx", hops[0].raw, ts=5))
+    assert verdict(Exchange(A, A2, "arp", 0, True, answer_mac=mac), hops) == (FAIL, "arp-scope")
+
+
+def test_arp_reply_path_is_checked():
+    hops, mac = arp_hops(A, A2)
+    hops = [h for h in hops if (h.at, h.device, h.dir) != ("node-0", A.host_veth, "tx")]
+    assert verdict(Exchange(A, A2, "arp", 0, True, answer_mac=mac), hops) == (FAIL, "path")
+
+
+def test_a_second_pod_answering_for_the_same_ip_is_a_conflict():
+    hops, mac = arp_hops(A, A2)
+    intruder = PLAN.pod("node-0/pod-1")
+    impostor = arp_frame(2, "02:00:00:00:00:09", A2.ip, A.ip, dst_mac=A.mac)
+    hops.append(hop(A.ref, "eth0", "rx", impostor, ts=30, skb=3))
+    result = judge(PLAN, Exchange(A, A2, "arp", 0, True, answer_mac=mac), hops)
+    assert (result.verdict, result.rule) == (FAIL, "arp-conflict"), intruder
+    assert "02:00:00:00:00:09" in result.diagnosis
