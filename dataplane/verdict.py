@@ -311,8 +311,9 @@ def _arp(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
     label = f"ARP {src.ref} -> {target}"
     replies = [h for h in hops if h.frame is not None and h.frame.arp_op == 2
                and h.frame.src == target and h.dir in PLACED]
-    others = sorted({h.frame.arp_sender_mac for h in replies} - {arp.mac})
-    if others:
+    macs = {h.frame.arp_sender_mac for h in replies}
+    others = sorted(macs - {arp.mac})
+    if others and arp.mac in macs:  # two answerers; a wrong one alone is a path or MAC fault
         hop = next(h for h in replies if h.frame.arp_sender_mac == others[0])
         yield Problem("arp-conflict", f"{target} is answered by {', '.join(others)} besides "
                       f"{arp.mac} ({arp.answerer}): an address conflict", hop)
