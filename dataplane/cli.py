@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import sys
-from pathlib import Path
 
 from dataplane import cluster, state
 from dataplane.errors import UsageError
@@ -52,7 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=f"topology to build (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
-    p.add_argument("--pairs", choices=("all", "same-node", "cross-node"), default="all")
+    p.add_argument("--pairs", choices=("all", "same-node", "cross-node", "sample"),
+                   help="which ordered pod pairs (default: all up to 64 pods, else sample: "
+                        "every node pair and every pod as source and as destination)")
     p.add_argument("--proto", choices=PROTOCOLS, action="append",
                    help="verify with only these protocol(s) (default: all of them; repeatable; "
                         "arp asks for the destination on the same node, else for the gateway)")
@@ -157,24 +158,40 @@ def cmd_trace(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataplane import verify
+    from dataplane import report, verify
 
     protos = tuple(dict.fromkeys(args.proto or PROTOCOLS))
-    report = _on_cluster(args, "verify", lambda plan: verify.run(plan, args.pairs, protos,
-                                                                mtu=args.mtu))
-    if args.pcap:
-        _write_pcap(args.pcap, [hop for flow in report.flows for hop in flow.hops])
-    print(json.dumps(verify.as_dict(report), indent=2) if args.json else verify.as_text(report))
-    return 0 if report.passed else 1
+    pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
+
+    def work(plan):
+        streams = [report.Json(sys.stdout) if args.json else report.Text(sys.stdout)]
+        if pcap:
+            streams.append(report.Pcap(pcap))
+        if not args.json and sys.stderr.isatty():
+            streams.append(report.Progress())
+        return verify.run(plan, args.pairs or verify.default_pairs(plan), protos,
+                          mtu=args.mtu, stream=report.Tee(streams), keep_hops=False)
+
+    try:
+        result = _on_cluster(args, "verify", work)
+    finally:
+        if pcap:
+            pcap.close()
+    return 0 if result.passed else 1
+
+
+def _output(path: str):
+    try:
+        return open(path, "wb")
+    except OSError as err:
+        raise UsageError(f"cannot write {path}: {err.strerror}; pick a writable path") from None
 
 
 def _write_pcap(path: str, hops: list) -> None:
     from dataplane import pcapng
 
-    try:
-        Path(path).write_bytes(pcapng.write(hops))
-    except OSError as err:
-        raise UsageError(f"cannot write {path}: {err.strerror}; pick a writable path") from None
+    with _output(path) as out:
+        out.write(pcapng.write(hops))
 
 
 def cmd_capture(args: argparse.Namespace) -> int:

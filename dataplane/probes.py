@@ -153,10 +153,11 @@ def ring_buffer_supported(release: str) -> bool:
     return (major, minor) >= (5, 8)
 
 
-def load(buffer: str | None = None) -> Loaded:
+def load(buffer: str | None = None, pages: int | None = None) -> Loaded:
     """Compile the probes against the best headers there are and attach them:
     tracepoints always, kprobes on the bridge/VXLAN functions where possible.
-    buffer: "ring" or "perf"; by default a ring buffer where the kernel has them."""
+    buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
+    pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default."""
     started = time.perf_counter()
     try:
         from bcc import BPF
@@ -170,7 +171,7 @@ def load(buffer: str | None = None) -> Loaded:
     if headers == "portable":
         os.environ["BCC_KERNEL_SOURCE"] = str(tree)
     kernel_layout = _kernel_layout(headers)
-    macros = {**kernel_layout.offsets, "RINGBUF_PAGES": RINGBUF_PAGES}
+    macros = {**kernel_layout.offsets, "RINGBUF_PAGES": pages or RINGBUF_PAGES}
     buffer = buffer or ("ring" if ring_buffer_supported(kernel.release()) else "perf")
     if buffer == "perf":
         macros["USE_PERF_BUFFER"] = 1

@@ -158,10 +158,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     flows = item.stash.get(_FLOWS, [])
     if report.when != "call" or not report.failed or not flows:
         return
-    from dataplane import verify
+    from dataplane.report import flow_text
 
     report.sections.append(("dataplane flows", "\n\n".join(
-        verify.flow_text(plan, flow) for plan, flow in flows)))
+        flow_text(plan, flow) for plan, flow in flows)))
     folder = item.config.getoption("--dataplane-pcap")
     if folder:
         from dataplane import pcapng

@@ -80,11 +80,14 @@ class Tracer:
 
     POLL_MS = 10
 
-    def __init__(self, plan: Plan, record_all: bool = True, buffer: str | None = None):
+    def __init__(self, plan: Plan, record_all: bool = True, buffer: str | None = None,
+                 pages: int | None = None):
         self._where_by_inode = _inodes(plan)
         self._vxlan_port = plan.spec.port
         self._record_all = record_all
         self._buffer = buffer
+        self._pages = pages  # the ring buffer's size, when not the default
+        self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
         self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
@@ -96,7 +99,7 @@ class Tracer:
         self._lost_at_exit: int | None = None
 
     def __enter__(self) -> "Tracer":
-        self.loaded = probes.load(self._buffer)
+        self.loaded = probes.load(self._buffer, self._pages)
         try:
             self._reasons = self.loaded.layout.drop_reasons
             watched = self.loaded.bpf[b"watched"]
@@ -137,11 +140,23 @@ class Tracer:
             key.tag = socket.htons(flow.tag)
             key.proto = PROTO_NUMBERS[flow.proto]
             flows[key] = ctypes.c_uint8(1)
+            self._watched.append((flows, key))
         if flow.proto != "arp":  # the receiving end, for packets NATed on the way
             end = ends.Key()
             end.addr, end.tag, end.proto = _address(flow.dst), socket.htons(flow.tag), \
                 PROTO_NUMBERS[flow.proto]
             ends[end] = ctypes.c_uint8(1)
+            self._watched.append((ends, end))
+
+    def unwatch(self) -> None:
+        """Stop recording every flow watched so far: the maps stay small however many
+        flows a run judges (a tag's bit stays set: it only lets a packet be looked up)."""
+        for table, key in self._watched:
+            try:
+                del table[key]
+            except KeyError:
+                pass  # two exchanges of one flow share its keys
+        self._watched.clear()
 
     def _poll(self) -> None:
         """The only consumer of the buffer (libbpf's take one at a time)."""

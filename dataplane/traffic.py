@@ -12,12 +12,14 @@ from __future__ import annotations
 import errno
 import itertools
 import os
-import select
+import selectors
 import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
+from functools import partial
 
 from dataplane import netns
 from dataplane.plan import PodPlan
@@ -29,6 +31,8 @@ TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
 ETH_P_ARP = 0x0806
+UDP_BUFFER = 1 << 20  # bytes: a wave's datagrams queued at one pod's socket
+SEND_BACKOFF = (0.001, 0.01, 0.05, 0.2, None)  # pauses between tries of a send on a full queue
 
 
 @dataclass(frozen=True)
@@ -142,12 +146,50 @@ def _step(what: str) -> Iterator[None]:
         raise ProbeError(err.errno, f"{what}: {_describe(err)}") from None
 
 
-def _wait(sock: socket.socket, timeout: float) -> bool:
-    return bool(select.select([sock], [], [], timeout)[0])
+def _send(sock: socket.socket, data: bytes, *address) -> None:
+    """Send, waiting out a full queue (ENOBUFS, EAGAIN) for a while: the probes must not
+    be the cause of their own failures. A refusal that lasts is raised."""
+    for pause in SEND_BACKOFF:
+        try:
+            sock.sendto(data, *address) if address else sock.send(data)
+            return
+        except OSError as err:
+            if err.errno not in (errno.ENOBUFS, errno.EAGAIN) or pause is None:
+                raise
+        time.sleep(pause)
 
 
-class Sender:
-    """Exchanges between pods, reusing one socket per pod and purpose."""
+@dataclass
+class Pending:
+    """An exchange on its way: its request sent, its answer awaited."""
+
+    src: PodPlan
+    dst: PodPlan
+    proto: str
+    size: int | None = None
+    tag: int = 0
+    token: bytes | int = b""  # what the answer carries: a payload, an echo sequence
+    client: socket.socket | None = None  # a TCP exchange's own socket
+    done: bool = False
+    answered: bool = False
+    refused_mtu: int | None = None
+    answer_mac: str | None = None
+    error: str | None = None
+
+    def exchange(self) -> Exchange:
+        return Exchange(self.src, self.dst, self.proto, self.tag, self.answered, self.size,
+                        self.refused_mtu, self.answer_mac, self.error)
+
+    def close(self, answered: bool = False, error: str | None = None) -> None:
+        self.done, self.answered, self.error = True, answered, error
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+
+
+class Prober:
+    """Exchanges between pods, started together and finished together (a wave pays the
+    answer timeout once), reusing one socket per pod and purpose."""
 
     def __init__(self) -> None:
         self._sockets: dict[tuple[str, str], socket.socket] = {}
@@ -158,161 +200,245 @@ class Sender:
             sock.close()
         self._sockets.clear()
 
-    def __enter__(self) -> "Sender":
+    def __enter__(self) -> "Prober":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
     def _socket(self, pod: PodPlan, purpose: str) -> socket.socket:
-        """A bound socket of pod's: "ping", "udp-client", "udp-server", "tcp-server", or
-        "udp-df-SIZE" (one per size, so that each size of probe is a flow of its own)."""
+        """A bound, non-blocking socket of pod's: "ping", "udp-client", "udp-server",
+        "tcp-server", "arp" or "udp-df-SIZE" (one per size: each size is a flow of its own)."""
         key = (pod.netns, purpose)
         if key not in self._sockets:
             with _step(f"{purpose} socket in {pod.ref}"):
-                self._sockets[key] = self._open(pod, purpose)
+                self._sockets[key] = _open(pod, purpose)
         return self._sockets[key]
 
-    @staticmethod
-    def _open(pod: PodPlan, purpose: str) -> socket.socket:
-        if purpose == "arp":  # ARP frames in and out of the pod's eth0
-            sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
-                                   socket.htons(ETH_P_ARP))
-            address: tuple = ("eth0", 0)
-        else:
-            kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
-                           "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
-                                                                     (socket.SOCK_DGRAM, 0))
-            sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
-            address = (str(pod.ip), SERVICE_PORT if purpose.endswith("server") else 0)
+    def exchange(self, src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch,
+                 size: int | None = None) -> Exchange:
+        """One exchange, finished before this returns."""
+        return self.finish([self.start(src, dst, proto, watch, size)])[0]
+
+    def start(self, src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch,
+              size: int | None = None) -> Pending:
+        """Send an exchange's request (a DF UDP probe of IP length size, if given).
+        Whatever the kernel refuses on the way (no route, no address, no buffer space, a
+        namespace gone) is recorded in it, never raised: on a broken network that refusal
+        is the evidence."""
+        pending = Pending(src, dst, proto, size)
+        starts = {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp, "arp": self._arp}
         try:
-            if purpose == "tcp-server":
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if purpose.startswith("udp-df"):
-                sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-            sock.bind(address)
-            if purpose == "tcp-server":
-                sock.listen(64)
-        except OSError:
-            sock.close()
-            raise
-        return sock
-
-    def exchange(self, src: PodPlan, dst: PodPlan, proto: str,
-                 watch: Watch = _no_watch) -> Exchange:
-        """An exchange; whatever the kernel refuses on the way (no route, no address, no
-        buffer space, a namespace gone) is recorded in it, never raised: on a broken
-        network that refusal is the evidence."""
-        senders = {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp, "arp": self._arp}
-        return self._guarded(src, dst, proto, None, lambda w: senders[proto](src, dst, w), watch)
-
-    def sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch = _no_watch) -> Exchange:
-        """A UDP datagram of IP length size with DF set, answered in kind: sizes around
-        the MTU show where a path refuses, fragments or drops."""
-        return self._guarded(src, dst, "udp", size, lambda w: self._sized(src, dst, size, w),
-                             watch)
-
-    def _guarded(self, src: PodPlan, dst: PodPlan, proto: str, size: int | None,
-                 send: Callable[[Watch], Exchange], watch: Watch) -> Exchange:
-        flows: list[Flow] = []
-
-        def noted(flow: Flow) -> None:
-            flows.append(flow)
-            watch(flow)
-
-        try:
-            return send(noted)
+            starts[proto](pending, watch)
         except OSError as err:
-            tag = flows[-1].tag if flows else 0
             what = _describe(err) if isinstance(err, ProbeError) \
                 else f"{src.ref} -> {dst.ref}: {_describe(err)}"
-            return Exchange(src, dst, proto, tag, False, size, error=what)
+            pending.close(error=what)
+        return pending
 
-    def _icmp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
-        """An echo from a ping socket: the kernel sets its id (the socket's port)
-        and checksum; replies are told apart by sequence number."""
-        sock = self._socket(src, "ping")
-        tag = sock.getsockname()[1]
-        watch(Flow(str(src.ip), str(dst.ip), "icmp", tag))
-        seq = next(self._sequence) & 0xFFFF
-        with _step(f"send from {src.ref}"):
-            sock.sendto(struct.pack("!BBHHH", 8, 0, 0, 0, seq) + b"dataplane", (str(dst.ip), 0))
-        answered = False
-        while not answered and _wait(sock, TIMEOUT):
-            reply, (peer, _) = sock.recvfrom(2048)
-            answered = reply[0] == 0 and peer == str(dst.ip) and \
-                struct.unpack_from("!H", reply, 6)[0] == seq
-        return Exchange(src, dst, "icmp", tag, answered)
+    def finish(self, pending: list[Pending]) -> list[Exchange]:
+        """Wait for the answers of the started exchanges, echoing UDP at the servers,
+        until all are in or the answer timeout has passed since the last was sent."""
+        handlers = self._handlers(pending)
+        with selectors.DefaultSelector() as selector:
+            for sock, (events, _) in handlers.items():
+                selector.register(sock, events)
+            deadline = time.monotonic() + TIMEOUT
+            while not all(p.done for p in pending) and (left := deadline - time.monotonic()) > 0:
+                for key, _ in selector.select(left):
+                    handlers[key.fileobj][1]()
+        for p in pending:
+            if not p.done:
+                p.close()
+        return [p.exchange() for p in pending]
 
-    def _sized(self, src: PodPlan, dst: PodPlan, size: int, watch: Watch) -> Exchange:
-        client = self._socket(src, f"udp-df-{size}")
+    def _handlers(self, pending: list[Pending]) -> dict[socket.socket, tuple[int, Callable]]:
+        """What to do when each socket of the wave is ready."""
+        open_ = [p for p in pending if not p.done]
+        handlers: dict[socket.socket, tuple[int, Callable]] = {}
+        for p in open_:
+            if p.proto == "icmp":
+                sock = self._socket(p.src, "ping")
+                handlers[sock] = (selectors.EVENT_READ, partial(_on_echo, sock, open_))
+            elif p.proto == "udp":
+                client = self._socket(p.src, _udp_purpose(p.size))
+                handlers[client] = (selectors.EVENT_READ, partial(_on_udp_answer, client, open_))
+                server = self._socket(p.dst, "udp-server")
+                handlers[server] = (selectors.EVENT_READ, partial(_on_udp_request, server))
+            elif p.proto == "tcp":
+                handlers[p.client] = (selectors.EVENT_WRITE, partial(_on_connect, p))
+                server = self._socket(p.dst, "tcp-server")
+                handlers[server] = (selectors.EVENT_READ, partial(_on_accept, server))
+            else:
+                sock = self._socket(p.src, "arp")
+                handlers[sock] = (selectors.EVENT_READ, partial(_on_arp, sock, open_))
+        return handlers
+
+    def _icmp(self, p: Pending, watch: Watch) -> None:
+        """An echo from a ping socket: the kernel sets its id (the socket's port) and
+        checksum; replies are told apart by peer and sequence number."""
+        sock = self._socket(p.src, "ping")
+        p.tag = sock.getsockname()[1]
+        watch(Flow(str(p.src.ip), str(p.dst.ip), "icmp", p.tag))
+        p.token = next(self._sequence) & 0xFFFF
+        with _step(f"send from {p.src.ref}"):
+            _send(sock, struct.pack("!BBHHH", 8, 0, 0, 0, p.token) + b"dataplane",
+                  (str(p.dst.ip), 0))
+
+    def _udp(self, p: Pending, watch: Watch) -> None:
+        """A datagram answered in kind; with a size, of that IP length with DF set: sizes
+        around the MTU show where a path refuses, fragments or drops."""
+        client = self._socket(p.src, _udp_purpose(p.size))
+        self._socket(p.dst, "udp-server")
+        p.tag = client.getsockname()[1]
+        watch(Flow(str(p.src.ip), str(p.dst.ip), "udp", p.tag))
+        p.token = b"dataplane %d " % next(self._sequence)
+        if p.size is not None:
+            p.token = p.token.ljust(p.size - UDP_IP_HEADERS, b".")
         try:
-            return self._udp(src, dst, watch, client, size)
+            with _step(f"send from {p.src.ref}"):
+                _send(client, p.token, (str(p.dst.ip), SERVICE_PORT))
         except ProbeError as err:
             if err.errno != errno.EMSGSIZE:
                 raise
-            client.connect((str(dst.ip), SERVICE_PORT))  # IP_MTU needs a route to ask about
-            mtu = client.getsockopt(socket.IPPROTO_IP, IP_MTU)
-            return Exchange(src, dst, "udp", client.getsockname()[1], False, size, mtu)
+            p.refused_mtu = _route_mtu(p.src, p.dst)
+            p.close()
 
-    def _udp(self, src: PodPlan, dst: PodPlan, watch: Watch, client: socket.socket | None = None,
-             size: int | None = None) -> Exchange:
-        client = client or self._socket(src, "udp-client")
-        server = self._socket(dst, "udp-server")
-        tag = client.getsockname()[1]
-        watch(Flow(str(src.ip), str(dst.ip), "udp", tag))
-        payload = b"dataplane %d " % next(self._sequence)
-        if size is not None:
-            payload = payload.ljust(size - UDP_IP_HEADERS, b".")
-        with _step(f"send from {src.ref}"):
-            client.sendto(payload, (str(dst.ip), SERVICE_PORT))
-        answered = False
-        while _wait(server, TIMEOUT):
-            data, peer = server.recvfrom(65536)
-            if data == payload:  # the one we just sent, not a late earlier one
-                server.sendto(data, peer)
-                break
-        while not answered and _wait(client, TIMEOUT):
-            answered = client.recv(65536) == payload
-        return Exchange(src, dst, "udp", tag, answered, size)
+    def _tcp(self, p: Pending, watch: Watch) -> None:
+        """A handshake from a socket of its own (its port is the tag), connecting in the
+        background; the server accepts whatever arrives."""
+        self._socket(p.dst, "tcp-server")
+        with _step(f"tcp client socket in {p.src.ref}"):
+            p.client = netns.socket_in(p.src.netns, socket.AF_INET, socket.SOCK_STREAM)
+            p.client.setblocking(False)
+            p.client.bind((str(p.src.ip), 0))
+        p.tag = p.client.getsockname()[1]
+        watch(Flow(str(p.src.ip), str(p.dst.ip), "tcp", p.tag))
+        with _step(f"connect from {p.src.ref}"):
+            err = p.client.connect_ex((str(p.dst.ip), SERVICE_PORT))
+            if err not in (0, errno.EINPROGRESS):
+                raise OSError(err, os.strerror(err))
 
-    def _tcp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
-        server = self._socket(dst, "tcp-server")
-        with netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_STREAM) as client:
-            client.bind((str(src.ip), 0))
-            tag = client.getsockname()[1]
-            watch(Flow(str(src.ip), str(dst.ip), "tcp", tag))
-            client.settimeout(TIMEOUT)
-            try:
-                with _step(f"connect from {src.ref}"):
-                    client.connect((str(dst.ip), SERVICE_PORT))
-                answered = True
-            except TimeoutError:  # unanswered; a refusal (RST, ICMP error, local) is raised
-                answered = False
-        if answered and _wait(server, TIMEOUT):
-            server.accept()[0].close()
-        return Exchange(src, dst, "tcp", tag, answered)
-
-    def _arp(self, src: PodPlan, dst: PodPlan, watch: Watch) -> Exchange:
+    def _arp(self, p: Pending, watch: Watch) -> None:
         """A who-has crafted with scapy, sent on the pod's eth0 from a packet socket."""
         from scapy.layers.l2 import ARP, Ether  # only ARP probes pay for importing scapy
 
-        probe = Exchange(src, dst, "arp", 0, False)
-        target = probe.target
-        sock = self._socket(src, "arp")
-        watch(Flow(str(src.ip), target, "arp", 0))
-        with _step(f"send from {src.ref}"):
-            sock.send(bytes(Ether(src=src.mac, dst="ff:ff:ff:ff:ff:ff")
-                            / ARP(op=1, hwsrc=src.mac, psrc=str(src.ip), pdst=target)))
-        while _wait(sock, TIMEOUT):
-            frame = sock.recv(2048)
-            reply = ARP(frame[14:])
-            if reply.op == 2 and reply.psrc == target and reply.pdst == str(src.ip):
-                return Exchange(src, dst, "arp", 0, True, answer_mac=reply.hwsrc)
-        return probe
+        target = p.exchange().target
+        sock = self._socket(p.src, "arp")
+        watch(Flow(str(p.src.ip), target, "arp", 0))
+        p.token = target.encode()
+        with _step(f"send from {p.src.ref}"):
+            _send(sock, bytes(Ether(src=p.src.mac, dst="ff:ff:ff:ff:ff:ff")
+                              / ARP(op=1, hwsrc=p.src.mac, psrc=str(p.src.ip), pdst=target)))
+
+
+def _udp_purpose(size: int | None) -> str:
+    return "udp-client" if size is None else f"udp-df-{size}"
+
+
+def _open(pod: PodPlan, purpose: str) -> socket.socket:
+    if purpose == "arp":  # ARP frames in and out of the pod's eth0
+        sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
+                               socket.htons(ETH_P_ARP))
+        address: tuple = ("eth0", 0)
+    else:
+        kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
+                       "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
+                                                                 (socket.SOCK_DGRAM, 0))
+        sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
+        address = (str(pod.ip), SERVICE_PORT if purpose.endswith("server") else 0)
+    try:
+        sock.setblocking(False)
+        if purpose == "tcp-server":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if purpose.startswith("udp"):  # a wave's answers must not overflow it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+        if purpose.startswith("udp-df"):
+            sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        sock.bind(address)
+        if purpose == "tcp-server":
+            sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def _route_mtu(src: PodPlan, dst: PodPlan) -> int:
+    """The MTU src's kernel holds for dst: what it refused an oversize DF probe with.
+    Asked on a socket of its own, so that the probe's socket stays unconnected."""
+    with _step(f"mtu of the route {src.ref} -> {dst.ref}"), \
+            netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((str(dst.ip), SERVICE_PORT))
+        return sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
+
+
+def _drain(sock: socket.socket, size: int = 65536):
+    """Every datagram (with its sender) waiting on a non-blocking socket."""
+    while True:
+        try:
+            yield sock.recvfrom(size)
+        except (BlockingIOError, InterruptedError):
+            return
+
+
+def _on_echo(sock: socket.socket, pending: list[Pending]) -> None:
+    for reply, (peer, _) in _drain(sock, 2048):
+        if reply[0] != 0 or len(reply) < 8:
+            continue
+        seq = struct.unpack_from("!H", reply, 6)[0]
+        for p in pending:
+            if not p.done and p.token == seq and str(p.dst.ip) == peer:
+                p.close(answered=True)
+
+
+def _on_udp_request(server: socket.socket) -> None:
+    """The destination pod's service: echo each probe back to its sender."""
+    for data, peer in _drain(server):
+        if data.startswith(b"dataplane "):
+            with suppress(OSError):  # an echo that cannot go is that exchange's missing answer
+                _send(server, data, peer)
+
+
+def _on_udp_answer(client: socket.socket, pending: list[Pending]) -> None:
+    for data, _ in _drain(client):
+        for p in pending:
+            if not p.done and p.token == data:
+                p.close(answered=True)
+
+
+def _on_connect(p: Pending) -> None:
+    """A handshake finished: answered, or refused (an RST, an ICMP error, a local error)."""
+    if p.done:
+        return
+    err = p.client.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    p.close(answered=not err, error=f"connect from {p.src.ref}: [Errno {err}] "
+            f"{os.strerror(err)}" if err else None)
+
+
+def _on_accept(server: socket.socket) -> None:
+    while True:
+        try:
+            server.accept()[0].close()
+        except (BlockingIOError, InterruptedError):
+            return
+
+
+def _on_arp(sock: socket.socket, pending: list[Pending]) -> None:
+    from scapy.layers.l2 import ARP
+
+    for frame, _ in _drain(sock, 2048):
+        reply = ARP(frame[14:])
+        if reply.op != 2:
+            continue
+        waiting = [p for p in pending if not p.done and p.proto == "arp"
+                   and p.token == reply.psrc.encode() and str(p.src.ip) == reply.pdst]
+        if waiting:  # one who-has per answer: several may ask for the same gateway
+            waiting[0].close(answered=True)
+            waiting[0].answer_mac = reply.hwsrc
 
 
 def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:
     """One exchange from sockets opened for it."""
-    with Sender() as sender:
-        return sender.exchange(src, dst, proto, watch)
+    with Prober() as prober:
+        return prober.exchange(src, dst, proto, watch)

@@ -3,19 +3,28 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from dataplane import audit, caches, cause, traffic
 from dataplane.drift import Drift
 from dataplane.errors import UsageError
-from dataplane.hops import hop_dict, hop_table, trail
+from dataplane.hops import trail
 from dataplane.plan import Plan, PodPlan
 from dataplane.protocols import PROTOCOLS
 from dataplane.tracer import Hop, Tracer
-from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, FlowResult, judge
+from dataplane.verdict import FlowResult, judge
+
+if TYPE_CHECKING:
+    from dataplane.report import Stream
 
 SETTLE_MS = 100
+# Ring buffer events one exchange costs, about (every hop of both legs; TCP's handshake
+# and close are four packets each way), and the events a wave may cost: well under the
+# ring buffer's room between two polls.
+EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
+WAVE_EVENTS = 2000
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
 
@@ -26,6 +35,7 @@ class Report:
     lost_events: int
     drift: list[Drift] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
+    pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -42,8 +52,19 @@ class Report:
         return bool(self.flows) and all(f.passed for f in self.flows) and not self.drift
 
 
+PAIRS = ("all", "same-node", "cross-node", "sample")
+SAMPLE_ABOVE = 64  # pods: bigger clusters are sampled unless --pairs all is asked for
+
+
+def default_pairs(plan: Plan) -> str:
+    return "all" if len(plan.pods()) <= SAMPLE_ABOVE else "sample"
+
+
 def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
-    """Every ordered pod pair, or those on the same node, or those across nodes."""
+    """Every ordered pod pair, or those on the same node, or those across nodes, or a
+    sample of them."""
+    if which == "sample":
+        return sample(plan)
     chosen = []
     for src in plan.pods():
         for dst in plan.pods():
@@ -51,6 +72,27 @@ def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
             if src != dst and (which == "all" or (which == "same-node") == same):
                 chosen.append((src, dst))
     return chosen
+
+
+def sample(plan: Plan) -> list[tuple[PodPlan, PodPlan]]:
+    """A pair for every ordered (source node, destination node), the same node included
+    where it has two pods, and every pod once as source and once as destination (pods
+    paired with the pod half the cluster away), pods taken in turn on each node."""
+    chosen: dict[tuple[str, str], tuple[PodPlan, PodPlan]] = {}
+    for i, a in enumerate(plan.nodes):
+        for j, b in enumerate(plan.nodes):
+            src, dst = a.pods[j % len(a.pods)], b.pods[i % len(b.pods)]
+            if src == dst:
+                dst = b.pods[(i + 1) % len(b.pods)]
+            if src != dst:
+                chosen[(src.ref, dst.ref)] = (src, dst)
+    pods = plan.pods()
+    shift = max(1, len(pods) // 2)
+    for k, src in enumerate(pods):
+        dst = pods[(k + shift) % len(pods)]
+        if src != dst:
+            chosen[(src.ref, dst.ref)] = (src, dst)
+    return list(chosen.values())
 
 
 def by_exchange(hops: list[Hop], exchanges: list[traffic.Exchange]) -> dict[tuple, list[Hop]]:
@@ -74,13 +116,47 @@ def mtu_sizes(plan: Plan) -> tuple[int, int, int]:
     return mtu - 1, mtu, mtu + 1
 
 
+@dataclass(frozen=True)
+class Probe:
+    """One exchange to make: a pair, a protocol, and for a DF UDP probe its IP length."""
+
+    src: PodPlan
+    dst: PodPlan
+    proto: str
+    size: int | None = None
+
+
+def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[str, ...],
+           mtu: bool) -> Iterator[Probe]:
+    """Every exchange of a run, protocol by protocol, then the DF probes size by size."""
+    for proto in protos:
+        yield from (Probe(src, dst, proto) for src, dst in chosen)
+    for size in mtu_sizes(plan) if mtu else ():
+        yield from (Probe(src, dst, "udp", size) for src, dst in chosen)
+
+
+def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
+    """Exchanges in waves whose probe events fit the ring buffer with room to spare."""
+    wave: list[Probe] = []
+    budget = WAVE_EVENTS
+    for probe in todo:
+        cost = EVENTS[probe.proto]
+        if wave and cost > budget:
+            yield wave
+            wave, budget = [], WAVE_EVENTS
+        wave.append(probe)
+        budget -= cost
+    if wave:
+        yield wave
+
+
 class Verifier:
     """Probes loaded once and sockets kept, for any number of exchanges on one cluster."""
 
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, buffer_pages: int | None = None):
         self.plan = plan
-        self._tracer = Tracer(plan, record_all=False)
-        self._sender = traffic.Sender()
+        self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
+        self._prober = traffic.Prober()
         self._lost_before = 0
 
     def __enter__(self) -> "Verifier":
@@ -89,7 +165,7 @@ class Verifier:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._sender.close()
+        self._prober.close()
         self._tracer.__exit__(*exc)
 
     @property
@@ -107,14 +183,20 @@ class Verifier:
     def send(self, src: PodPlan, dst: PodPlan, proto: str,
              size: int | None = None) -> traffic.Exchange:
         """An exchange (a DF UDP probe of IP length size, if given), recorded."""
-        if size is not None:
-            return self._sender.sized(src, dst, size, watch=self._tracer.watch)
-        return self._sender.exchange(src, dst, proto, watch=self._tracer.watch)
+        return self._prober.exchange(src, dst, proto, self._tracer.watch, size)
+
+    def run(self, todo: Iterable[Probe]) -> Iterator[FlowResult]:
+        """Each wave of exchanges started together, finished together, judged and yielded."""
+        for wave in waves(todo):
+            pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
+                       for p in wave]
+            yield from self.judge(self._prober.finish(pending))
 
     def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
-        them INCONCLUSIVE."""
+        them INCONCLUSIVE. Their flows are no longer watched afterwards."""
         index = by_exchange(self._tracer.take(SETTLE_MS), exchanges)
+        self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
         attached = self._tracer.loaded.attached
@@ -128,79 +210,32 @@ class Verifier:
 
 
 def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
-        mtu: bool = True) -> Report:
+        mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
+        buffer_pages: int | None = None) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
-    live state is audited first; each failing flow is given its cause."""
+    live state is audited first; each failing flow is given its cause, then written to
+    stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
+    so that memory does not grow with the hops of every flow."""
     chosen = pairs(plan, which)
     if not chosen:
         raise UsageError(f"--pairs {which} selects no pod pair in cluster {plan.name} "
                          f"({len(plan.nodes)} nodes x {len(plan.nodes[0].pods)} pods): "
                          "nothing to verify; pick other --pairs or a bigger topology")
     drift = audit.audit(plan)
-    with Verifier(plan) as verifier:
-        exchanges = [verifier.send(src, dst, proto) for proto in protos for src, dst in chosen]
-        if mtu:
-            exchanges += [verifier.send(src, dst, "udp", size)
-                          for size in mtu_sizes(plan) for src, dst in chosen]
-        flows = verifier.judge(exchanges)
-        report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped)
     known = cause.owners(plan)
-    for flow in flows:
-        flow.cause = cause.explain(plan, flow, drift, known)
+    if stream:
+        stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
+    flows = []
+    with Verifier(plan, buffer_pages) as verifier:
+        for flow in verifier.run(probes(plan, chosen, protos, mtu)):
+            flow.cause = cause.explain(plan, flow, drift, known)
+            if stream:
+                stream.flow(flow)
+            if not keep_hops:
+                flow.hops = []
+            flows.append(flow)
+        report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
+                        which)
+    if stream:
+        stream.end(report)
     return report
-
-
-def flow_dict(flow: FlowResult) -> dict[str, Any]:
-    return {"src": flow.src, "dst": flow.dst, "proto": flow.proto, "size": flow.size,
-            "verdict": flow.verdict, "rule": flow.rule, "diagnosis": flow.diagnosis,
-            "cause": [item.as_dict() for item in flow.cause], "error": flow.error,
-            "last_hop": flow.last_hop, "drop_reason": flow.drop_reason,
-            "hops": [hop_dict(h) for h in flow.hops]}
-
-
-def _proto(flow: FlowResult) -> str:
-    """icmp, or udp/1451 for a DF probe of that IP length."""
-    return flow.proto + (f"/{flow.size}" if flow.size else "")
-
-
-def _cause_line(flow: FlowResult) -> str:
-    return "cause: " + "; ".join(str(item) for item in flow.cause)
-
-
-def flow_text(plan: Plan, flow: FlowResult) -> str:
-    """A flow's verdict, diagnosis, cause and hop table, as a person reads it."""
-    head = [f"{flow.verdict} {_proto(flow)} {flow.src} -> {flow.dst}"]
-    if not flow.passed:
-        head[0] += f" [{flow.rule}] {flow.diagnosis}"
-    if flow.cause:
-        head.append("  " + _cause_line(flow))
-    return "\n".join(head + hop_table(flow.hops, str(plan.pod(flow.src).ip)))
-
-
-def as_dict(report: Report) -> dict[str, Any]:
-    latent = set(report.latent)
-    return {"drift": [{**item.as_dict(), "latent": item in latent} for item in report.drift],
-            "flows": [flow_dict(f) for f in report.flows],
-            "summary": {"pass": report.count(PASS), "fail": report.count(FAIL),
-                        "inconclusive": report.count(INCONCLUSIVE), "drift": len(report.drift)},
-            "backends": report.backends, "skipped_probes": report.skipped,
-            "lost_events": report.lost_events}
-
-
-def as_text(report: Report) -> str:
-    latent = set(report.latent)
-    lines = [f"drift: {item}" + ("  (latent: no flow failed of it)" if item in latent else "")
-             for item in report.drift]
-    for flow in report.flows:
-        line = f"{flow.verdict:<12} {_proto(flow):<8} {flow.src:>14} -> {flow.dst:<14}"
-        if not flow.passed:
-            line += f" [{flow.rule}] {flow.diagnosis}"
-        lines.append(line)
-        if flow.cause:
-            lines.append(f"{'':<12} {_cause_line(flow)}")
-    skipped = f"; probes skipped: {', '.join(report.skipped)}" if report.skipped else ""
-    lines.append(f"{len(report.flows)} flows: {report.count(PASS)} passed, "
-                 f"{report.count(FAIL)} failed, {report.count(INCONCLUSIVE)} inconclusive; "
-                 f"{len(report.drift)} drift; backends {', '.join(report.backends)}{skipped}; "
-                 f"lost events {report.lost_events}")
-    return "\n".join(lines)

@@ -107,7 +107,7 @@ def test_a_namespace_gone_mid_run_is_that_flows_failure(make_cluster):
     made = make_cluster()
     src = made.plan.pod("node-0/pod-0")
     ghost = PodPlan(**{**made.plan.pod("node-1/pod-1").__dict__, "netns": "dp-no-such-ns"})
-    with traffic.Sender() as sender:
+    with traffic.Prober() as sender:
         for proto in ("icmp", "udp", "tcp", "arp"):
             from_ghost = sender.exchange(ghost, src, proto)
             assert not from_ghost.answered

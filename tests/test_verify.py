@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from dataplane import faults, verify
+from dataplane.report import as_text
 
 from .conftest import ROOT
 
@@ -30,7 +31,7 @@ def test_healthy_cluster_passes_every_protocol_and_size(default_cluster, probes_
 def test_twenty_verifies_in_a_row_without_a_flake(default_cluster, probes_ready):
     for _ in range(20):
         report = verify.run(default_cluster.plan)
-        assert len(report.flows) == 12 * 7 and report.passed, verify.as_text(report)
+        assert len(report.flows) == 12 * 7 and report.passed, as_text(report)
 
 
 def crosses(flow, node):
