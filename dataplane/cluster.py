@@ -144,7 +144,7 @@ def _missing_text(record: state.Record, gone: list[str]) -> str:
 
 def health(record: state.Record | state.Unreadable) -> list[str]:
     """What is wrong with a recorded cluster, each with its fix; [] when it is healthy.
-    The one judgement status, clean and every command on a running cluster use."""
+    The one judgement `status` and every command on a running cluster use."""
     if isinstance(record, state.Unreadable):
         return [record.complaint]
     name, owner = record.name, record.owner

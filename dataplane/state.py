@@ -83,9 +83,6 @@ class Record:
             return None
         return Holder(self.owner_pid, self.owner_start, "the process that built it")
 
-    def owner_alive(self) -> bool:
-        return self.owner is not None and self.owner.alive()
-
     def holders(self) -> list[Holder]:
         """The live processes holding the cluster, owner first; dead ones do not count."""
         return [h for h in [self.owner, *self.users] if h is not None and h.alive()]
@@ -110,7 +107,7 @@ class Unreadable:
     """A state directory whose record cannot be read: its namespaces are unaccounted for."""
 
     name: str
-    problem: str  # e.g. "state.json: not JSON (Expecting value: line 1 column 1 (char 0))"
+    problem: str  # e.g. "state.json: Expecting value: line 1 column 1 (char 0)"
 
     @property
     def dir(self) -> Path:
@@ -185,14 +182,6 @@ def read(name: str) -> Record | Unreadable:
         return Unreadable(name, f"{STATE_FILE}: {err}")
 
 
-def load(name: str) -> Record:
-    """NAME's record; a missing or unreadable one is a UsageError naming the fix."""
-    found = read(name)
-    if isinstance(found, Unreadable):
-        raise found.error()
-    return found
-
-
 def names() -> list[str]:
     """The name of every cluster recorded, sorted (staging directories are not clusters)."""
     if not STATE_ROOT.is_dir():
@@ -244,8 +233,10 @@ def hold(name: str, command: str) -> Holder:
 
 def unhold(name: str, holder: Holder) -> None:
     """Take holder off NAME's users, if the cluster is still there."""
+    def drop(record: Record) -> None:
+        record.users = [user for user in record.users if user != holder]
+
     try:
-        change(name, lambda record: record.users.remove(holder)
-               if holder in record.users else None)
+        change(name, drop)
     except UsageError:
         pass  # gone or unreadable: nothing to take it off

@@ -137,7 +137,7 @@ def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Po
         if len(made) >= 20:
             break
         time.sleep(0.002)
-    record = state.load(name)
+    record = state.read(name)
     assert record.phase == "building" and proc.poll() is None, "the build ended too soon"
     return proc
 

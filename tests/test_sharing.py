@@ -49,7 +49,7 @@ def test_down_refuses_a_held_cluster_until_forced(private_state):
         assert line == (f"dataplane: cluster {name} is in use by pid {holder.pid} (a test's "
                         f"holder); wait for it to end, or take the cluster down anyway with "
                         f"`dataplane down {name} --force`")
-        assert all(netns.exists(ns) for ns in state.load(name).namespaces)
+        assert all(netns.exists(ns) for ns in state.read(name).namespaces)
         forced = dp("down", name, "--force")
         assert forced.returncode == 0, forced.stderr
         _, err = holder.communicate("go\n", timeout=30)
@@ -69,7 +69,7 @@ def test_a_dead_holder_does_not_count(private_state):
     holder = start_holder(name)
     holder.kill()  # no chance to take itself off the record
     holder.wait()
-    assert [u.pid for u in state.load(name).users] == [holder.pid]
+    assert [u.pid for u in state.read(name).users] == [holder.pid]
     done = dp("down", name)
     assert done.returncode == 0, done.stderr
     assert leftovers(name) == []
@@ -139,9 +139,9 @@ def test_capture_says_when_its_cluster_is_taken_down(private_state, probes_ready
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
-        while not state.load(name).users and time.monotonic() < deadline:
+        while not state.read(name).users and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert [u.command for u in state.load(name).users] == ["dataplane capture"]
+        assert [u.command for u in state.read(name).users] == ["dataplane capture"]
         assert dp("down", name).returncode == 2  # held
         assert dp("down", name, "--force").returncode == 0
         _, err = proc.communicate(timeout=60)
