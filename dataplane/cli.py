@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -11,8 +12,9 @@ import sys
 from dataplane import cluster, state
 from dataplane.errors import UsageError
 from dataplane.protocols import PROTOCOLS
+from dataplane.resources import DEFAULT_TOPOLOGY
 
-DEFAULT_TOPOLOGY = "topologies/flannel-vxlan.toml"
+TOPOLOGY_HELP = "a topology file, or a shipped topology by name (flannel-vxlan, flannel-vxlan-4x8)"
 CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vni N, "
                 "at WHERE, dev NAME")
 
@@ -28,18 +30,25 @@ def _parser() -> argparse.ArgumentParser:
                      "pod network made of network namespaces.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     p = sub.add_parser("up", help="build a cluster and leave it running")
-    p.add_argument("topology", help="topology file, e.g. " + DEFAULT_TOPOLOGY)
+    p.add_argument("topology", help=TOPOLOGY_HELP)
     p.add_argument("--name", help="cluster name (default: the file's cluster.name)")
     p = sub.add_parser("status", help="show running clusters")
     p.add_argument("name", nargs="?", help="one cluster (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("down", help="tear a running cluster down")
     p.add_argument("name")
-    sub.add_parser("clean", help="remove every cluster an earlier run left behind")
+    p.add_argument("--force", action="store_true",
+                   help="even while a live process (a verify --running, a test session) uses it")
+    p = sub.add_parser("clean", help="remove what dead processes left behind (half-built "
+                       "clusters, clusters whose owner died)")
+    p.add_argument("names", nargs="*", metavar="NAME",
+                   help="remove these clusters, even if `up` left them running on purpose")
+    p.add_argument("--all", dest="everything", action="store_true",
+                   help="also remove every cluster `up` left running, and unreadable records")
     p = sub.add_parser("trace", help="send one packet between two pods and show its hops")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("topology", nargs="?", help="build this topology for the trace, then "
-                       "tear it down")
+    where.add_argument("topology", nargs="?", help=TOPOLOGY_HELP + "; built for the trace, "
+                       "then torn down")
     where.add_argument("--running", metavar="N", help="trace in running cluster N")
     p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
     p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
@@ -49,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", help="verify every pod pair hop by hop (default: build "
                        f"{DEFAULT_TOPOLOGY}, verify, tear down)")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("topology", nargs="?", help=f"topology to build (default {DEFAULT_TOPOLOGY})")
+    where.add_argument("topology", nargs="?", help=f"{TOPOLOGY_HELP} (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
     p.add_argument("--pairs", choices=("all", "same-node", "cross-node", "sample"),
                    help="which ordered pod pairs (default: all up to 64 pods, else sample: "
@@ -63,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
     p.add_argument("--running", metavar="N", required=True, help="the running cluster")
-    p.add_argument("--duration", type=float, default=10.0, metavar="S",
+    p.add_argument("--duration", type=_seconds, default=10.0, metavar="S",
                    help="seconds to record (default 10; Ctrl-C stops early)")
     p.add_argument("--filter", metavar="EXPR", help="keep only matching hops: " + CAPTURE_HELP)
     p.add_argument("-o", "--output", required=True, metavar="OUT.pcapng")
@@ -79,6 +88,18 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _seconds(text: str) -> float:
+    """A duration argument: a finite number of seconds, not negative."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; give one "
+                                         "of 0 or more, e.g. 10")
+    return value
+
+
 def _need_root(command: str) -> None:
     if os.geteuid() != 0:
         raise UsageError(f"`dataplane {command}` needs root to manage network namespaces; "
@@ -89,7 +110,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     topology = cluster.read(args.topology, name=args.name)  # a bad file before root
     _need_root("up")
     made = cluster.start(topology)
-    made.record.release()  # it outlives this process; `down` or `clean` removes it
+    state.release(made.name)  # it outlives this process; `down` removes it
     n_pods = len(made.plan.pods())
     print(f"cluster {made.name} is up: {len(made.plan.nodes)} nodes, {n_pods} pods "
           f"(namespaces {made.plan.prefix}.*); `dataplane status {made.name}` shows it, "
@@ -100,59 +121,69 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataplane import status
 
-    names = [args.name] if args.name else [r.name for r in state.records() if r.namespaces]
-    shown = [status.as_dict(cluster.attach(name)) for name in names]
+    found = [cluster.inspect(args.name)] if args.name else cluster.inspect_all()
+    shown = [status.as_dict(c) for c in found]
     if args.json:
         print(json.dumps(shown[0] if args.name else {"clusters": shown}, indent=2))
     elif not shown:
         print("no cluster is up")
     else:
         print("\n\n".join(status.as_text(s) for s in shown))
-    return 0
+    return 1 if any(s["problems"] for s in shown) else 0  # not healthy: the text says why
 
 
 def cmd_down(args: argparse.Namespace) -> int:
     _need_root("down")
-    removed = cluster.down(args.name)
+    removed = cluster.down(args.name, force=args.force)
     print(f"cluster {args.name} is down ({len(removed)} namespaces removed)")
     return 0
 
 
 def cmd_clean(args: argparse.Namespace) -> int:
+    """Exit 1 when a cluster named on the command line was left."""
     _need_root("clean")
-    removed, busy = cluster.clean()
-    for record in busy:
-        print(f"left {record.name}: in use by pid {record.owner_pid}, which removes it itself")
+    swept = cluster.clean(args.names, everything=args.everything)
+    for item in swept:
+        if item.removed is None:
+            print(f"left {item.name}: {item.why}")
+        else:
+            print(f"removed {item.name}: {item.why} ({len(item.removed)} namespaces)")
+    removed = [ns for item in swept for ns in item.removed or ()]
     print(f"removed {len(removed)} leftover namespaces" + "".join(f"\n  {ns}" for ns in removed))
-    return 0
+    return 1 if any(item.removed is None for item in swept if item.name in args.names) else 0
 
 
-def _on_cluster(args: argparse.Namespace, command: str, work):
-    """Run work(plan) on --running N, or on a cluster built from the topology for it
-    (with a name of its own, so a cluster of that name may be up) and torn down."""
-    path = None if args.running else (args.topology or DEFAULT_TOPOLOGY)
-    topology = cluster.read(path) if path else None  # a bad file before root
+def _on_cluster(args: argparse.Namespace, command: str, work, check=None):
+    """Run work(plan) on --running N (held, and refused when not healthy), or on a
+    cluster built from the topology for it (with a name of its own, so a cluster of
+    that name may be up) and torn down. check(plan) runs first, before anything is
+    built or loaded, on the plan as the user named it."""
+    if args.running:
+        _need_root(command)
+        with cluster.using(args.running, f"dataplane {command} --running") as made:
+            if check:
+                check(made.plan)
+            return work(made.plan)
+    topology = cluster.read(args.topology)  # a bad file before root
+    if check:
+        from dataplane.plan import make_plan
+
+        check(make_plan(topology.spec))
     _need_root(command)
-    made = None
-    if topology:
-        made = cluster.start(topology.renamed(f"{topology.spec.name[:20]}-{os.getpid()}"))
-    try:
-        return work(made.plan if made else cluster.attach(args.running).plan)
-    finally:
-        if made:
-            cluster.down(made.name)
+    with cluster.temporary(topology.renamed(f"{topology.spec.name[:20]}-{os.getpid()}")) as made:
+        return work(made.plan)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
     from dataplane import trace
 
-    def work(plan):
-        plan.pod(args.src), plan.pod(args.dst)  # name errors before loading probes
-        return trace.run(plan, args.src, args.dst, args.proto)
+    def check(plan):
+        plan.pod(args.src), plan.pod(args.dst)
 
     if not args.topology and not args.running:
         raise UsageError("trace needs a topology FILE or --running N")
-    result = _on_cluster(args, "trace", work)
+    result = _on_cluster(args, "trace", lambda plan: trace.run(plan, args.src, args.dst,
+                                                              args.proto), check)
     print(json.dumps(trace.as_dict(result), indent=2) if args.json else trace.as_text(result))
     return 0 if result.exchange.answered else 1
 
@@ -199,9 +230,9 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
     keep = capture.parse_filter(args.filter)  # a bad expression fails before anything runs
     _need_root("capture")
-    plan = cluster.attach(args.running).plan
-    hops, lost = capture.run(plan, args.duration, keep)
-    _write_pcap(args.output, hops)
+    with cluster.using(args.running, "dataplane capture") as made:
+        hops, lost = capture.run(made.plan, args.duration, keep)
+        _write_pcap(args.output, hops)  # before a vanished cluster is reported
     print(f"{len(hops)} hops written to {args.output}; lost events {lost}")
     return 0 if lost == 0 else 1
 
@@ -231,8 +262,8 @@ def cmd_fault(args: argparse.Namespace) -> int:
             print(f"{fault.name:<14} {fault.summary}")
         return 0
     _need_root("fault inject")
-    plan = cluster.attach(args.running).plan
-    print(faults.inject(plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
+    with cluster.using(args.running, "dataplane fault inject") as made:
+        print(faults.inject(made.plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
     return 0
 
 
@@ -241,8 +272,12 @@ COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_c
             "fault": cmd_fault, "capture": cmd_capture}
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as a KeyboardInterrupt so it unwinds and tears down like Ctrl-C."""
+
+
 def _terminate(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt  # so SIGTERM unwinds and tears down like Ctrl-C
+    raise Terminated
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,9 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:  # the kernel refused something: a failure, not a usage error
         print(f"dataplane {args.command}: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("dataplane: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # the shell's convention: 128 + the signal's number
+        signum = signal.SIGTERM if isinstance(err, Terminated) else signal.SIGINT
+        print(f"dataplane: interrupted ({signal.Signals(signum).name})", file=sys.stderr)
+        return 128 + signum
 
 
 if __name__ == "__main__":

@@ -1,16 +1,20 @@
-"""Bring a cluster up and down, recording it so nothing is ever left behind."""
+"""Bring a cluster up and down, recording it so nothing is ever left behind; judge
+whether a recorded cluster is healthy, and who holds it."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataplane import netns, nodefiles, spec, state
+from dataplane import netns, nodefiles, resources, spec, state
 from dataplane.errors import UsageError
-from dataplane.plan import Plan, make_plan
+from dataplane.plan import Plan, make_plan, prefix_for
 
 SWITCH_INTERVAL = 1e-4  # seconds; see _make
+SHOWN_MISSING = 3  # namespaces named in a message; the rest are counted
 
 
 @dataclass
@@ -39,19 +43,22 @@ class Topology:
         return replace(self, spec=replace(self.spec, name=name))
 
 
-def read(topology: str | Path, name: str | None = None) -> Topology:
-    """Read and validate a topology file; a bad one stops here, before anything is made."""
-    checked = spec.load(topology, name=name)
-    return Topology(checked, Path(topology).read_text(), str(topology))
+def read(topology: str | Path | None = None, name: str | None = None,
+         bases: Sequence[Path] = ()) -> Topology:
+    """Read and validate a topology file (a path or a shipped topology's name, see
+    resources.topology); a bad one stops here, before anything is made."""
+    path = resources.topology(topology, bases)
+    text = spec.read_text(path)
+    return Topology(spec.parse(text, source=str(path), name=name), text, str(path))
 
 
-def up(topology: str | Path, name: str | None = None) -> Cluster:
+def up(topology: str | Path | None = None, name: str | None = None) -> Cluster:
     return start(read(topology, name))
 
 
 def start(topology: Topology) -> Cluster:
     """Build the cluster; tear down on any failure, KeyboardInterrupt included. The
-    caller owns the result until it calls release() on its record or down()."""
+    caller owns the result until it calls state.release() on it or down()."""
     plan = make_plan(topology.spec)
     record = state.register(plan.name, plan.namespaces(), topology.source, topology.text)
     taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
@@ -62,8 +69,7 @@ def start(topology: Topology) -> Cluster:
     try:
         _make(plan)
         record.write_files(nodefiles.node_files(plan))
-        record.phase = "up"
-        record.save()
+        record = state.change(plan.name, lambda r: setattr(r, "phase", "up"))
     except BaseException:
         _remove(record)
         raise
@@ -94,15 +100,148 @@ def _make(plan: Plan) -> None:
     creation.close()
 
 
+def inspect(name: str) -> Cluster | state.Unreadable:
+    """Recorded cluster NAME, or why its record (state or topology copy) cannot be read;
+    UsageError if there is no such cluster."""
+    record = state.read(name)
+    if isinstance(record, state.Unreadable):
+        return record
+    try:
+        return Cluster(plan_of(record), record)
+    except (OSError, UnicodeDecodeError) as err:
+        return state.Unreadable(name, f"{state.TOPOLOGY_FILE}: {err}")
+    except UsageError as err:  # the copy no longer parses
+        return state.Unreadable(name, f"{state.TOPOLOGY_FILE}: {str(err).split(': ', 1)[-1]}")
+
+
+def inspect_all() -> list[Cluster | state.Unreadable]:
+    """Every recorded cluster, by name; one taken down meanwhile is left out."""
+    found = []
+    for name in state.names():
+        try:
+            found.append(inspect(name))
+        except UsageError:
+            pass
+    return found
+
+
 def attach(name: str) -> Cluster:
-    """The running cluster NAME (made by an earlier `up`)."""
-    record = state.load(name)
-    return Cluster(plan_of(record), record)
+    """The recorded cluster NAME, as it is (see using() to work on it)."""
+    found = inspect(name)
+    if isinstance(found, state.Unreadable):
+        raise found.error()
+    return found
 
 
-def down(name: str) -> list[str]:
-    """Remove cluster NAME's namespaces and state; return the namespaces removed."""
-    return _remove(state.load(name))
+def missing(record: state.Record) -> list[str]:
+    return [ns for ns in record.namespaces if not netns.exists(ns)]
+
+
+def _missing_text(record: state.Record, gone: list[str]) -> str:
+    named = ", ".join(gone[:SHOWN_MISSING]) + (", ..." if len(gone) > SHOWN_MISSING else "")
+    return f"{len(gone)} of its {len(record.namespaces)} namespaces are missing ({named})"
+
+
+def health(record: state.Record | state.Unreadable) -> list[str]:
+    """What is wrong with a recorded cluster, each with its fix; [] when it is healthy.
+    The one judgement `status` and every command on a running cluster use."""
+    if isinstance(record, state.Unreadable):
+        return [record.complaint]
+    name, owner = record.name, record.owner
+    if record.phase != "up":
+        if owner is not None and owner.alive():
+            return [f"still being built by pid {owner.pid}; wait for its `dataplane up` to end"]
+        return [f"its build (pid {record.owner_pid}) died before finishing; remove what it "
+                f"made with `dataplane clean`"]
+    problems = []
+    if owner is not None and not owner.alive():
+        problems.append(f"the process that built it (pid {owner.pid}) died without taking it "
+                        "down; remove it with `dataplane clean`")
+    gone = missing(record)
+    if gone:
+        problems.append(f"{_missing_text(record, gone)}; take it down with `dataplane down "
+                        f"{name}` and bring it up again")
+    return problems
+
+
+def vanished(made: Cluster) -> str | None:
+    """Why cluster made went away since this process attached to it (taken down, its
+    namespaces deleted), in one line; None while it is there. For a command whose
+    work on it failed or came out strange, to say so instead of a raw errno."""
+    try:
+        record = state.read(made.name)
+    except UsageError:
+        return (f"cluster {made.name} was taken down while this command ran "
+                f"(its state {made.record.dir} is gone)")
+    if isinstance(record, state.Unreadable):
+        return f"cluster {made.name}'s state became unreadable while this command ran " \
+               f"({record.problem})"
+    gone = missing(record)
+    if gone:
+        return f"cluster {made.name} lost namespaces while this command ran: " \
+               f"{_missing_text(record, gone)}"
+    return None
+
+
+@contextmanager
+def _watched(made: Cluster) -> Iterator[Cluster]:
+    """Turn what fails, or ends, after the cluster vanished into one line saying so."""
+    try:
+        yield made
+    except Exception:
+        gone = vanished(made)
+        if gone:
+            raise UsageError(gone) from None
+        raise
+    gone = vanished(made)
+    if gone:
+        raise UsageError(gone)
+
+
+@contextmanager
+def using(name: str, command: str) -> Iterator[Cluster]:
+    """Running cluster NAME for command (e.g. "dataplane verify --running"): refused
+    with the fix when it is not healthy; this process is one of its holders while the
+    block runs (so `down` refuses); if it vanishes meanwhile, a one-line UsageError."""
+    made = attach(name)
+    problems = health(made.record)
+    if problems:
+        raise UsageError(f"cluster {name} is not usable: {'; '.join(problems)}")
+    holder = state.hold(name, command)
+    try:
+        with _watched(made):
+            yield made
+    finally:
+        state.unhold(name, holder)
+
+
+@contextmanager
+def temporary(topology: Topology) -> Iterator[Cluster]:
+    """A cluster built from topology for the block, torn down after it."""
+    made = start(topology)
+    try:
+        with _watched(made):
+            yield made
+    finally:
+        if made.record.dir.exists():
+            down(made.name)
+
+
+def down(name: str, force: bool = False) -> list[str]:
+    """Remove cluster NAME's namespaces and state; return the namespaces removed.
+
+    Refused while another live process holds it, unless force; its owner may always
+    take down what it made. An unreadable record's namespaces (dp-NAME.*) go too."""
+    with state.locked(name) as record:
+        if isinstance(record, state.Unreadable):
+            return _remove_unreadable(record)
+        others = [h for h in record.holders() if not h.is_me()]
+        owner = record.owner
+        if others and not force and not (owner is not None and owner.is_me()):
+            raise UsageError(f"cluster {name} is in use by pid {others[0].pid} "
+                             f"({others[0].command}); wait for it to end, or take the "
+                             f"cluster down anyway with `dataplane down {name} --force`")
+        return _remove(record)
 
 
 def _remove(record: state.Record) -> list[str]:
@@ -111,16 +250,56 @@ def _remove(record: state.Record) -> list[str]:
     return removed
 
 
-def clean() -> tuple[list[str], list[state.Record]]:
-    """Remove every recorded cluster whose owning process is gone.
+def _remove_unreadable(record: state.Unreadable) -> list[str]:
+    """The namespaces named after the cluster (its run prefix), then its directory."""
+    removed = netns.remove(netns.listed(prefix_for(record.name) + "."))
+    record.remove()
+    return removed
 
-    Returns (namespaces removed, clusters skipped because a live process still
-    owns them, such as a test session's or a `verify` in progress).
-    """
-    removed, busy = [], []
-    for record in state.records():
-        if record.owner_alive():
-            busy.append(record)
-        else:
-            removed.extend(_remove(record))
-    return removed, busy
+
+@dataclass(frozen=True)
+class Swept:
+    """What `clean` did with one cluster, and why."""
+
+    name: str
+    why: str
+    removed: list[str] | None  # the namespaces removed; None when the cluster was left
+
+
+def clean(names: Sequence[str] = (), everything: bool = False) -> list[Swept]:
+    """Remove what dead processes left: clusters half-built, or whose owner died
+    without taking them down. Clusters a finished `up` left running, and unreadable
+    records, go only when named or with everything; a cluster a live process holds
+    is always left."""
+    for name in names:
+        state.read(name)  # an unknown name fails before anything is removed
+    swept = []
+    for name in names or state.names():
+        try:
+            with state.locked(name) as record:
+                swept.append(_sweep(record, chosen=bool(names) or everything))
+        except UsageError:  # taken down meanwhile
+            pass
+    return swept
+
+
+def _sweep(record: state.Record | state.Unreadable, chosen: bool) -> Swept:
+    name = record.name
+    if isinstance(record, state.Unreadable):
+        if chosen:
+            return Swept(name, f"its state was unreadable ({record.problem})",
+                         _remove_unreadable(record))
+        return Swept(name, f"{record.complaint} (or `dataplane clean --all`)", None)
+    holders = record.holders()
+    if holders:
+        return Swept(name, f"in use by pid {holders[0].pid} ({holders[0].command})", None)
+    if record.phase != "up":
+        why = f"half-built: its build (pid {record.owner_pid}) died"
+    elif record.owner is not None:
+        why = f"the process that built it (pid {record.owner_pid}) died without taking it down"
+    elif chosen:
+        why = "a finished `up` cluster, removed as asked"
+    else:
+        return Swept(name, "a finished `up` cluster, up on purpose; remove it with "
+                     f"`dataplane down {name}` or `dataplane clean --all`", None)
+    return Swept(name, why, _remove(record))

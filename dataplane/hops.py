@@ -46,13 +46,31 @@ def describe(frame) -> str:
     return text
 
 
-def hop_table(hops: list[Hop], sender_ip: str) -> list[str]:
-    """Numbered rows, one per hop; a packet from sender_ip is the request, others the reply."""
+ICMP_ECHO_REQUEST = 8
+ARP_REQUEST = 1
+
+
+def direction(frame, sender_ip: str | None = None) -> str:
+    """request or reply, told by the packet itself (echo or echo reply, who-has or is-at,
+    to or from the service port), so a pod's exchange with itself reads right; other
+    packets by their source address: sender_ip's are requests."""
+    if frame is None:
+        return "?"
+    if frame.icmp_type is not None:  # an ICMP error, like a reply, goes back to the sender
+        return "request" if frame.icmp_type == ICMP_ECHO_REQUEST else "reply"
+    if frame.arp_op is not None:
+        return "request" if frame.arp_op == ARP_REQUEST else "reply"
+    if traffic.SERVICE_PORT in (frame.sport, frame.dport):
+        return "request" if frame.dport == traffic.SERVICE_PORT else "reply"
+    return "request" if frame.src == sender_ip else "reply"
+
+
+def hop_table(hops: list[Hop], sender_ip: str | None = None) -> list[str]:
+    """Numbered rows, one per hop, each with its packet's direction (see direction())."""
     row = "{:>3}  {:<7} {:<14} {:<14} {:<5} {:<19} {:>5}  {}"
     lines = [row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS")]
     for i, hop in enumerate(hops, 1):
-        flow = hop.flow_frame()
-        leg = "request" if flow is not None and flow.src == sender_ip else "reply"
+        leg = direction(hop.flow_frame(), sender_ip)
         headers = describe(hop.frame)
         if hop.drop_reason:
             headers += f"  DROPPED: {hop.drop_reason}"

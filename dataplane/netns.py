@@ -171,6 +171,13 @@ def exists(name: str) -> bool:
     return path(name).exists()
 
 
+def listed(prefix: str) -> list[str]:
+    """The named namespaces whose names start with prefix, sorted."""
+    if not NETNS_RUN.is_dir():
+        return []
+    return sorted(entry.name for entry in NETNS_RUN.iterdir() if entry.name.startswith(prefix))
+
+
 def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
     Path("/proc/sys", *key.split(".")).write_text(value)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -78,20 +79,28 @@ def _scope(fixture_name: str, config: pytest.Config) -> str:
 
 
 def _topology(request: pytest.FixtureRequest) -> Path:
+    """The topology the first of marker, option and ini names (a path, or a shipped
+    topology's name), else the shipped default. A relative path is looked for beside
+    what named it (the test file, the invocation directory, the ini file), then in
+    pytest's rootdir."""
+    config = request.config
     marker = request.node.get_closest_marker("dataplane_topology")
-    chosen = (marker.args[0] if marker else None) \
-        or request.config.getoption("--dataplane-topology") \
-        or request.config.getini("dataplane_topology")
-    if not chosen:
-        return resources.find("topologies", "flannel-vxlan.toml")
-    path = Path(chosen)
-    return path if path.is_absolute() else request.config.rootpath / path
+    rootdir = config.rootpath
+    for chosen, base in (
+        (marker.args[0] if marker else None, request.node.path.parent),
+        (config.getoption("--dataplane-topology"), config.invocation_params.dir),
+        (config.getini("dataplane_topology"), config.inipath.parent if config.inipath
+         else rootdir),
+    ):
+        if chosen:
+            return resources.topology(chosen, bases=list(dict.fromkeys([base, rootdir])))
+    return resources.topology(None)
 
 
 @pytest.fixture(scope=_scope)
 def dataplane_cluster(request: pytest.FixtureRequest):
     """A cluster built for this module (or session), torn down after it, failures included."""
-    from dataplane import cluster
+    from dataplane import cluster, state
     from dataplane.errors import UsageError
 
     if os.geteuid() != 0:
@@ -99,12 +108,16 @@ def dataplane_cluster(request: pytest.FixtureRequest):
     try:
         made = cluster.up(_topology(request), name=f"pt{os.getpid()}-{next(_clusters)}")
     except UsageError as err:
-        pytest.fail(str(err), pytrace=False)
+        problem = str(err)  # failed outside the handler, so it is reported once
+    else:
+        problem = None
+    if problem:
+        pytest.fail(problem, pytrace=False)
     failures_before = request.session.testsfailed
     yield made
     if request.config.getoption("--dataplane-keep") and \
             request.session.testsfailed > failures_before:
-        made.record.release()  # left for inspection; `dataplane down` or `clean` removes it
+        state.release(made.name)  # left for inspection; `dataplane down` removes it
         print(f"\ndataplane: kept cluster {made.name} up after a failure "
               f"(dataplane status {made.name}; dataplane down {made.name})")
     else:
@@ -149,6 +162,32 @@ def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
         return result
 
     return verify
+
+
+def _hop_rows(value: object) -> list[str] | None:
+    """value as a hop table when it is a Hop or a list of them."""
+    if "dataplane.tracer" not in sys.modules:  # no Hop was ever made
+        return None
+    from dataplane.hops import hop_table
+    from dataplane.tracer import Hop
+
+    hops = [value] if isinstance(value, Hop) else value
+    if isinstance(hops, (list, tuple)) and hops and all(isinstance(h, Hop) for h in hops):
+        return hop_table(list(hops))
+    return None
+
+
+def pytest_assertrepr_compare(config: pytest.Config, op: str, left: object,
+                              right: object) -> list[str] | None:
+    """A failed comparison of hops shows them as `dataplane trace` prints them, not as
+    dataclass reprs with their raw bytes."""
+    tables = _hop_rows(left), _hop_rows(right)
+    if tables == (None, None):
+        return None
+    lines = [f"comparing hops with {op}:"]
+    for side, value, table in (("left", left, tables[0]), ("right", right, tables[1])):
+        lines += [f"{side}:", *(table or [repr(value)])]
+    return lines
 
 
 @pytest.hookimpl(hookwrapper=True)

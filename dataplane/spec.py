@@ -24,6 +24,15 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 LABEL_HINT = "lower-case letters, digits and '-', starting and ending with a letter or digit"
 RESERVED_NODE_NAMES = ("underlay",)  # the underlay namespace is <prefix>.underlay
+# Ranges whose addresses cannot be a pod's or a node's: the kernel refuses them as
+# gateways or never routes them off the host (RFC 6890).
+UNUSABLE = tuple((IPv4Network(net), what) for net, what in (
+    ("0.0.0.0/8", "unspecified ('this network')"), ("127.0.0.0/8", "loopback"),
+    ("169.254.0.0/16", "link-local"), ("224.0.0.0/4", "multicast"),
+    ("240.0.0.0/4", "reserved"),
+))
+# Where a free subnet is looked for when suggesting one (RFC 1918).
+PRIVATE = tuple(IPv4Network(net) for net in ("172.16.0.0/12", "192.168.0.0/16", "10.0.0.0/8"))
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "cluster": {"name": None, "cidr": "10.244.0.0/16", "node_mask": 24,
@@ -56,15 +65,21 @@ class Spec:
         return f"flannel.{self.vni}"  # flannel names its device after the VNI
 
 
+def read_text(path: Path) -> str:
+    """A topology file's text; an unreadable or non-UTF-8 file is a one-line UsageError."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise UsageError(f"{path}: not UTF-8 text (byte 0x{err.object[err.start]:02x} at "
+                         f"offset {err.start}); save the file as UTF-8 (TOML is UTF-8)") from None
+    except OSError as err:
+        raise UsageError(f"{path}: cannot read topology file ({err.strerror}); pass a "
+                         "readable file or a shipped topology by name, e.g. flannel-vxlan") from None
+
+
 def load(path: str | Path, name: str | None = None) -> Spec:
     """Parse and validate the topology file at path; name overrides cluster.name."""
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as err:
-        raise UsageError(f"{path}: cannot read topology file ({err.strerror}); "
-                         "pass an existing file, e.g. topologies/flannel-vxlan.toml") from None
-    return parse(text, source=str(path), name=name)
+    return parse(read_text(Path(path)), source=str(path), name=name)
 
 
 def parse(text: str, source: str = "<topology>", name: str | None = None) -> Spec:
@@ -104,7 +119,7 @@ class _Checker:
         subnet = self.network("underlay.subnet", u["subnet"])
         if subnet.overlaps(cidr):
             raise self.fail("underlay.subnet", f"{subnet} overlaps cluster.cidr {cidr}",
-                            "pick disjoint ranges, e.g. 172.30.0.0/24")
+                            f'pick disjoint ranges, e.g. subnet = "{free_subnet(cidr, subnet)}"')
         if subnet.num_addresses - 2 < len(nodes):
             raise self.fail("underlay.subnet", f"{subnet} has no room for {len(nodes)} nodes",
                             "use a larger subnet")
@@ -154,10 +169,16 @@ class _Checker:
     def network(self, key: str, value: Any) -> IPv4Network:
         self.typed(key, value, str, 'a CIDR string like "10.244.0.0/16"')
         try:
-            return ipaddress.IPv4Network(value)
+            network = ipaddress.IPv4Network(value)
         except ValueError as err:
             raise self.fail(key, f"{value!r} is not an IPv4 CIDR ({err})",
                             'write network/prefix with host bits zero, e.g. "10.244.0.0/16"') from None
+        for unusable, what in UNUSABLE:
+            if network.overlaps(unusable):
+                table, name = key.split(".")
+                raise self.fail(key, f"{network} overlaps {unusable}, which is {what}",
+                                f'use a private unicast range, e.g. "{DEFAULTS[table][name]}"')
+        return network
 
     def label(self, key: str, value: Any, max_len: int) -> str:
         self.typed(key, value, str, "a string")
@@ -194,3 +215,18 @@ class _Checker:
         if usable < pods:
             raise self.fail("cluster.node_mask", f"a /{node_mask} podCIDR holds {usable} pods "
                             f"(.0 and .1 are reserved), not {pods}", "use a shorter node_mask")
+
+
+def free_subnet(taken: IPv4Network, like: IPv4Network) -> IPv4Network:
+    """A private subnet of like's size (else a /24) that does not overlap taken."""
+    for prefixlen in (like.prefixlen, 24):
+        for parent in PRIVATE:
+            if prefixlen < parent.prefixlen:
+                continue
+            # taken is one aligned block: the parent's first subnet or the one right
+            # after taken is free unless taken covers the parent.
+            for start in (int(parent.network_address), int(taken.broadcast_address) + 1):
+                candidate = IPv4Network((start % 2**32, prefixlen), strict=False)
+                if candidate.subnet_of(parent) and not candidate.overlaps(taken):
+                    return candidate
+    return IPv4Network("192.168.0.0/24")  # not reached: taken cannot cover every parent

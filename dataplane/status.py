@@ -4,19 +4,25 @@ from __future__ import annotations
 
 from typing import Any
 
-from dataplane import netns
+from dataplane import cluster as clusters
+from dataplane import netns, state
 from dataplane.cluster import Cluster
+from dataplane.plan import prefix_for
 
 
-def as_dict(cluster: Cluster) -> dict[str, Any]:
+def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
+    if isinstance(cluster, state.Unreadable):
+        return _unreadable(cluster)
     plan, record = cluster.plan, cluster.record
-    present = sum(netns.exists(ns) for ns in record.namespaces)
+    gone = clusters.missing(record)
     return {
         "name": plan.name,
         "phase": record.phase,
+        "problems": clusters.health(record),
         "source": record.source,
         "state_dir": str(record.dir),
-        "namespaces": {"expected": len(record.namespaces), "present": present},
+        "namespaces": {"expected": len(record.namespaces),
+                       "present": len(record.namespaces) - len(gone), "missing": gone},
         "nodes": [{
             "name": node.name, "netns": node.netns, "underlay_ip": str(node.underlay_ip),
             "pod_cidr": str(node.pod_cidr), "vtep_mac": node.vtep_mac,
@@ -31,20 +37,41 @@ def as_dict(cluster: Cluster) -> dict[str, Any]:
     }
 
 
+def _unreadable(record: state.Unreadable) -> dict[str, Any]:
+    """What is known of a cluster whose record cannot be read: the namespaces named after it."""
+    left = netns.listed(prefix_for(record.name) + ".")
+    return {"name": record.name, "phase": "unreadable", "problems": clusters.health(record),
+            "state_dir": str(record.dir), "namespaces": {"present": len(left), "names": left}}
+
+
+def problem_lines(status: dict[str, Any]) -> list[str]:
+    return [f"  PROBLEM: {problem}" for problem in status["problems"]]
+
+
 def as_text(status: dict[str, Any]) -> str:
     ns = status["namespaces"]
-    health = "ok" if ns["present"] == ns["expected"] else "DEGRADED"
+    if status["phase"] == "unreadable":
+        return "\n".join([f"cluster {status['name']}: STATE UNREADABLE, {ns['present']} "
+                          f"namespaces named after it; state {status['state_dir']}"]
+                         + problem_lines(status) + [f"  {name}" for name in ns["names"]])
+    health = "ok" if not status["problems"] else "DAMAGED"
     b = status["backend"]
     lines = [f"cluster {status['name']}: {status['phase']}, {ns['present']}/{ns['expected']} "
              f"namespaces present ({health}); vxlan vni {b['vni']} port {b['port']} "
              f"mtu {b['mtu']}; underlay {status['underlay']['subnet']} "
              f"in {status['underlay']['netns']}; state {status['state_dir']}"]
+    lines += problem_lines(status)
     row = "{:<22} {:<16} {:<19} {:<13} {}"
+
+    def where(netns_name: str) -> str:
+        return netns_name + ("  MISSING" if netns_name in ns["missing"] else "")
+
     lines.append(row.format("NODE/POD", "IP", "MAC", "HOST VETH", "NETNS"))
     for node in status["nodes"]:
         lines.append(row.format(node["name"], node["underlay_ip"], node["vtep_mac"],
-                                node["vtep"], node["netns"]) + f"  podCIDR {node['pod_cidr']}")
+                                node["vtep"], where(node["netns"]))
+                     + f"  podCIDR {node['pod_cidr']}")
         for pod in node["pods"]:
             lines.append(row.format(f"  {node['name']}/{pod['name']}", pod["ip"], pod["mac"],
-                                    pod["host_veth"], pod["netns"]))
+                                    pod["host_veth"], where(pod["netns"])))
     return "\n".join(lines)

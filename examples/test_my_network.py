@@ -6,7 +6,7 @@ built from the marker's topology for this module and torn down after it.
 
 import pytest
 
-pytestmark = pytest.mark.dataplane_topology("examples/my-topology.toml")
+pytestmark = pytest.mark.dataplane_topology("my-topology.toml")  # beside this file
 
 
 def test_web_reaches_the_database_across_nodes(dataplane_verify):

@@ -6,11 +6,12 @@ import itertools
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from dataplane import cluster, netns
+from dataplane import cluster, netns, state
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
@@ -34,6 +35,45 @@ def pytest_sessionfinish(session, exitstatus):
     if leaked:
         print(f"\nLEAK: namespaces left behind by this test session: {', '.join(leaked)}")
         session.exitstatus = 1
+
+
+def dp(*argv: str, user: int | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run the `dataplane` command from this tree (as user, if given)."""
+    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    return subprocess.run([*prefix, sys.executable, "-m", "dataplane", *argv], cwd=cwd,
+                          capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def one_line_error(done: subprocess.CompletedProcess) -> str:
+    """The one line a usage or environment error prints, after checking it is one."""
+    assert done.returncode == 2, done
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    return lines[0]
+
+
+def leftovers(name: str) -> list[str]:
+    """Cluster name's namespaces and state directory, those that exist."""
+    ns = [p.name for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
+    return ns + ([str(state.STATE_ROOT / name)] if (state.STATE_ROOT / name).exists() else [])
+
+
+def up_released(name: str, topology: Path = DEFAULT) -> None:
+    """`dataplane up`: a cluster left running on purpose, owned by no process."""
+    done = dp("up", str(topology), "--name", name)
+    assert done.returncode == 0, done.stderr
+
+
+def up_orphaned(name: str, topology: Path = DEFAULT) -> int:
+    """A cluster whose builder died holding it (a test session killed before its
+    teardown); returns the dead builder's pid."""
+    done = subprocess.run([sys.executable, "-c", "import os, sys; from dataplane import "
+                           "cluster; cluster.up(sys.argv[1], name=sys.argv[2]); "
+                           "print(os.getpid()); os._exit(0)", str(topology), name],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return int(done.stdout)
 
 
 def unique_name(tag: str = "c") -> str:
@@ -65,6 +105,17 @@ def make_cluster():
     for c in made:
         if c.record.dir.exists():
             cluster.down(c.name)
+
+
+@pytest.fixture
+def private_state(tmp_path, monkeypatch) -> Path:
+    """A state directory of this test's own, for it and the commands it runs: `clean`,
+    `status` and `clean --all` then see only the clusters the test made (the machine's
+    other clusters are other people's)."""
+    root = tmp_path / "state"
+    monkeypatch.setattr(state, "STATE_ROOT", root)
+    monkeypatch.setenv("DATAPLANE_STATE_DIR", str(root))
+    return root
 
 
 @pytest.fixture(scope="module")

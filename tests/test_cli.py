@@ -10,28 +10,12 @@ import pytest
 
 from dataplane import netns, state
 
-from .conftest import DEFAULT, ROOT, is_root, unique_name
-
-DP = [sys.executable, "-m", "dataplane"]
-
-
-def run(*argv, user=None):
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
-    return subprocess.run([*prefix, *DP, *argv], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
-
-
-def one_line_error(done):
-    assert done.returncode == 2, done
-    lines = done.stderr.strip().splitlines()
-    assert len(lines) == 1, done.stderr
-    return lines[0]
-
+from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error, unique_name
 
 def test_bad_topology_exit_2_nothing_made(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster]\nname = 'badone'\n[backend]\nvni = 0\n")
-    line = one_line_error(run("up", str(bad)))
+    line = one_line_error(dp("up", str(bad)))
     assert "backend.vni" in line and "1..16777215" in line
     assert not (state.STATE_ROOT / "badone").exists()
     assert not list(netns.NETNS_RUN.glob("dp-badone.*"))
@@ -40,34 +24,66 @@ def test_bad_topology_exit_2_nothing_made(tmp_path):
 def test_not_toml(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[cluster\n")
-    assert "line 1" in one_line_error(run("up", str(bad)))
+    assert "line 1" in one_line_error(dp("up", str(bad)))
 
 
-def test_missing_file():
-    assert "cannot read topology file" in one_line_error(run("up", "nope.toml"))
+def test_missing_file_names_the_shipped_topologies():
+    line = one_line_error(dp("up", "nope.toml"))
+    assert line.startswith("dataplane: nope.toml: no such topology file;")
+    assert "flannel-vxlan, flannel-vxlan-4x8" in line
+
+
+def test_unreadable_file_is_named(tmp_path):
+    line = one_line_error(dp("up", str(tmp_path)))  # a directory
+    assert f"{tmp_path}: cannot read topology file (Is a directory)" in line
+
+
+def test_not_utf8(tmp_path):
+    bad = tmp_path / "latin1.toml"
+    bad.write_bytes("[cluster]\nname = 'caf\xe9'\n".encode("latin-1"))
+    line = one_line_error(dp("up", str(bad)))
+    assert f"{bad}: not UTF-8 text (byte 0xe9 at offset 21)" in line and "save" in line
+
+
+@pytest.mark.parametrize("duration", ["-1", "nan", "inf", "soon"])
+def test_capture_duration_must_be_seconds(duration):
+    line = one_line_error(dp("capture", "--running", "x", "--duration", duration, "-o", "o"))
+    assert f"argument --duration: {duration!r} is not a number of seconds" in line
+
+
+def test_trace_checks_pods_before_building():
+    """The pods are checked against the file's plan before anything is built: even a
+    user who may not build gets that error, naming the file's cluster."""
+    user = 65534 if is_root() else None
+    line = one_line_error(dp("trace", str(DEFAULT), "--from", "node-9/pod-0", "--to",
+                             "node-0/pod-0", user=user))
+    assert line == "dataplane: no node 'node-9' in cluster flannel-vxlan; known: node-0, node-1"
+    line = one_line_error(dp("trace", str(DEFAULT), "--from", "node-0/pod-0", "--to",
+                             "node-1/pod-7", user=user))
+    assert "no pod 'node-1/pod-7' in cluster flannel-vxlan;" in line
 
 
 def test_bad_arguments():
-    assert "dataplane" in one_line_error(run("frobnicate"))
-    assert "--help" in one_line_error(run("up"))
+    assert "dataplane" in one_line_error(dp("frobnicate"))
+    assert "--help" in one_line_error(dp("up"))
 
 
 def test_unknown_cluster():
-    assert "no cluster named" in one_line_error(run("status", "no-such-cluster"))
+    assert "no cluster named" in one_line_error(dp("status", "no-such-cluster"))
 
 
 def test_not_root_is_told_how():
-    line = one_line_error(run("up", str(DEFAULT), user=65534 if is_root() else None))
+    line = one_line_error(dp("up", str(DEFAULT), user=65534 if is_root() else None))
     assert "needs root" in line and "sudo" in line
 
 
 @pytest.mark.needs_root
 def test_up_status_down():
     name = unique_name("cli")
-    done = run("up", str(DEFAULT), "--name", name)
+    done = dp("up", str(DEFAULT), "--name", name)
     try:
         assert done.returncode == 0, done.stderr
-        status = run("status", name, "--json")
+        status = dp("status", name, "--json")
         assert status.returncode == 0, status.stderr
         shown = json.loads(status.stdout)
         assert shown["name"] == name
@@ -80,15 +96,33 @@ def test_up_status_down():
         assert {"name", "netns", "ip", "mac", "host_veth"} <= set(pod)
         assert (pod["ip"], pod["mac"], pod["netns"]) == \
             ("10.244.1.2", "0a:58:0a:f4:01:02", f"dp-{name}.node-1.pod-0")
-        text = run("status", name)
+        text = dp("status", name)
         assert "node-1/pod-0" in text.stdout and "10.244.1.2" in text.stdout
-        listing = json.loads(run("status", "--json").stdout)
+        listing = json.loads(dp("status", "--json").stdout)
         assert name in [c["name"] for c in listing["clusters"]]
     finally:
-        down = run("down", name)
+        down = dp("down", name)
     assert down.returncode == 0, down.stderr
     assert "7 namespaces removed" in down.stdout
-    assert "no cluster named" in one_line_error(run("down", name))
+    assert "no cluster named" in one_line_error(dp("down", name))
+
+
+@pytest.mark.needs_root
+def test_shipped_topology_by_name_from_anywhere(tmp_path):
+    name = unique_name("byname")
+    done = dp("up", "flannel-vxlan-4x8", "--name", name, cwd=tmp_path)
+    try:
+        assert done.returncode == 0, done.stderr
+        assert "4 nodes, 32 pods" in done.stdout
+    finally:
+        dp("down", name)
+
+
+@pytest.mark.needs_root
+def test_verify_without_argument_outside_the_repository(tmp_path, probes_ready):
+    done = dp("verify", "--proto", "icmp", "--no-mtu", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "12 flows: 12 passed" in done.stdout
 
 
 @pytest.mark.needs_root

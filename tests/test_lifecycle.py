@@ -14,7 +14,7 @@ import pytest
 from dataplane import build, cluster, netns, state
 from dataplane.errors import UsageError
 
-from .conftest import BIG, DEFAULT, ROOT, sh, unique_name
+from .conftest import BIG, DEFAULT, ROOT, dp, leftovers, one_line_error, sh, unique_name
 from .pingall import ping_all
 
 pytestmark = pytest.mark.needs_root
@@ -30,12 +30,6 @@ def root_snapshot() -> dict[str, str]:
         "rules": sh(None, "ip", "rule", "show"),
         "ip_forward": Path("/proc/sys/net/ipv4/ip_forward").read_text(),
     }
-
-
-def leftovers(name: str) -> list[str]:
-    ns = [p.name for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
-    return ns + ([str(state.STATE_ROOT / name)] if (state.STATE_ROOT / name).exists() else [])
-
 
 
 def test_root_namespace_untouched_by_up_and_down():
@@ -143,36 +137,45 @@ def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Po
         if len(made) >= 20:
             break
         time.sleep(0.002)
-    record = state.load(name)
+    record = state.read(name)
     assert record.phase == "building" and proc.poll() is None, "the build ended too soon"
     return proc
 
 
-def test_sigkill_mid_up_then_clean(tmp_path):
+def test_sigkill_mid_up_then_clean(private_state, tmp_path):
     name = unique_name("kill")
     proc = start_up_and_wait_for_namespaces(huge_topology(tmp_path), name)
     proc.kill()
     proc.communicate()
     assert leftovers(name), "SIGKILL should have left namespaces for clean to find"
-    done = subprocess.run([*DP, "clean"], cwd=ROOT, capture_output=True, text=True)
+    status = dp("status", name)
+    assert status.returncode == 1
+    assert f"PROBLEM: its build (pid {proc.pid}) died before finishing; remove what it made " \
+           "with `dataplane clean`" in status.stdout
+    line = one_line_error(dp("trace", "--running", name, "--from", "node-0/pod-0",
+                             "--to", "node-1/pod-0"))
+    assert f"cluster {name} is not usable: its build (pid {proc.pid}) died" in line
+    done = dp("clean")
     assert done.returncode == 0, done.stderr
+    assert f"removed {name}: half-built: its build (pid {proc.pid}) died" in done.stdout
     assert leftovers(name) == []
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_signal_mid_up_tears_down(tmp_path, sig):
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_up_tears_down(tmp_path, sig, code):
     name = unique_name("sig")
     proc = start_up_and_wait_for_namespaces(huge_topology(tmp_path), name)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err
+    assert proc.returncode == code, err
+    assert err == f"dataplane: interrupted ({sig.name})\n"
     assert leftovers(name) == []
 
 
-def test_clean_spares_clusters_with_a_live_owner(make_cluster):
+def test_clean_spares_clusters_with_a_live_owner(private_state, make_cluster):
     mine = make_cluster(DEFAULT)  # owned by this pytest process
-    done = subprocess.run([*DP, "clean"], cwd=ROOT, capture_output=True, text=True)
+    done = dp("clean")
     assert done.returncode == 0, done.stderr
     assert f"left {mine.name}: in use by pid {os.getpid()}" in done.stdout
     assert ping_all(mine.plan) == []

@@ -81,6 +81,78 @@ def test_big(dataplane_cluster, dataplane_verify):
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
 
 
+README_EXAMPLE = '''
+import pytest
+
+pytestmark = pytest.mark.dataplane_topology("flannel-vxlan")
+
+def test_cross_node_udp(dataplane_verify):
+    r = dataplane_verify("node-0/pod-0", "node-1/pod-1", proto="udp")
+    assert r.passed, r.diagnosis
+'''
+
+
+@pytest.mark.needs_root
+def test_the_readme_example_runs_outside_the_repository(pytester, probes_ready):
+    assert ROOT not in pytester.path.parents
+    pytester.makepyfile(test_user=README_EXAMPLE)
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
+
+
+NODES = '''
+import pytest
+pytestmark = pytest.mark.dataplane_topology({path!r})
+
+def test_nodes(dataplane_cluster):
+    assert [n.name for n in dataplane_cluster.plan.nodes] == {nodes!r}
+'''
+
+
+@pytest.mark.needs_root
+def test_marker_paths_beside_the_test_file_then_in_rootdir(pytester):
+    (pytester.path / "sub").mkdir()
+    (pytester.path / "sub" / "here.toml").write_text(
+        '[cluster]\nname = "here"\nnodes = ["near"]\n')
+    (pytester.path / "top.toml").write_text('[cluster]\nname = "top"\nnodes = ["far"]\n')
+    (pytester.path / "sub" / "test_here.py").write_text(NODES.format(path="here.toml",
+                                                                    nodes=["near"]))
+    (pytester.path / "sub" / "test_top.py").write_text(NODES.format(path="top.toml",
+                                                                   nodes=["far"]))
+    pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=2)
+
+
+@pytest.mark.needs_root
+def test_a_bad_topology_is_reported_once(pytester):
+    pytester.makepyfile(test_user=NODES.format(path="nope.toml", nodes=[]))
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(errors=1)
+    text = result.stdout.str()
+    assert text.count("nope.toml: no such topology file (looked in") == 1, text
+    assert "During handling" not in text
+
+
+def test_failed_hop_comparisons_show_a_hop_table(pytester):
+    pytester.makepyfile(test_user='''
+from dataplane.packet import Frame
+from dataplane.tracer import Hop
+
+def test_hops():
+    frame = Frame(eth_src="", eth_dst="", ethertype=0x800, src="10.244.0.2",
+                  dst="10.244.1.2", proto="icmp", icmp_type=8, icmp_id=3)
+    hop = Hop(ts=1, skb=1, netns=1, at="node-0/pod-0", ifindex=2, device="eth0",
+              func="net_dev_start_xmit", dir="tx", length=84, frame=frame, raw=b"x" * 64)
+    assert [hop] == []
+''')
+    result = pytester.runpytest("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*PACKET  AT*DEVICE*DIR*FUNC*LEN*HEADERS*",
+        "*1  request node-0/pod-0*eth0*tx*net_dev_start_xmit*84*"
+        "10.244.0.2 > 10.244.1.2 icmp type 8 id 3*",
+    ])
+    assert not [line for line in result.stdout.lines if line.startswith("E ") and "Hop(" in line]
+
+
 def test_capability_markers_skip_with_the_fix(pytester):
     pytester.makepyfile(test_user='''
 import pytest

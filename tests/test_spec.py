@@ -1,10 +1,11 @@
 """Topology validation: every rule gives a one-line error naming the key and the fix."""
 
 from ipaddress import IPv4Network
+from pathlib import Path
 
 import pytest
 
-from dataplane import spec
+from dataplane import resources, spec
 from dataplane.errors import UsageError
 
 from .conftest import BIG, DEFAULT
@@ -86,11 +87,36 @@ def test_name_override():
     ("[cluster]\nname='c'\n[underlay]\nmtu=9001\n", "underlay.mtu", "outside 1280..9000"),
     ("[cluster]\nname='c'\n[underlay]\nmtu='1500'\n", "underlay.mtu", "not an integer"),
     ("cluster = 3\n", "cluster", "must be a table"),
+    ("[cluster]\nname='c'\n[underlay]\nsubnet='127.0.0.0/24'\n", "underlay.subnet", "loopback"),
+    ("[cluster]\nname='c'\n[underlay]\nsubnet='0.0.0.0/24'\n", "underlay.subnet", "unspecified"),
+    ("[cluster]\nname='c'\n[underlay]\nsubnet='169.254.1.0/24'\n", "underlay.subnet",
+     "link-local"),
+    ("[cluster]\nname='c'\n[underlay]\nsubnet='255.255.255.0/24'\n", "underlay.subnet",
+     "reserved"),
+    ("[cluster]\nname='c'\ncidr='224.0.0.0/16'\n", "cluster.cidr", "multicast"),
+    ("[cluster]\nname='c'\ncidr='127.0.0.0/16'\n", "cluster.cidr", "loopback"),
+    ("[cluster]\nname='c'\ncidr='240.0.0.0/16'\n", "cluster.cidr", "reserved"),
+    ("[cluster]\nname='c'\ncidr='0.0.0.0/0'\n", "cluster.cidr", "unspecified"),
 ])
 def test_each_rule(text, key, words):
     message = error_of(text)
     assert f": {key}: " in message and words in message
     assert ";" in message  # the fix follows the problem
+
+
+@pytest.mark.parametrize("cidr, subnet", [
+    ("10.244.0.0/16", "10.244.3.0/24"), ("172.16.0.0/12", "172.30.0.0/24"),
+    ("10.0.0.0/8", "10.1.0.0/16"), ("192.168.0.0/16", "192.168.0.0/16"),
+])
+def test_overlap_suggests_a_free_subnet(cidr, subnet):
+    message = error_of(f"[cluster]\nname='c'\ncidr='{cidr}'\nnode_mask=24\n"
+                       f"[underlay]\nsubnet='{subnet}'\n")
+    assert "overlaps cluster.cidr" in message
+    suggested = message.split('subnet = "')[1].rstrip('"')
+    fixed = spec.parse(f"[cluster]\nname='c'\ncidr='{cidr}'\nnode_mask=24\n"
+                       f"[underlay]\nsubnet='{suggested}'\n")
+    assert fixed.underlay_subnet.prefixlen == IPv4Network(subnet).prefixlen
+    assert not fixed.underlay_subnet.overlaps(fixed.cluster_cidr)
 
 
 def test_not_toml_names_the_line():
@@ -101,6 +127,33 @@ def test_not_toml_names_the_line():
 def test_missing_file(tmp_path):
     with pytest.raises(UsageError, match="cannot read topology file"):
         spec.load(tmp_path / "nope.toml")
+
+
+def test_shipped_topologies_by_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # away from the checkout
+    assert resources.topology(None).samefile(DEFAULT)
+    assert resources.topology("flannel-vxlan").samefile(DEFAULT)
+    assert resources.topology("flannel-vxlan-4x8.toml").samefile(BIG)
+
+
+def test_a_file_beats_a_shipped_name(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "flannel-vxlan.toml").write_text(GOOD)
+    assert resources.topology("flannel-vxlan.toml") == Path("flannel-vxlan.toml")
+
+
+def test_relative_paths_tried_against_each_base(tmp_path):
+    first, second = tmp_path / "tests", tmp_path
+    (second / "mine.toml").write_text(GOOD)
+    assert resources.topology("mine.toml", [first, second]) == second / "mine.toml"
+    (first / "mine.toml").parent.mkdir()
+    (first / "mine.toml").write_text(GOOD)
+    assert resources.topology("mine.toml", [first, second]) == first / "mine.toml"
+    with pytest.raises(UsageError) as caught:
+        resources.topology("sub/nope.toml", [first, second])
+    assert str(caught.value) == (f"sub/nope.toml: no such topology file (looked in {first}, "
+                                 f"{second}); pass an existing file or a shipped topology by "
+                                 "name: flannel-vxlan, flannel-vxlan-4x8")
 
 
 def test_boundaries_accepted():
