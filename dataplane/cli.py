@@ -194,17 +194,21 @@ def cmd_verify(args: argparse.Namespace) -> int:
     protos = tuple(dict.fromkeys(args.proto or PROTOCOLS))
     pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
 
+    def which(plan):
+        return args.pairs or verify.default_pairs(plan)
+
     def work(plan):
         streams = [report.Json(sys.stdout) if args.json else report.Text(sys.stdout)]
         if pcap:
             streams.append(report.Pcap(pcap))
         if not args.json and sys.stderr.isatty():
             streams.append(report.Progress())
-        return verify.run(plan, args.pairs or verify.default_pairs(plan), protos,
-                          mtu=args.mtu, stream=report.Tee(streams), keep_hops=False)
+        return verify.run(plan, which(plan), protos, mtu=args.mtu,
+                          stream=report.Tee(streams), keep_hops=False)
 
     try:
-        result = _on_cluster(args, "verify", work)
+        result = _on_cluster(args, "verify", work,
+                             check=lambda plan: verify.some_pairs(plan, which(plan)))
     finally:
         if pcap:
             pcap.close()

@@ -82,9 +82,9 @@ class Text:
             self.out.write(f"latent drift (no flow failed of it): {item}\n")
         skipped = f"; probes skipped: {', '.join(report.skipped)}" if report.skipped else ""
         counts = summary(report)
-        self.out.write(f"{len(report.flows)} flows (pairs {report.pairs}): {counts['pass']} passed, {counts['fail']} "
+        self.out.write(f"{len(report.flows)} flows: {counts['pass']} passed, {counts['fail']} "
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
-                       f"backends {', '.join(report.backends)}{skipped}; "
+                       f"pairs {report.pairs}; backends {', '.join(report.backends)}{skipped}; "
                        f"lost events {report.lost_events}\n")
 
 

@@ -74,6 +74,16 @@ def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
     return chosen
 
 
+def some_pairs(plan: Plan, which: str) -> list[tuple[PodPlan, PodPlan]]:
+    """pairs(), refusing a choice that leaves nothing to verify."""
+    chosen = pairs(plan, which)
+    if not chosen:
+        raise UsageError(f"--pairs {which} selects no pod pair in cluster {plan.name} "
+                         f"({len(plan.nodes)} nodes x {len(plan.nodes[0].pods)} pods): "
+                         "nothing to verify; pick other --pairs or a bigger topology")
+    return chosen
+
+
 def sample(plan: Plan) -> list[tuple[PodPlan, PodPlan]]:
     """A pair for every ordered (source node, destination node), the same node included
     where it has two pods, and every pod once as source and once as destination (pods
@@ -216,11 +226,7 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
     live state is audited first; each failing flow is given its cause, then written to
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
     so that memory does not grow with the hops of every flow."""
-    chosen = pairs(plan, which)
-    if not chosen:
-        raise UsageError(f"--pairs {which} selects no pod pair in cluster {plan.name} "
-                         f"({len(plan.nodes)} nodes x {len(plan.nodes[0].pods)} pods): "
-                         "nothing to verify; pick other --pairs or a bigger topology")
+    chosen = some_pairs(plan, which)
     drift = audit.audit(plan)
     known = cause.owners(plan)
     if stream:
