@@ -56,11 +56,12 @@ RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH, RTM_GETRULE = 28, 29, 30, 34
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
 NLM_F_DUMP = 0x300
+IPCTNL_MSG_CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK
 NETLINK_GET_STRICT_CHK = 12
 NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
 IFF_UP = 0x1
-NUD_PERMANENT = 0x80
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
@@ -186,6 +187,12 @@ class Batch:
         msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
         msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
         self._add(msg, RTM_NEWNEIGH, NEW, f"neigh add {dst} lladdr {lladdr}")
+
+    def conntrack_flush(self) -> None:
+        """Delete every IPv4 connection tracking entry (for a NETLINK_NETFILTER socket)."""
+        msg = nfgen_msg()
+        msg["nfgen_family"] = socket.AF_INET
+        self._add(msg, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, "conntrack flush")
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
