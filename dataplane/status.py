@@ -1,11 +1,14 @@
-"""What `dataplane status` shows: the plan of a running cluster and whether it is alive."""
+"""What `dataplane status` shows: the plan of a running cluster, whether it is alive,
+and how its kernel state drifted from the plan."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
-from dataplane import netns
+from dataplane import audit, netns
 from dataplane.cluster import Cluster
+from dataplane.drift import Drift
 
 
 def as_dict(cluster: Cluster) -> dict[str, Any]:
@@ -28,6 +31,8 @@ def as_dict(cluster: Cluster) -> dict[str, Any]:
                      "mtu": plan.spec.underlay_mtu},
         "backend": {"type": "vxlan", "vni": plan.spec.vni, "port": plan.spec.port,
                     "mtu": plan.spec.vtep_mtu},
+        # reading namespaces needs root: None when it could not be looked at
+        "drift": [d.as_dict() for d in audit.audit(plan)] if os.geteuid() == 0 else None,
     }
 
 
@@ -47,4 +52,12 @@ def as_text(status: dict[str, Any]) -> str:
         for pod in node["pods"]:
             lines.append(row.format(f"  {node['name']}/{pod['name']}", pod["ip"], pod["mac"],
                                     pod["host_veth"], pod["netns"]))
-    return "\n".join(lines)
+    return "\n".join(lines + _drift_lines(status["drift"]))
+
+
+def _drift_lines(drift: list[dict[str, Any]] | None) -> list[str]:
+    if drift is None:
+        return ["drift: not audited (reading the namespaces needs root)"]
+    if not drift:
+        return ["drift: none (the kernel holds what the plan defines)"]
+    return [f"drift: {len(drift)} differences from the plan"] + [f"  {Drift(**d)}" for d in drift]
