@@ -7,17 +7,41 @@ namespace is gone) so that it is tested on data; audit() reads the live one.
 
 from __future__ import annotations
 
+import time
+
 from dataplane import expected, live
 from dataplane.drift import Drift
 from dataplane.netstate import LINK, NetState
 from dataplane.plan import Plan
 
 MISSING = "missing"
+SETTLE_SECONDS = 1.5
+SETTLE_POLL = 0.05
 
 
 def audit(plan: Plan) -> list[Drift]:
     wanted = expected.state(plan)
-    return _compare(plan, wanted, live.snapshot(wanted))
+    snapshot = live.snapshot(wanted)
+    _settle(plan, wanted, snapshot)
+    return _compare(plan, wanted, snapshot)
+
+
+def _settle(plan: Plan, wanted: dict[str, NetState], snapshot: dict[str, NetState | None]) -> None:
+    """Read again the namespaces with a link whose oper state the kernel has not set
+    yet ("unknown" on a veth or bridge just made or changed: its linkwatch work runs
+    up to a second later), until it has."""
+    deadline = time.monotonic() + SETTLE_SECONDS
+    while unsettled := {ns: wanted[ns] for ns, s in snapshot.items() if s and _unsettled(s)}:
+        if time.monotonic() > deadline:
+            return
+        time.sleep(SETTLE_POLL)
+        snapshot.update(live.snapshot(unsettled))
+
+
+def _unsettled(s: NetState) -> bool:
+    return any(what == "oper state" and value == "unknown"
+               and s.items.get((dev, LINK)) in ("veth", "bridge")
+               for (dev, what), value in s.attrs.items())
 
 
 def compare(plan: Plan, snapshot: dict[str, NetState | None]) -> list[Drift]:

@@ -152,8 +152,10 @@ def pod_no_route(plan: Plan, t: Target) -> str:
     return f"removed {t.pod.ref}'s default route via {t.pod.gateway}"
 
 
-def _fault(name: str, summary: str, takes: tuple[str, ...], inject, in_place) -> Fault:
-    return Fault(name, summary, frozenset(takes), POD in takes, inject, in_place)
+def _fault(name: str, summary: str, takes: tuple[str, ...], inject, in_place,
+           breaks: str = NODE) -> Fault:
+    """breaks: the namespace the fault changes, the node's or the pod's."""
+    return Fault(name, summary, frozenset(takes), breaks == POD, inject, in_place)
 
 
 FAULTS = {f.name: f for f in (
@@ -168,7 +170,7 @@ FAULTS = {f.name: f for f in (
     _fault("no-ip-forward", "net.ipv4.ip_forward=0 on a node (--node)", (NODE,), no_ip_forward,
            lambda p, t, s: s.attrs.get((None, "sysctl net.ipv4.ip_forward")) == "0"),
     _fault("pod-mtu", "a pod's MTU above flannel.1's (--pod)", (NODE, POD), pod_mtu,
-           lambda p, t, s: s.attrs.get((POD_IFNAME, "mtu")) == str(p.spec.underlay_mtu)),
+           lambda p, t, s: s.attrs.get((POD_IFNAME, "mtu")) == str(p.spec.underlay_mtu), POD),
     _fault("vtep-local", "a node's flannel.1 sends from another of its addresses (--node)",
            (NODE,), vtep_local,
            lambda p, t, s: _vtep_attr(p, s, "vxlan local") == str(t.node.gateway)),
@@ -179,7 +181,7 @@ FAULTS = {f.name: f for f in (
            (NODE,), underlay_mtu,
            lambda p, t, s: s.attrs.get((NODE_IFNAME, "mtu")) == str(_short_mtu(p))),
     _fault("pod-no-route", "a pod's default route removed (--pod)", (NODE, POD), pod_no_route,
-           lambda p, t, s: (POD_IFNAME, "route default") not in s.items),
+           lambda p, t, s: (POD_IFNAME, "route default") not in s.items, POD),
 )}
 
 
