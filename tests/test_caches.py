@@ -17,7 +17,7 @@ pytestmark = pytest.mark.needs_root
 
 def ping(netns: str, ip: str, size: int = 56, df: bool = False) -> None:
     """One echo; an oversize DF one fails, which is the point of sending it."""
-    argv = ["ip", "netns", "exec", netns, "ping", "-c1", "-W1", "-s", str(size)]
+    argv = ["ip", "netns", "exec", netns, "ping", "-c2", "-i0.2", "-W2", "-s", str(size)]
     subprocess.run([*argv, *(["-M", "do"] if df else []), ip], capture_output=True)
 
 
