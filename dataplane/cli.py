@@ -100,8 +100,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataplane import status
 
-    names = [args.name] if args.name else [r.name for r in state.records() if r.namespaces]
-    shown = [status.as_dict(cluster.attach(name)) for name in names]
+    if args.name:
+        shown = [status.as_dict(cluster.attach(args.name))]
+    else:
+        shown = [s for r in state.records() if r.namespaces and (s := _status_of(r.name))]
     if args.json:
         print(json.dumps(shown[0] if args.name else {"clusters": shown}, indent=2))
     elif not shown:
@@ -109,6 +111,17 @@ def cmd_status(args: argparse.Namespace) -> int:
     else:
         print("\n\n".join(status.as_text(s) for s in shown))
     return 1 if any(s["drift"] for s in shown) else 0
+
+
+def _status_of(name: str) -> dict | None:
+    """A listed cluster's status; None if it went down since it was listed (auditing
+    every cluster takes a while, and others may be tearing theirs down meanwhile)."""
+    from dataplane import status
+
+    try:
+        return status.as_dict(cluster.attach(name))
+    except UsageError:
+        return None
 
 
 def cmd_down(args: argparse.Namespace) -> int:
