@@ -32,7 +32,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="build a cluster and leave it running")
     p.add_argument("topology", help=TOPOLOGY_HELP)
     p.add_argument("--name", help="cluster name (default: the file's cluster.name)")
-    p = sub.add_parser("status", help="show running clusters")
+    p = sub.add_parser("status", help="show running clusters and their drift from the plan "
+                       "(exit 1 if there is any)")
     p.add_argument("name", nargs="?", help="one cluster (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p = sub.add_parser("down", help="tear a running cluster down")
@@ -129,7 +130,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         print("no cluster is up")
     else:
         print("\n\n".join(status.as_text(s) for s in shown))
-    return 1 if any(s["problems"] for s in shown) else 0  # not healthy: the text says why
+    return 1 if any(s["problems"] or s.get("drift") for s in shown) else 0  # the text says why
 
 
 def cmd_down(args: argparse.Namespace) -> int:
@@ -265,6 +266,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
         for fault in faults.FAULTS.values():
             print(f"{fault.name:<14} {fault.summary}")
         return 0
+    faults.check_options(args.fault, args.node, args.pod, args.peer)
     _need_root("fault inject")
     with cluster.using(args.running, "dataplane fault inject") as made:
         print(faults.inject(made.plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))

@@ -18,6 +18,9 @@ import socket
 import threading
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
 
 NETNS_RUN = Path("/run/netns")  # where `ip netns` keeps its names
 CLONE_NEWNET = 0x40000000
@@ -178,9 +181,23 @@ def listed(prefix: str) -> list[str]:
     return sorted(entry.name for entry in NETNS_RUN.iterdir() if entry.name.startswith(prefix))
 
 
+def sysctl_path(key: str) -> Path:
+    """The /proc/sys file of key; a '/' in a part stands for a '.' of a device name, as
+    sysctl(8) writes net.ipv4.conf.flannel/1.forwarding."""
+    return Path("/proc/sys", *(part.replace("/", ".") for part in key.split(".")))
+
+
 def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
-    Path("/proc/sys", *key.split(".")).write_text(value)
+    sysctl_path(key).write_text(value)
+
+
+def read_sysctl(key: str) -> str | None:
+    """A sysctl of the calling thread's namespace, whitespace normalised; None if absent."""
+    try:
+        return " ".join(sysctl_path(key).read_text().split())
+    except FileNotFoundError:
+        return None
 
 
 def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socket:
@@ -189,6 +206,55 @@ def socket_in(name: str, family: int, kind: int, proto: int = 0) -> socket.socke
     made: list[socket.socket] = []
     run_in(name, lambda: made.append(socket.socket(family, kind, proto)))
     return made[0]
+
+
+def each(names: Iterable[str], work: Callable[[str], T],
+         workers: int = 4) -> dict[str, T | None]:
+    """work(name) run inside each namespace, by a few threads that enter them in turn
+    (a thread per namespace would cost more than most works); None where the
+    namespace is gone. The first error is raised once every thread has stopped."""
+    pending = list(names)
+    results: dict[str, T | None] = {}
+    failure: list[BaseException] = []
+    lock = threading.Lock()
+
+    def worker() -> None:
+        while not failure:
+            with lock:
+                if not pending:
+                    return
+                name = pending.pop(0)
+            try:
+                results[name] = work(name) if _enter(name) else None
+            except BaseException as err:  # raised in the caller's thread below
+                failure.append(err)
+
+    threads = [threading.Thread(target=worker, name=f"netns-each-{k}")
+               for k in range(min(workers, len(pending)))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if failure:
+        raise failure[0]
+    return results
+
+
+def _enter(name: str) -> bool:
+    """Move the calling thread into namespace name; False if it is gone."""
+    try:
+        fd = os.open(path(name), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) == 0:
+            return True
+    finally:
+        os.close(fd)
+    err = ctypes.get_errno()
+    if err == errno.EINVAL:  # the file is there but no namespace is bound on it any more
+        return False
+    raise OSError(err, f"setns into {name}: {os.strerror(err)}")
 
 
 def run_in(name: str, work: Callable[[], None]) -> None:

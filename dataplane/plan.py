@@ -106,6 +106,10 @@ class Plan:
         values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
         if any(node.netns == netns for node in self.nodes):
             values["net.ipv4.ip_forward"] = "1"  # nodes route between cni0 and flannel.1
+            # A new namespace copies IPv4 settings from the host's: pinned, so that every
+            # build has the same reverse path filter (devices made later copy default).
+            values["net.ipv4.conf.all.rp_filter"] = "0"
+            values["net.ipv4.conf.default.rp_filter"] = "0"
         elif netns != self.underlay_netns:
             # ICMP "ping sockets" for every group, so echoes are sent and answered
             # without raw sockets (whose clones leave a NO_SOCKET drop behind).

@@ -35,6 +35,8 @@ def _load_message_classes():
         sys.modules["pyroute2"] = importlib.util.module_from_spec(found)
     try:
         from pyroute2.netlink import nlmsgerr
+        from pyroute2.netlink.nfnetlink import nfgen_msg
+        from pyroute2.netlink.rtnl.fibmsg import fibmsg
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
         from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -42,20 +44,24 @@ def _load_message_classes():
     finally:
         if hollow:
             del sys.modules["pyroute2"]
-    return nlmsgerr, ifaddrmsg, ifinfmsg, ndmsg, rtmsg
+    return nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, rtmsg
 
 
-nlmsgerr, ifaddrmsg, ifinfmsg, ndmsg, rtmsg = _load_message_classes()
+nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, rtmsg = _load_message_classes()
 
 # linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h, linux/if.h
-RTM_NEWLINK, RTM_DELLINK, RTM_SETLINK, RTM_NEWADDR, RTM_NEWROUTE = 16, 17, 19, 20, 24
-RTM_NEWNEIGH, RTM_DELNEIGH = 28, 29
-NLMSG_ERROR = 2
+RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 17, 18, 19, 20, 22
+RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
+RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH, RTM_GETRULE = 28, 29, 30, 34
+NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
+NLM_F_DUMP = 0x300
+IPCTNL_MSG_CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK
+NETLINK_GET_STRICT_CHK = 12
 NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
 IFF_UP = 0x1
-NUD_PERMANENT = 0x80
+NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
 NTF_SELF = 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
@@ -128,6 +134,15 @@ class Batch:
             msg["attrs"].append(("IFLA_MTU", mtu))
         self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {ifname}")
 
+    def bridge_fdb_flush(self, index: int) -> None:
+        """Forget what bridge index learned: the kernel keeps its static entries."""
+        msg = ifinfmsg()
+        msg["index"] = index
+        msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [
+            ("IFLA_INFO_KIND", "bridge"),
+            ("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_FDB_FLUSH", None)]})]})]
+        self._add(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, f"bridge fdb flush {index}")
+
     def link_del(self, index: int) -> None:
         msg = ifinfmsg()
         msg["index"] = index
@@ -152,12 +167,32 @@ class Batch:
             msg["attrs"].append(("RTA_DST", str(dst.network_address)))
         self._add(msg, RTM_NEWROUTE, NEW, f"route add {dst} via {gateway}")
 
+    def route_del(self, dst: IPv4Network, oif: int) -> None:
+        msg = rtmsg()
+        msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst.prefixlen, RT_TABLE_MAIN
+        msg["attrs"] = [("RTA_OIF", oif)]
+        if dst.prefixlen:
+            msg["attrs"].append(("RTA_DST", str(dst.network_address)))
+        self._add(msg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, f"route del {dst}")
+
+    def neigh_del(self, index: int, dst: str) -> None:
+        msg = ndmsg()
+        msg["family"], msg["ifindex"] = socket.AF_INET, index
+        msg["attrs"] = [("NDA_DST", dst)]
+        self._add(msg, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, f"neigh del {dst} dev {index}")
+
     def neigh_add(self, index: int, dst: IPv4Address, lladdr: str) -> None:
         """A permanent ARP entry."""
         msg = ndmsg()
         msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
         msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
         self._add(msg, RTM_NEWNEIGH, NEW, f"neigh add {dst} lladdr {lladdr}")
+
+    def conntrack_flush(self) -> None:
+        """Delete every IPv4 connection tracking entry (for a NETLINK_NETFILTER socket)."""
+        msg = nfgen_msg()
+        msg["nfgen_family"] = socket.AF_INET
+        self._add(msg, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, "conntrack flush")
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
@@ -219,6 +254,30 @@ class Batch:
         detail = msg.get_attr("NLMSGERR_ATTR_MSG")
         reason = detail or os.strerror(errno_)
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
+
+
+def dump(sock: socket.socket, msg, kind: int) -> list:
+    """Every entry a dump request of kind gets, decoded with msg's own class (the
+    request's fields and attributes filter the dump where the kernel allows it)."""
+    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST | NLM_F_DUMP
+    msg["header"]["sequence_number"] = 1
+    msg.encode()
+    sock.sendall(bytes(msg.data))
+    decode, entries = type(msg), []
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset < len(data):
+            length, got, _, _, _ = _HEADER.unpack_from(data, offset)
+            if got == NLMSG_DONE:
+                return entries
+            if got == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                raise NetlinkError(code, f"dump {kind}: {os.strerror(code)}")
+            entry = decode(data[offset:offset + length])
+            entry.decode()
+            entries.append(entry)
+            offset += (length + 3) & ~3
 
 
 class Sender:

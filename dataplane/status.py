@@ -1,12 +1,15 @@
-"""What `dataplane status` shows: the plan of a running cluster and whether it is alive."""
+"""What `dataplane status` shows: the plan of a running cluster, whether it is alive,
+and how its kernel state drifted from the plan."""
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
+from dataplane import audit, netns, state
 from dataplane import cluster as clusters
-from dataplane import netns, state
 from dataplane.cluster import Cluster
+from dataplane.drift import Drift
 from dataplane.plan import prefix_for
 
 
@@ -34,6 +37,8 @@ def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
                      "mtu": plan.spec.underlay_mtu},
         "backend": {"type": "vxlan", "vni": plan.spec.vni, "port": plan.spec.port,
                     "mtu": plan.spec.vtep_mtu},
+        # reading namespaces needs root: None when it could not be looked at
+        "drift": [d.as_dict() for d in audit.audit(plan)] if os.geteuid() == 0 else None,
     }
 
 
@@ -74,4 +79,12 @@ def as_text(status: dict[str, Any]) -> str:
         for pod in node["pods"]:
             lines.append(row.format(f"  {node['name']}/{pod['name']}", pod["ip"], pod["mac"],
                                     pod["host_veth"], where(pod["netns"])))
-    return "\n".join(lines)
+    return "\n".join(lines + _drift_lines(status["drift"]))
+
+
+def _drift_lines(drift: list[dict[str, Any]] | None) -> list[str]:
+    if drift is None:
+        return ["drift: not audited (reading the namespaces needs root)"]
+    if not drift:
+        return ["drift: none (the kernel holds what the plan defines)"]
+    return [f"drift: {len(drift)} differences from the plan"] + [f"  {Drift(**d)}" for d in drift]
