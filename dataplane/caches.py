@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import errno
 import socket
+from collections.abc import Iterable
+from pathlib import Path
 
 from dataplane import netns
 from dataplane.plan import Plan
@@ -26,6 +28,20 @@ def reset(plan: Plan) -> None:
     netns.each(plan.namespaces(), _reset_here)
 
 
+def forget_neighbours(namespaces: Iterable[str]) -> None:
+    """Delete what the kernel learnt of its neighbours in each namespace: entries of
+    every namespace count against one table (gc_thresh3), which a big run would fill."""
+    netns.each(namespaces, _forget_here)
+
+
+def neighbour_room() -> int:
+    """Entries the kernel's ARP table (one for every namespace) can take before it
+    refuses new ones with ENOBUFS; read from the initial namespace's files, changed never."""
+    limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
+    stats = Path("/proc/net/stat/arp_cache").read_text().splitlines()
+    return limit - int(stats[1].split()[0], 16)
+
+
 def _reset_here(name: str) -> None:
     """Run in namespace name's thread."""
     netns.write_sysctl("net.ipv4.route.flush", "1")
@@ -34,6 +50,11 @@ def _reset_here(name: str) -> None:
         _flush_bridges(Batch(sock, name))
         _flush_neighbours(Batch(sock, name))
     _flush_conntrack(name)
+
+
+def _forget_here(name: str) -> None:
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0) as sock:
+        _flush_neighbours(Batch(sock, name))
 
 
 def _flush_bridges(b: Batch) -> None:

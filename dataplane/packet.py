@@ -40,7 +40,7 @@ class Frame:
 
 
 def _mac(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
+    return raw.hex(":")
 
 
 def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:

@@ -88,6 +88,7 @@ class Tracer:
         self._buffer = buffer
         self._pages = pages  # the ring buffer's size, when not the default
         self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
+        self._frames: dict[bytes, packet.Frame | None] = {}  # decoded captures, during take()
         self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
@@ -197,7 +198,11 @@ class Tracer:
             if not handed:
                 raise RuntimeError("the ring buffer poller stopped handing events over")
             raw, self._handed = self._handed, None
-        return sorted((self._decode(r) for r in raw), key=lambda h: h.ts)
+        self._frames: dict[bytes, packet.Frame | None] = {}
+        try:
+            return sorted((self._decode(r) for r in raw), key=lambda h: h.ts)
+        finally:
+            self._frames = {}  # a take's worth at most
 
     def _decode(self, raw: bytes) -> Hop:
         ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \
@@ -215,9 +220,17 @@ class Tracer:
             func, direction = KINDS.get(kind, ("?", "?"))
         return Hop(ts=ts, skb=skb, netns=inode, at=where, ifindex=ifindex, device=device,
                    func=func, dir=direction, length=length, raw=data[:caplen],
-                   frame=packet.decode(data[:caplen], self._vxlan_port),
+                   frame=self._frame(data[:caplen]),
                    drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"
                    else None)
+
+    def _frame(self, data: bytes) -> packet.Frame | None:
+        """Decoded once per distinct capture: a packet is seen unchanged at several hops
+        (a veth's two ends, a bridge port, the underlay's ports)."""
+        frame = self._frames.get(data)
+        if frame is None and data not in self._frames:
+            frame = self._frames[data] = packet.decode(data, self._vxlan_port)
+        return frame
 
     @property
     def lost(self) -> int:

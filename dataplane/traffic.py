@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
-from functools import partial
+from functools import cached_property, partial
 
 from dataplane import netns
 from dataplane.plan import PodPlan
@@ -66,7 +66,7 @@ class Exchange:
     answer_mac: str | None = None  # an ARP probe's: who answered
     error: str | None = None  # what the kernel refused while preparing, sending or receiving
 
-    @property
+    @cached_property
     def target(self) -> str:
         """Who the request is for: the destination pod, but for ARP across nodes, the
         source pod's gateway (pods on other nodes are not on its link)."""
@@ -74,11 +74,11 @@ class Exchange:
             return str(self.src.gateway)
         return str(self.dst.ip)
 
-    @property
+    @cached_property
     def key(self) -> tuple[frozenset[str], str, int]:
         return frozenset((str(self.src.ip), self.target)), self.proto, self.tag
 
-    @property
+    @cached_property
     def end(self) -> tuple[str, str, int]:
         """The receiving end and the tag: what a packet of this exchange keeps when NAT
         rewrote its other address (the source, as a masquerading node does)."""

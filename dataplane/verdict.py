@@ -90,7 +90,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
         return
     request, answer = legs(plan, src, dst)
     yield from _leg(plan, request, hops, "")
-    if exchange.answered or any(_sent_by(h, answer) for h in hops):
+    if exchange.answered or any(_sent_by(h, str(answer.sender.ip)) for h in hops):
         yield from _leg(plan, answer, hops, "answer ")
     if not exchange.answered:
         yield Problem("delivery", f"no answer reached {src.ref}'s socket",
@@ -116,13 +116,14 @@ def _key(hop: Hop) -> tuple[str, str, str]:
     return hop.at, hop.device, hop.dir
 
 
-def _sent_by(hop: Hop, leg: Leg) -> bool:
+def _sent_by(hop: Hop, sender_ip: str) -> bool:
     frame = hop.flow_frame()
-    return frame is not None and frame.src == str(leg.sender.ip) and hop.dir in PLACED
+    return frame is not None and frame.src == sender_ip and hop.dir in PLACED
 
 
 def _leg(plan: Plan, leg: Leg, hops: list[Hop], label: str) -> Iterator[Problem]:
-    mine = [h for h in hops if _sent_by(h, leg)]
+    sender_ip = str(leg.sender.ip)
+    mine = [h for h in hops if _sent_by(h, sender_ip)]
     # What was sent wrongly is named before what then went missing.
     checks = (_wrong_pod, _bridged, _vxlan, _extra, _missing_hop, _macs, _ttl)
     for check in checks:

@@ -19,12 +19,15 @@ from dataplane.verdict import FlowResult, judge
 if TYPE_CHECKING:
     from dataplane.report import Stream
 
-SETTLE_MS = 100
+# After a wave, the last of its events are in the ring buffer already (an answer reaches
+# its socket after its last hop); a few poll periods let the poller drain them.
+SETTLE_MS = 20
 # Ring buffer events one exchange costs, about (every hop of both legs; TCP's handshake
 # and close are four packets each way), and the events a wave may cost: well under the
 # ring buffer's room between two polls.
 EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
-WAVE_EVENTS = 2000
+WAVE_EVENTS = 8000
+NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
 
@@ -197,10 +200,22 @@ class Verifier:
 
     def run(self, todo: Iterable[Probe]) -> Iterator[FlowResult]:
         """Each wave of exchanges started together, finished together, judged and yielded."""
+        touched: set[str] = set()
         for wave in waves(todo):
+            self._make_neighbour_room(touched)
             pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
                        for p in wave]
+            touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
             yield from self.judge(self._prober.finish(pending))
+
+    @staticmethod
+    def _make_neighbour_room(touched: set[str]) -> None:
+        """Every namespace shares the kernel's ARP table: before a wave could fill it, the
+        pods of earlier waves forget their neighbours (our own traffic must not be
+        refused with ENOBUFS)."""
+        if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
+            caches.forget_neighbours(sorted(touched))
+            touched.clear()
 
     def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
