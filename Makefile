@@ -6,8 +6,8 @@ STAMP := $(VENV)/.installed
 DP := $(VENV)/bin/dataplane
 TOPOLOGY ?= topologies/flannel-vxlan.toml
 # Debian packages: bcc for the system Python, the iproute2 oracle, ping for reachability,
-# tshark for captures, bpftool as the BTF oracle.
-APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark bpftool
+# tshark for captures, bpftool as the BTF oracle, fping for bench_verify's baseline.
+APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark bpftool fping
 # Without headers for the running kernel, bcc compiles against Debian's generic tree
 # (common + arch merged) kept here; struct offsets never come from it, only from BTF.
 HEADERS_CACHE := /var/cache/dataplane/kernel-headers
