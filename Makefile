@@ -6,9 +6,10 @@ STAMP := $(VENV)/.installed
 DP := $(VENV)/bin/dataplane
 TOPOLOGY ?= topologies/flannel-vxlan.toml
 # Debian packages: bcc for the system Python, the iproute2 oracle, ping for reachability,
-# tshark for captures, bpftool as the BTF oracle, libnftables for the audit (nft as its oracle).
+# tshark for captures, bpftool as the BTF oracle, libnftables for the audit (nft as its
+# oracle), fping for bench_verify's baseline.
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark bpftool \
-  python3-nftables nftables
+  python3-nftables nftables fping
 # Without headers for the running kernel, bcc compiles against Debian's generic tree
 # (common + arch merged) kept here; struct offsets never come from it, only from BTF.
 HEADERS_CACHE := /var/cache/dataplane/kernel-headers
@@ -64,10 +65,11 @@ setup-vm: setup
 vm-test: setup-vm
 	bash vm/run.sh
 
+# Each benchmark prints its figures, then exits 1 if it missed a target: all three run.
 bench: setup
-	$(VENV)/bin/python bench/bench_up.py
-	$(VENV)/bin/python bench/bench_trace.py
-	$(VENV)/bin/python bench/bench_verify.py
+	@status=0; for b in up trace verify; do \
+	  $(VENV)/bin/python bench/bench_$$b.py || status=1; \
+	done; exit $$status
 
 clean-run: setup
 	$(DP) clean

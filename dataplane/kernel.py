@@ -91,16 +91,14 @@ def kprobes_available() -> bool:
 
 
 def kallsyms(names: tuple[str, ...] = KPROBE_SYMBOLS) -> set[str]:
-    """Which of names are kernel functions that kprobes could attach to."""
+    """Which of names are kernel functions that kprobes could attach to. Raises OSError
+    when /proc/kallsyms cannot be read: an unreadable list is not an empty one."""
     wanted, found = set(names), set()
-    try:
-        with open("/proc/kallsyms") as symbols:
-            for line in symbols:
-                parts = line.split()
-                if len(parts) >= 3 and parts[2] in wanted:
-                    found.add(parts[2])
-    except OSError:
-        pass
+    with open("/proc/kallsyms") as symbols:
+        for line in symbols:
+            parts = line.split()
+            if len(parts) >= 3 and parts[2] in wanted:
+                found.add(parts[2])
     return found
 
 

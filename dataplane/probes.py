@@ -7,6 +7,7 @@ portable headers. Backends are chosen from what the kernel offers.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import platform
@@ -132,10 +133,9 @@ def layout() -> Layout:
 
 @dataclass
 class Loaded:
-    """A loaded program and what was attached, skipped (with why) and chosen."""
+    """A loaded program, what was skipped (with why) and the backends chosen."""
 
     bpf: object
-    attached: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     backends: list[str] = field(default_factory=list)
     headers: str = ""
@@ -143,8 +143,41 @@ class Loaded:
     seconds: float = 0.0
     layout: Layout | None = None
 
+    @property
+    def attached(self) -> list[str]:
+        """The probes bcc holds an attachment for now: what is really attached, not
+        what was asked for (raw_tracepoint:NAME, kprobe:NAME)."""
+        return ([f"raw_tracepoint:{tp.decode()}" for tp in self.bpf.raw_tracepoint_fds]
+                + [f"kprobe:{event.decode().removeprefix('p_')}"
+                   for event in self.bpf.kprobe_fds])
+
+    def attach(self, probe: str) -> None:
+        """Attach raw_tracepoint:NAME to tp_NAME or kprobe:NAME to fn_NAME; raises with
+        the kernel's reason when it refuses."""
+        kind, name = probe.split(":", 1)
+        if kind == "raw_tracepoint":
+            attach, args = self.bpf.attach_raw_tracepoint, {"tp": name, "fn_name": f"tp_{name}"}
+        else:
+            attach, args = self.bpf.attach_kprobe, {"event": name, "fn_name": f"fn_{name}"}
+        try:
+            attach(**{key: value.encode() for key, value in args.items()})
+        except Exception as err:  # bcc raises plain Exception; the kernel's errno says why
+            errno = ctypes.get_errno()
+            raise ProbeRefused(f"{err}: {os.strerror(errno)}" if errno else str(err)) from None
+
+    def detach(self, probe: str) -> None:
+        kind, name = probe.split(":", 1)
+        if kind == "raw_tracepoint":
+            self.bpf.detach_raw_tracepoint(tp=name.encode())
+        else:
+            self.bpf.detach_kprobe(event=name.encode())
+
     def close(self) -> None:
         self.bpf.cleanup()  # detaches every probe and frees the maps
+
+
+class ProbeRefused(Exception):
+    """The kernel would not attach a probe."""
 
 
 def ring_buffer_supported(release: str) -> bool:
@@ -192,16 +225,14 @@ def load(buffer: str | None = None, pages: int | None = None) -> Loaded:
         macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
         text += source("fn_hops.c")
     program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
-    # the RAW_TRACEPOINT_PROBEs attached themselves at load
-    loaded = Loaded(bpf=program, attached=[f"raw_tracepoint:{tp}" for tp in tracepoints],
-                    skipped=skipped, backends=["tracepoints"], headers=headers, buffer=buffer,
-                    layout=kernel_layout)
-    for name in functions:
+    loaded = Loaded(bpf=program, skipped=skipped, backends=["tracepoints"], headers=headers,
+                    buffer=buffer, layout=kernel_layout)
+    wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
+    for probe in wanted:
         try:
-            program.attach_kprobe(event=name.encode(), fn_name=f"fn_{name}".encode())
-            loaded.attached.append(f"kprobe:{name}")
-        except Exception as err:  # bcc raises plain Exception when a symbol cannot be probed
-            loaded.skipped[f"kprobe:{name}"] = str(err)
+            loaded.attach(probe)
+        except ProbeRefused as err:
+            loaded.skipped[probe] = str(err)
     if any(a.startswith("kprobe:") for a in loaded.attached):
         loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started
@@ -227,7 +258,11 @@ def _kprobe_targets() -> tuple[list[str], dict[str, str]]:
     """The functions to put kprobes on, and what is skipped with why."""
     if not kernel.kprobes_available():
         return [], {"kprobes": "the kernel has no kprobes (CONFIG_KPROBES unset)"}
-    present = kernel.kallsyms()
+    try:
+        present = kernel.kallsyms()
+    except OSError as err:
+        return [], {f"kprobe:{name}": f"cannot tell whether the function exists: /proc/kallsyms "
+                    f"is unreadable ({err.strerror})" for name in kernel.KPROBE_SYMBOLS}
     missing = {f"kprobe:{name}": "no such kernel function (inlined or not built)"
                for name in kernel.KPROBE_SYMBOLS if name not in present}
     return [name for name in kernel.KPROBE_SYMBOLS if name in present], missing

@@ -1,7 +1,7 @@
 // Bridge FDB learning, for any kernel (compiled after hops.c, whose maps,
 // hop_event, output() and watched-namespace test it uses).
 //
-// Attaches to the raw tracepoints
+// Programs for the raw tracepoints (tp_<name>, attached by the loader)
 //   br_fdb_update (a bridge learns, or moves, a MAC address on a port),
 //   br_fdb_add    (an FDB entry is added through netlink).
 // Emits a hop_event of kind HOP_FDB_UPDATE or HOP_FDB_ADD on the port's device,
@@ -30,7 +30,7 @@ static __always_inline int learned(void *ctx, void *dev, u8 *addr, u16 vid, u16 
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(br_fdb_update)  // (br, source port, addr, vid, flags)
+TP(br_fdb_update)  // (br, source port, addr, vid, flags)
 {
     void *port = (void *)ctx->args[1], *dev = 0;
     if (!port)
@@ -39,7 +39,7 @@ RAW_TRACEPOINT_PROBE(br_fdb_update)  // (br, source port, addr, vid, flags)
     return learned(ctx, dev, (u8 *)ctx->args[2], (u16)ctx->args[3], HOP_FDB_UPDATE);
 }
 
-RAW_TRACEPOINT_PROBE(br_fdb_add)  // (ndm, dev, addr, vid, nlh_flags)
+TP(br_fdb_add)  // (ndm, dev, addr, vid, nlh_flags)
 {
     return learned(ctx, (void *)ctx->args[1], (u8 *)ctx->args[2], (u16)ctx->args[3],
                    HOP_FDB_ADD);

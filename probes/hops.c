@@ -15,11 +15,16 @@
 // inside ICMP errors; everything else costs one copy
 // and a lookup.
 //
+// Each tracepoint's program is tp_<tracepoint>, attached by the loader one at a time
+// (not bcc's RAW_TRACEPOINT_PROBE, whose autoload gives up on the first tracepoint the
+// kernel refuses), so a refused one is reported as skipped and the rest still run.
+//
 // Struct offsets are macros computed from the running kernel's BTF by the loader
 // (dataplane/probes.py): OFF_SKB_*, OFF_DEV_*, OFF_NET_INUM. Nothing here includes a
 // kernel header, so the program compiles fast and never sees a wrong layout.
 
 #define SNAPLEN 128
+#define TP(event) int tp_##event(struct bpf_raw_tracepoint_args *ctx)
 #define MAC_UNSET 0xffff
 
 enum hop_kind {
@@ -259,17 +264,17 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
+TP(net_dev_start_xmit)
 {
     return emit(ctx, (void *)ctx->args[0], (void *)ctx->args[1], HOP_XMIT, 0);
 }
 
-RAW_TRACEPOINT_PROBE(netif_receive_skb)
+TP(netif_receive_skb)
 {
     return emit(ctx, (void *)ctx->args[0], 0, HOP_RECEIVE, 0);
 }
 
-RAW_TRACEPOINT_PROBE(netif_rx)
+TP(netif_rx)
 {
     // Queued to a backlog, then seen again by netif_receive_skb: a watched flow's
     // trail needs only that, so this hop is recorded when recording everything.
@@ -278,7 +283,7 @@ RAW_TRACEPOINT_PROBE(netif_rx)
     return emit(ctx, (void *)ctx->args[0], 0, HOP_NETIF_RX, 0);
 }
 
-RAW_TRACEPOINT_PROBE(kfree_skb)
+TP(kfree_skb)
 {
     return emit(ctx, (void *)ctx->args[0], 0, HOP_DROP, (u32)ctx->args[2]);
 }

@@ -1,12 +1,14 @@
 """The kprobe backend end to end: run where the kernel has kprobes (the VM lane,
-`make vm-test`, boots Debian's stock kernel for it); skipped elsewhere with the reason."""
+`make vm-test`, boots Debian's stock kernel for it, and fails if any of these skip);
+skipped elsewhere with the reason."""
 
 import subprocess
 import sys
 
 import pytest
 
-from dataplane import faults, probes, trace, verify
+from dataplane import faults, kernel, probes, trace, traffic, verify
+from dataplane.tracer import Tracer
 
 from .conftest import ROOT
 
@@ -20,6 +22,21 @@ def test_doctor_reports_kprobes_and_matching_headers():
     assert "kprobes:         available" in done.stdout
     assert "kernel headers:  matching" in done.stdout
     assert "backends:        kprobes + tracepoints" in done.stdout
+
+
+def test_every_kprobe_the_kernel_has_is_attached_and_fires(make_cluster, probes_ready):
+    """A fresh cluster's first exchanges (ARP floods included), same node and across
+    nodes, reach every bridge and VXLAN function probed."""
+    plan = make_cluster().plan
+    with Tracer(plan) as tracer:
+        attached = {p.removeprefix("kprobe:") for p in tracer.loaded.attached
+                    if p.startswith("kprobe:")}
+        for src, dst in (("node-0/pod-0", "node-0/pod-1"), ("node-0/pod-0", "node-1/pod-1")):
+            assert traffic.exchange(plan.pod(src), plan.pod(dst), "icmp").answered
+        fired = {h.func for h in tracer.take(100) if h.dir == "fn"}
+    assert attached == kernel.kallsyms(), tracer.loaded.skipped
+    assert {"br_handle_frame", "br_forward", "vxlan_xmit", "vxlan_rcv"} <= attached
+    assert fired == attached, f"attached but never fired: {sorted(attached - fired)}"
 
 
 def order(result, wanted):

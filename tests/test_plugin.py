@@ -166,9 +166,13 @@ def test_btf():
     pass
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    from dataplane import kernel
-    if not kernel.kprobes_available():
+    from dataplane import btf, kernel
+    kprobes, has_btf = kernel.kprobes_available(), btf.VMLINUX.exists()
+    result.assert_outcomes(passed=kprobes + has_btf, skipped=2 - kprobes - has_btf)
+    if not kprobes:
         result.stdout.fnmatch_lines(["*needs kprobes: this kernel has none*"])
+    if not has_btf:
+        result.stdout.fnmatch_lines(["*needs BTF: boot a kernel built with*"])
 
 
 def test_without_root_the_fixtures_skip():

@@ -1,11 +1,13 @@
 """The eBPF hop probes on a live cluster, and the BTF offsets they are built from."""
 
+import socket
 import subprocess
 import textwrap
 
 import pytest
 
-from dataplane import btf, kernel, probes, trace, traffic
+from dataplane import btf, kernel, netns, probes, trace, traffic, verify
+from dataplane import tracer as tracer_module
 from dataplane.errors import UsageError
 from dataplane.tracer import Tracer
 
@@ -117,6 +119,51 @@ def test_loader_reports_backends(probes_ready):
         loaded.close()
 
 
+def refuse(monkeypatch, tracepoint: str) -> None:
+    """Make the kernel refuse one tracepoint: its attach asks for one that does not exist."""
+    from bcc import libbcc
+
+    real = libbcc.lib.bpf_attach_raw_tracepoint
+
+    def attach(prog_fd, tp):
+        return real(prog_fd, b"dataplane_no_such_tracepoint" if tp == tracepoint.encode() else tp)
+
+    monkeypatch.setattr(libbcc.lib, "bpf_attach_raw_tracepoint", attach)
+
+
+def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch):
+    refuse(monkeypatch, "netif_rx")
+    loaded = probes.load()
+    try:
+        assert "raw_tracepoint:netif_rx" not in loaded.attached
+        assert "No such file or directory" in loaded.skipped["raw_tracepoint:netif_rx"]
+        assert "raw_tracepoint:net_dev_start_xmit" in loaded.attached
+    finally:
+        loaded.close()
+    assert loaded.attached == []  # closed: bcc holds no attachment any more
+
+
+def test_a_refused_needed_tracepoint_makes_flows_inconclusive(default_cluster, probes_ready,
+                                                              monkeypatch):
+    refuse(monkeypatch, "net_dev_start_xmit")
+    with verify.Verifier(default_cluster.plan) as verifier:
+        flow = verifier.check("node-0/pod-0", "node-1/pod-1")
+    assert (flow.verdict, flow.rule) == ("INCONCLUSIVE", "probes"), flow.diagnosis
+    assert "net_dev_start_xmit" in flow.diagnosis
+
+
+def test_unreadable_kallsyms_is_said(monkeypatch):
+    def unreadable(names=kernel.KPROBE_SYMBOLS):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(kernel, "kprobes_available", lambda: True)
+    monkeypatch.setattr(kernel, "kallsyms", unreadable)
+    functions, skipped = probes._kprobe_targets()
+    assert functions == []
+    assert skipped["kprobe:vxlan_rcv"] == ("cannot tell whether the function exists: "
+                                           "/proc/kallsyms is unreadable (Permission denied)")
+
+
 @pytest.mark.skipif(not kernel.kprobes_available(),
                     reason="the kernel has no kprobes (CONFIG_KPROBES unset): the kprobe "
                            "backend runs in the VM lane (make vm-test)")
@@ -143,6 +190,21 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
     assert not any(other.matches(h.flow_frame()) for h in hops)
     assert tracer.lost == 0
+
+
+def test_perf_buffer_losses_are_counted(default_cluster, probes_ready, monkeypatch):
+    """A one-page perf buffer read twice a second overflows: the kernel's lost records
+    reach user space and `lost` accounts for them."""
+    monkeypatch.setattr(tracer_module, "PERF_PAGES_PER_CPU", 1)
+    monkeypatch.setattr(Tracer, "POLL_MS", 500)
+    plan = default_cluster.plan
+    src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
+    with Tracer(plan, buffer="perf") as tracer, \
+            netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        for _ in range(20_000):
+            sender.sendto(b"x", (str(dst.ip), 9))
+        tracer.take(600)
+        assert tracer._perf_lost > 0 and tracer.lost >= tracer._perf_lost
 
 
 def test_no_btf_and_portable_headers_is_a_refusal(monkeypatch, tmp_path):
