@@ -244,9 +244,13 @@ class Prober:
             for sock, (events, _) in handlers.items():
                 selector.register(sock, events)
             deadline = time.monotonic() + TIMEOUT
-            while not all(p.done for p in pending) and (left := deadline - time.monotonic()) > 0:
+            while not all(p.done for p in pending):
+                # Past the deadline, one last look: what has arrived by then counts.
+                left = max(deadline - time.monotonic(), 0)
                 for key, _ in selector.select(left):
                     handlers[key.fileobj][1]()
+                if not left:
+                    break
         for p in pending:
             if not p.done:
                 p.close()
@@ -425,17 +429,16 @@ def _on_accept(server: socket.socket) -> None:
 
 
 def _on_arp(sock: socket.socket, pending: list[Pending]) -> None:
-    from scapy.layers.l2 import ARP
-
+    """Replies only: the pod's socket also sees every who-has its node floods."""
     for frame, _ in _drain(sock, 2048):
-        reply = ARP(frame[14:])
-        if reply.op != 2:
+        if len(frame) < 42 or frame[20:22] != b"\x00\x02":  # ARP opcode: reply
             continue
+        sender, target = socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])
         waiting = [p for p in pending if not p.done and p.proto == "arp"
-                   and p.token == reply.psrc.encode() and str(p.src.ip) == reply.pdst]
+                   and p.token == sender.encode() and str(p.src.ip) == target]
         if waiting:  # one who-has per answer: several may ask for the same gateway
             waiting[0].close(answered=True)
-            waiting[0].answer_mac = reply.hwsrc
+            waiting[0].answer_mac = frame[22:28].hex(":")
 
 
 def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:
