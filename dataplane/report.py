@@ -108,7 +108,8 @@ class Json:
         tail = {"summary": summary(report), "pairs": report.pairs,
                 "latent": [d.as_dict() for d in report.latent],
                 "backends": report.backends, "skipped_probes": report.skipped,
-                "lost_events": report.lost_events}
+                "lost_events": report.lost_events,
+                "seconds": {phase: round(t, 3) for phase, t in report.seconds.items()}}
         body = json.dumps(tail, indent=2)[1:-1].rstrip()
         self.out.write(f"\n  ],{body}\n}}\n")
 

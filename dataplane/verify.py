@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -39,6 +41,7 @@ class Report:
     drift: list[Drift] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
     pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -171,10 +174,13 @@ class Verifier:
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
         self._prober = traffic.Prober()
         self._lost_before = 0
+        self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
 
     def __enter__(self) -> "Verifier":
-        caches.reset(self.plan)  # no path MTU or neighbour an earlier run left may sway a verdict
-        self._tracer.__enter__()
+        with self._timed("caches"):  # no path MTU or neighbour an earlier run left may sway a verdict
+            caches.reset(self.plan)
+        with self._timed("probes"):
+            self._tracer.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,11 +208,23 @@ class Verifier:
         """Each wave of exchanges started together, finished together, judged and yielded."""
         touched: set[str] = set()
         for wave in waves(todo):
-            self._make_neighbour_room(touched)
-            pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
-                       for p in wave]
+            with self._timed("neighbours"):
+                self._make_neighbour_room(touched)
+            with self._timed("send"):
+                pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
+                           for p in wave]
             touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
-            yield from self.judge(self._prober.finish(pending))
+            with self._timed("answers"):
+                exchanges = self._prober.finish(pending)
+            yield from self.judge(exchanges)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - began
 
     @staticmethod
     def _make_neighbour_room(touched: set[str]) -> None:
@@ -220,7 +238,13 @@ class Verifier:
     def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE. Their flows are no longer watched afterwards."""
-        index = by_exchange(self._tracer.take(SETTLE_MS), exchanges)
+        with self._timed("events"):
+            hops = self._tracer.take(SETTLE_MS)
+        with self._timed("judge"):
+            return self._judged(hops, exchanges)
+
+    def _judged(self, hops: list[Hop], exchanges: list[traffic.Exchange]) -> list[FlowResult]:
+        index = by_exchange(hops, exchanges)
         self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
@@ -242,7 +266,9 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
     so that memory does not grow with the hops of every flow."""
     chosen = some_pairs(plan, which)
+    began = time.perf_counter()
     drift = audit.audit(plan)
+    audited = time.perf_counter() - began
     known = cause.owners(plan)
     if stream:
         stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
@@ -256,7 +282,7 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
                 flow.hops = []
             flows.append(flow)
         report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
-                        which)
+                        which, {"audit": audited, **verifier.seconds})
     if stream:
         stream.end(report)
     return report
