@@ -86,6 +86,9 @@ class Text:
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
                        f"pairs {report.pairs}; backends {', '.join(report.backends)}{skipped}; "
                        f"lost events {report.lost_events}\n")
+        if report.seconds:
+            self.out.write("time: " + ", ".join(f"{phase} {t:.2f} s" for phase, t
+                                                in report.seconds.items()) + "\n")
 
 
 @dataclass
