@@ -210,13 +210,14 @@ class Verifier:
         for wave in waves(todo):
             with self._timed("neighbours"):
                 self._make_neighbour_room(touched)
+            fulls = caches.neighbour_table_fulls()
             with self._timed("send"):
                 pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
                            for p in wave]
             touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
             with self._timed("answers"):
                 exchanges = self._prober.finish(pending)
-            yield from self.judge(exchanges)
+            yield from self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
 
     @contextmanager
     def _timed(self, phase: str) -> Iterator[None]:
@@ -235,15 +236,18 @@ class Verifier:
             caches.forget_neighbours(sorted(touched))
             touched.clear()
 
-    def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
+    def judge(self, exchanges: list[traffic.Exchange],
+              table_fulls: int = 0) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
-        them INCONCLUSIVE. Their flows are no longer watched afterwards."""
+        them INCONCLUSIVE, and so does a full neighbour table for those that failed.
+        Their flows are no longer watched afterwards."""
         with self._timed("events"):
             hops = self._tracer.take(SETTLE_MS)
         with self._timed("judge"):
-            return self._judged(hops, exchanges)
+            return self._judged(hops, exchanges, table_fulls)
 
-    def _judged(self, hops: list[Hop], exchanges: list[traffic.Exchange]) -> list[FlowResult]:
+    def _judged(self, hops: list[Hop], exchanges: list[traffic.Exchange],
+                table_fulls: int) -> list[FlowResult]:
         index = by_exchange(hops, exchanges)
         self._tracer.unwatch()
         total = self.lost
@@ -251,7 +255,8 @@ class Verifier:
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
         return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, []), ex),
-                      lost, missing_probes=missing or None) for ex in exchanges]
+                      lost, missing_probes=missing or None, table_fulls=table_fulls)
+                for ex in exchanges]
 
     def check(self, src: str, dst: str, proto: str = "icmp") -> FlowResult:
         """One flow between pods addressed as NODE/POD, judged."""
