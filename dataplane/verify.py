@@ -1,4 +1,5 @@
-"""`dataplane verify`: an exchange for every chosen pod pair, each judged hop by hop."""
+"""`dataplane verify`: the cluster audited, earlier runs' caches reset, then exchanges for the
+chosen pod pairs in waves, each flow judged hop by hop, given its cause and handed on."""
 
 from __future__ import annotations
 
