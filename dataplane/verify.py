@@ -255,7 +255,7 @@ class Verifier:
         lost, self._lost_before = total - self._lost_before, total
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
-        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, []), ex),
+        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, [])),
                       lost, missing_probes=missing or None, table_fulls=table_fulls)
                 for ex in exchanges]
 
