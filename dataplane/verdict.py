@@ -34,7 +34,7 @@ class Problem:
     verdict: str = FAIL
 
 
-@dataclass
+@dataclass(slots=True)  # a run keeps one per flow: no per-instance dict
 class FlowResult:
     src: str
     dst: str
