@@ -30,6 +30,7 @@ SETTLE_MS = 20
 # ring buffer's room between two polls.
 EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
 WAVE_EVENTS = 8000
+WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
 NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
@@ -153,15 +154,21 @@ def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[str,
 
 
 def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
-    """Exchanges in waves whose probe events fit the ring buffer with room to spare."""
+    """Exchanges in waves whose probe events fit the ring buffer with room to spare, and
+    whose pods' neighbour entries fit the kernel's ARP table (a pod, its node and its
+    gateway learn each other: about three entries a pod)."""
     wave: list[Probe] = []
+    pods: set[str] = set()
     budget = WAVE_EVENTS
     for probe in todo:
         cost = EVENTS[probe.proto]
-        if wave and cost > budget:
+        more = {probe.src.netns, probe.dst.netns} - pods
+        if wave and (cost > budget or len(pods) + len(more) > WAVE_PODS):
             yield wave
-            wave, budget = [], WAVE_EVENTS
+            wave, pods, budget = [], set(), WAVE_EVENTS
+            more = {probe.src.netns, probe.dst.netns}
         wave.append(probe)
+        pods |= more
         budget -= cost
     if wave:
         yield wave
@@ -215,7 +222,8 @@ class Verifier:
             with self._timed("send"):
                 pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
                            for p in wave]
-            touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
+            touched.update(ns for p in wave for pod in (p.src, p.dst)
+                           for ns in (pod.netns, self.plan.node(pod.node).netns))
             with self._timed("answers"):
                 exchanges = self._prober.finish(pending)
             yield from self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
@@ -231,8 +239,8 @@ class Verifier:
     @staticmethod
     def _make_neighbour_room(touched: set[str]) -> None:
         """Every namespace shares the kernel's ARP table: before a wave could fill it, the
-        pods of earlier waves forget their neighbours (our own traffic must not be
-        refused with ENOBUFS)."""
+        pods and nodes of earlier waves forget their neighbours (our own traffic must not
+        be refused with ENOBUFS, nor an ARP request go unanswered)."""
         if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
             caches.forget_neighbours(sorted(touched))
             touched.clear()
