@@ -7,7 +7,7 @@ look for them on a node: flanneld's subnet.env and host-local's records.
 
 from __future__ import annotations
 
-from dataplane.plan import POD_IFNAME, NodePlan, Plan
+from dataplane.plan import NodePlan, Plan
 
 CNI_NETWORK = "cbr0"  # the network name in flannel's stock CNI config
 SUBNET_ENV = "run/flannel/subnet.env"
@@ -24,7 +24,7 @@ def subnet_env(plan: Plan, node: NodePlan) -> str:
 
 def host_local_records(node: NodePlan) -> dict[str, str]:
     """One file per allocated IP holding the container id and ifname, plus last_reserved_ip.0."""
-    records = {f"{HOST_LOCAL_DIR}/{pod.ip}": f"{pod.container_id}\r\n{POD_IFNAME}"
+    records = {f"{HOST_LOCAL_DIR}/{pod.ip}": f"{pod.container_id}\r\n{pod.ifname}"
                for pod in node.pods}
     records[f"{HOST_LOCAL_DIR}/last_reserved_ip.0"] = str(node.pods[-1].ip)
     return records

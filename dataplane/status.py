@@ -29,7 +29,7 @@ def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
         "nodes": [{
             "name": node.name, "netns": node.netns, "underlay_ip": str(node.underlay_ip),
             "pod_cidr": str(node.pod_cidr), "vtep_mac": node.vtep_mac,
-            "vtep": plan.spec.vtep_name,
+            "vtep": node.vtep,
             "pods": [{"name": pod.name, "netns": pod.netns, "ip": str(pod.ip), "mac": pod.mac,
                       "host_veth": pod.host_veth} for pod in node.pods],
         } for node in plan.nodes],
