@@ -47,9 +47,8 @@ def state(plan: Plan) -> dict[str, NetState]:
     return states
 
 
-def _common(plan: Plan, netns: str) -> NetState:
+def _common(plan: Plan, netns: str, lo_up: bool = True) -> NetState:
     s = NetState()
-    lo_up = plan.lo_up(netns)
     s.link("lo", "loopback", admin="up" if lo_up else "down",
            oper="unknown" if lo_up else "down", mtu=LOOPBACK_MTU)
     if lo_up:
@@ -62,7 +61,7 @@ def _common(plan: Plan, netns: str) -> NetState:
 
 
 def _underlay(plan: Plan) -> NetState:
-    s = _common(plan, plan.underlay_netns)
+    s = _common(plan, plan.underlay_netns, lo_up=False)  # a switch: lo as a new namespace has it
     mtu, bridge = plan.spec.underlay_mtu, plan.underlay_bridge
     s.link(bridge, "bridge", admin="up", oper="up", mtu=mtu)
     s.options(bridge, "bridge", BRIDGE_OPTIONS)

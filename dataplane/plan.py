@@ -91,8 +91,7 @@ class Plan:
     nodes: tuple[NodePlan, ...]
     underlay_bridge: str
     # Made by our builder, so its choices beyond flannel's rules hold too (IPv6 off,
-    # rp_filter pinned, ping sockets allowed, the underlay's lo down); False for a
-    # network that was discovered, not built.
+    # rp_filter pinned, ping sockets allowed); False for a network discovered, not built.
     built: bool = True
 
     def namespaces(self) -> list[str]:
@@ -129,10 +128,6 @@ class Plan:
 
     def is_node(self, netns: str) -> bool:
         return any(node.netns == netns for node in self.nodes)
-
-    def lo_up(self, netns: str) -> bool:
-        """Our build leaves the underlay's lo down; any other namespace has it up."""
-        return not (self.built and netns == self.underlay_netns)
 
     def pods(self) -> list[PodPlan]:
         return [pod for node in self.nodes for pod in node.pods]
