@@ -25,7 +25,7 @@ from dataplane.drift import Drift
 from dataplane.errors import UsageError
 from dataplane.nodefiles import HOST_LOCAL_DIR, SUBNET_ENV
 from dataplane.plan import NodePlan, PeerPlan, Plan, PodPlan
-from dataplane.spec import VXLAN_OVERHEAD, Spec
+from dataplane.spec import Spec
 
 SEPARATORS = ".-"  # what joins a run prefix, a node's name and a pod's in namespace names
 
@@ -259,10 +259,10 @@ class _Planner:
         """The cluster CIDR: given, else subnet.env's FLANNEL_NETWORK, else assumed."""
         networks = [n.env["FLANNEL_NETWORK"] for n in self.nodes if "FLANNEL_NETWORK" in n.env]
         if self.cluster_cidr is not None:
-            self.sources["cluster CIDR"] = "--cluster-cidr"
+            self.sources["cluster CIDR"] = "from --cluster-cidr"
             return self.cluster_cidr
         if networks:
-            self.sources["cluster CIDR"] = "subnet.env"
+            self.sources["cluster CIDR"] = "from subnet.env"
             return IPv4Network(Counter(networks).most_common(1)[0][0])
         self.sources["cluster CIDR"] = ("assumed: the smallest network holding every podCIDR; "
                                         "give --cluster-cidr")

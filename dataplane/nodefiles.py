@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataplane.plan import NodePlan, Plan
 
+NODES_DIR = "nodes"  # in a cluster's state directory: a folder per node
 CNI_NETWORK = "cbr0"  # the network name in flannel's stock CNI config
 SUBNET_ENV = "run/flannel/subnet.env"
 HOST_LOCAL_DIR = f"var/lib/cni/networks/{CNI_NETWORK}"
@@ -34,7 +35,7 @@ def node_files(plan: Plan) -> dict[str, str]:
     """Every node's files, keyed by nodes/<node>/<path on a real node>."""
     files = {}
     for node in plan.nodes:
-        base = f"nodes/{node.name}"
+        base = f"{NODES_DIR}/{node.name}"
         files[f"{base}/{SUBNET_ENV}"] = subnet_env(plan, node)
         for path, content in host_local_records(node).items():
             files[f"{base}/{path}"] = content

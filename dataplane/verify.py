@@ -39,6 +39,7 @@ class Report:
     drift: list[Drift] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
     pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
+    caches_reset: bool = True  # False on a network we did not build: it is never changed
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -173,7 +174,8 @@ class Verifier:
         self._lost_before = 0
 
     def __enter__(self) -> "Verifier":
-        caches.reset(self.plan)  # no path MTU or neighbour an earlier run left may sway a verdict
+        if self.plan.built:  # no path MTU or neighbour an earlier run left may sway a verdict
+            caches.reset(self.plan)
         self._tracer.__enter__()
         return self
 
@@ -202,7 +204,8 @@ class Verifier:
         """Each wave of exchanges started together, finished together, judged and yielded."""
         touched: set[str] = set()
         for wave in waves(todo):
-            self._make_neighbour_room(touched)
+            if self.plan.built:
+                self._make_neighbour_room(touched)
             pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
                        for p in wave]
             touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
@@ -256,7 +259,7 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
                 flow.hops = []
             flows.append(flow)
         report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
-                        which)
+                        which, caches_reset=plan.built)
     if stream:
         stream.end(report)
     return report
