@@ -95,7 +95,8 @@ def _nodes(spaces: dict[str, scan.Space], unplaced: list[str]) -> list[_Node]:
             continue
         nodes.append(_Node(space, vtep, bridge, uplink, address, [], {}))
     if not nodes:
-        raise UsageError(f"no pod network in {', '.join(spaces)}: no namespace holds a VXLAN "
+        shown = ", ".join(list(spaces)[:3]) + (", ..." if len(spaces) > 3 else "")
+        raise UsageError(f"no pod network in {shown}: no namespace holds a VXLAN "
                          "device beside a bridge of pod veths (a flannel node); name the "
                          "nodes' and pods' namespaces with --prefix or --netns")
     _claim_pods(nodes, spaces, unplaced)
@@ -239,7 +240,7 @@ class _Planner:
         plan = Plan(spec=spec, name=self.name, prefix=self.prefix.rstrip(SEPARATORS),
                     underlay_netns=underlay_ns, nodes=tuple(plans),
                     underlay_bridge=underlay_bridge, built=False)
-        self.broken += _rules(plan)
+        self.broken += rules(plan)
         return Discovery(plan, self.sources, self.unplaced, self.broken)
 
     def spec(self, cidrs: dict[str, IPv4Interface]) -> Spec:
@@ -312,7 +313,7 @@ def _supernet(networks: list[IPv4Network]) -> IPv4Network:
     return net
 
 
-def _rules(plan: Plan) -> list[Drift]:
+def rules(plan: Plan) -> list[Drift]:
     """What breaks flannel's rules in the plan itself: podCIDRs of the cluster CIDR's
     node size, inside it and apart, pods inside their node's podCIDR, node addresses
     on one underlay subnet. (What the kernel holds against the plan is the audit's.)"""

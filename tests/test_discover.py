@@ -160,7 +160,7 @@ def test_a_pod_outside_its_nodes_podcidr_breaks_the_rules(foreign):
     plan = discover.discover(netns.listed(f"{foreign}-")).plan
     node = plan.nodes[2]
     moved = replace(node.pods[0], ip=IPv4Address("10.42.7.2"))
-    broken = discover._rules(replace(plan, nodes=plan.nodes[:2] + (
+    broken = discover.rules(replace(plan, nodes=plan.nodes[:2] + (
         replace(node, pods=(moved,) + node.pods[1:]),)))
     assert [str(d) for d in broken] == [
         "n3/web eth0: address: expected in podCIDR 10.42.3.0/24, found 10.42.7.2"]
