@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from dataplane.drift import Drift
 from dataplane.paths import places
-from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, Plan, PodPlan
+from dataplane.plan import Plan, PodPlan
 from dataplane.tracer import Hop
 from dataplane.verdict import FAIL, FlowResult
 
@@ -71,12 +71,13 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
     src, dst = plan.pod(flow.src), plan.pod(flow.dst)
     drops = [h for h in flow.hops if h.dir == "drop"]
     if flow.rule == "send":
-        return Drift(src.ref, POD_IFNAME, "probe refused by the kernel", "sent", flow.error or "")
+        return Drift(src.ref, src.ifname, "probe refused by the kernel", "sent", flow.error or "")
     if flow.rule == "mtu":
-        return Drift(src.ref, POD_IFNAME, "mtu", f"at most {plan.spec.vtep_mtu}", flow.diagnosis)
+        return Drift(src.ref, src.ifname, "mtu", f"at most {plan.spec.vtep_mtu}", flow.diagnosis)
     if flow.rule == "wrong-pod":  # flooded: the bridge does not know the receiver's port
-        return Drift(dst.ref, POD_IFNAME, "not reachable through its node's cni0",
-                     "cni0 forwards to its port", flow.diagnosis)
+        bridge = plan.node(dst.node).bridge
+        return Drift(dst.ref, dst.ifname, f"not reachable through its node's {bridge}",
+                     f"{bridge} forwards to its port", flow.diagnosis)
     if drops and drops[-1].drop_reason == NEIGH_FAILED:
         neighbour = _neighbour(plan, drops[-1], known)
         if neighbour:
@@ -86,7 +87,7 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
                          f"{drops[-1].at} {drops[-1].device} dropped the packet ({NEIGH_FAILED})")
     why = flow.diagnosis.split("; ")[0].rsplit(": ", 1)[-1]  # the rule's finding alone
     if flow.rule in SENDER_SIDE_RULES and flow.last_hop:
-        return Drift(flow.last_hop["at"], plan.spec.vtep_name, f"encapsulation ({flow.rule})",
+        return Drift(flow.last_hop["at"], plan.node(flow.last_hop["at"]).vtep, f"encapsulation ({flow.rule})",
                      "flannel's VXLAN rules", why)
     if flow.rule in ("inner-addresses", "inner-ttl") and flow.last_hop:
         return Drift(flow.last_hop["at"], None, f"forwarding ({flow.rule}: NAT or routing)",
@@ -100,7 +101,7 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
     if drops:
         return Drift(drops[-1].at, drops[-1].device, "packet dropped", "forwarded",
                      drops[-1].drop_reason or "?")
-    where = flow.last_hop or {"at": src.ref, "device": POD_IFNAME}
+    where = flow.last_hop or {"at": src.ref, "device": src.ifname}
     return Drift(where["at"], where["device"], flow.rule or "failure", "flannel's rules hold",
                  why)
 
@@ -115,11 +116,12 @@ def _neighbour(plan: Plan, drop: Hop, known: Owners) -> tuple[str, str, str] | N
     if "/" in drop.at:  # a pod resolves a pod of its node, else its gateway
         sender = plan.pod(drop.at)
         if sender.node == pod.node:
-            return pod.ref, POD_IFNAME, str(pod.ip)
-        return sender.node, CNI_BRIDGE, str(sender.gateway)
-    if drop.device == NODE_IFNAME:  # the underlay address of the node hosting the pod
-        peer = plan.node(pod.node)
-        return peer.name, NODE_IFNAME, str(peer.underlay_ip)
-    if drop.device == plan.spec.vtep_name:  # flannel programs these: missing on this node
-        return drop.at, drop.device, str(plan.node(pod.node).vtep_ip)
-    return pod.ref, POD_IFNAME, str(pod.ip)
+            return pod.ref, pod.ifname, str(pod.ip)
+        return sender.node, plan.node(sender.node).bridge, str(sender.gateway)
+    node = next((n for n in plan.nodes if n.name == drop.at), None)  # else the underlay
+    peer = plan.node(pod.node)
+    if node and drop.device == node.ifname:  # the underlay address of the node hosting the pod
+        return peer.name, peer.ifname, str(peer.underlay_ip)
+    if node and drop.device == node.vtep:  # flannel programs these: missing on this node
+        return drop.at, drop.device, str(peer.vtep_ip)
+    return pod.ref, pod.ifname, str(pod.ip)

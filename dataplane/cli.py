@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import math
 import os
 import signal
 import sys
+from pathlib import Path
 
 from dataplane import cluster, state
 from dataplane.errors import UsageError
 from dataplane.protocols import PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
+from dataplane.spec import LABEL, LABEL_HINT
 
 TOPOLOGY_HELP = "a topology file, or a shipped topology by name (flannel-vxlan, flannel-vxlan-4x8)"
 CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vni N, "
@@ -86,7 +89,27 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--node", help="the node to break (default: the first)")
     p.add_argument("--pod", metavar="[NODE/]POD", help="the pod to break (default: the node's first)")
     p.add_argument("--peer", help="missing-fdb: the peer whose entry goes (default: the next node)")
+    p = sub.add_parser("discover", help="infer a pod network dataplane did not build from the "
+                       "live kernel, and audit it against flannel's rules")
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--prefix", metavar="P", help="the namespaces whose names start with P")
+    where.add_argument("--netns", nargs="+", metavar="NS", help="these namespaces")
+    p.add_argument("--cluster-cidr", type=_network, metavar="CIDR",
+                   help="the cluster CIDR (default: the nodes' subnet.env FLANNEL_NETWORK)")
+    p.add_argument("--node-files", type=Path, metavar="DIR",
+                   help="each node's files as DIR/NODE/run/flannel/subnet.env (default: the "
+                        "state directory's, for one of our clusters)")
+    p.add_argument("--name", help="record it as attached cluster N, for --running N")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     return parser
+
+
+def _network(text: str) -> ipaddress.IPv4Network:
+    try:
+        return ipaddress.IPv4Network(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an IPv4 CIDR ({err}); write "
+                                         "network/prefix, e.g. 10.244.0.0/16") from None
 
 
 def _seconds(text: str) -> float:
@@ -135,8 +158,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_down(args: argparse.Namespace) -> int:
     _need_root("down")
+    found = state.read(args.name)
     removed = cluster.down(args.name, force=args.force)
-    print(f"cluster {args.name} is down ({len(removed)} namespaces removed)")
+    if isinstance(found, state.Record) and found.attached:
+        print(f"cluster {args.name} is forgotten (attached: its namespaces are left as they are)")
+    else:
+        print(f"cluster {args.name} is down ({len(removed)} namespaces removed)")
     return 0
 
 
@@ -269,13 +296,75 @@ def cmd_fault(args: argparse.Namespace) -> int:
     faults.check_options(args.fault, args.node, args.pod, args.peer)
     _need_root("fault inject")
     with cluster.using(args.running, "dataplane fault inject") as made:
+        if made.record.attached:
+            raise UsageError(f"cluster {made.name} is attached (discovered, not built): "
+                             "dataplane never changes it; break it by hand instead")
         print(faults.inject(made.plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
     return 0
 
 
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Exit 1 when the network breaks flannel's rules or a namespace was not placed."""
+    from dataplane import audit, discover, netns, status
+
+    if args.name is not None and not LABEL.match(args.name):
+        raise UsageError(f"--name {args.name!r} cannot name a cluster; use {LABEL_HINT}")
+    _need_root("discover")
+    names = args.netns or netns.listed(args.prefix)
+    if not names:
+        raise UsageError(f"no network namespace's name starts with {args.prefix!r}; "
+                         "`ip netns list` shows them")
+    found = discover.discover(names, args.name, args.cluster_cidr,
+                              args.node_files or _node_files(names))
+    drift = found.broken + audit.audit(found.plan)
+    if args.name:
+        cluster.adopt(found.plan, source=f"discovered in {', '.join(sorted(names))}")
+    shown = {"name": found.plan.name, "attached": bool(args.name), "namespaces": names,
+             **status.describe(found.plan),
+             "cluster_cidr": {"cidr": str(found.plan.spec.cluster_cidr),
+                              "from": found.sources["cluster CIDR"]},
+             "unplaced": found.unplaced, "drift": [d.as_dict() for d in drift]}
+    print(json.dumps(shown, indent=2) if args.json else _discovered_text(shown))
+    return 1 if drift or found.unplaced else 0
+
+
+def _node_files(names: list[str]) -> Path | None:
+    """The node files of the cluster we built in these namespaces, if we did."""
+    from dataplane.nodefiles import NODES_DIR
+
+    for made in cluster.inspect_all():
+        if isinstance(made, cluster.Cluster) and not made.record.attached \
+                and set(names) & set(made.record.namespaces):
+            return made.record.dir / NODES_DIR
+    return None
+
+
+def _discovered_text(shown: dict) -> str:
+    from dataplane import status
+    from dataplane.drift import Drift
+
+    pods = sum(len(node["pods"]) for node in shown["nodes"])
+    lines = [f"discovered {shown['name']}: {len(shown['nodes'])} nodes, {pods} pods in "
+             f"{len(shown['namespaces'])} namespaces; {status.network_line(shown)} (bridge "
+             f"{shown['underlay']['bridge']}); cluster CIDR {shown['cluster_cidr']['cidr']} "
+             f"({shown['cluster_cidr']['from']})"]
+    lines += status.table(shown, [])
+    lines += [f"not placed: {what}" for what in shown["unplaced"]]
+    drift = shown["drift"]
+    lines += [f"drift: {len(drift)} differences from flannel's rules"] + \
+        [f"  {Drift(**d)}" for d in drift] if drift else \
+        ["drift: none (the kernel holds what flannel's rules make of these nodes)"]
+    if shown["attached"]:
+        name = shown["name"]
+        lines.append(f"recorded as cluster {name} (attached): `dataplane verify --running "
+                     f"{name}` verifies it; `dataplane down {name}` forgets it, leaving its "
+                     "namespaces as they are")
+    return "\n".join(lines)
+
+
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
             "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify,
-            "fault": cmd_fault, "capture": cmd_capture}
+            "fault": cmd_fault, "capture": cmd_capture, "discover": cmd_discover}
 
 
 class Terminated(KeyboardInterrupt):

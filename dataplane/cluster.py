@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataplane import netns, nodefiles, resources, spec, state
+from dataplane import netns, nodefiles, planfile, resources, spec, state
 from dataplane.errors import UsageError
 from dataplane.plan import Plan, make_plan, prefix_for
 
@@ -28,7 +28,20 @@ class Cluster:
 
 
 def plan_of(record: state.Record) -> Plan:
+    if record.attached:
+        try:
+            return planfile.loads((record.dir / state.PLAN_FILE).read_text())
+        except (ValueError, TypeError, KeyError) as err:
+            raise UsageError(f"not a plan ({err!r})") from None
     return make_plan(spec.parse(record.topology_text, source=record.source, name=record.name))
+
+
+def adopt(plan: Plan, source: str) -> Cluster:
+    """Record a network that exists already (discovered) as cluster plan.name: every
+    command takes it as --running NAME; down and clean only forget it."""
+    record = state.register(plan.name, plan.namespaces(), source,
+                            plan_text=planfile.dumps(plan))
+    return Cluster(plan, record)
 
 
 @dataclass(frozen=True)
@@ -109,9 +122,14 @@ def inspect(name: str) -> Cluster | state.Unreadable:
     try:
         return Cluster(plan_of(record), record)
     except (OSError, UnicodeDecodeError) as err:
-        return state.Unreadable(name, f"{state.TOPOLOGY_FILE}: {err}")
+        return state.Unreadable(name, f"{_source_file(record)}: {err}")
     except UsageError as err:  # the copy no longer parses
-        return state.Unreadable(name, f"{state.TOPOLOGY_FILE}: {str(err).split(': ', 1)[-1]}")
+        return state.Unreadable(name, f"{_source_file(record)}: {str(err).split(': ', 1)[-1]}")
+
+
+def _source_file(record: state.Record) -> str:
+    """The file its plan is made from."""
+    return state.PLAN_FILE if record.attached else state.TOPOLOGY_FILE
 
 
 def inspect_all() -> list[Cluster | state.Unreadable]:
@@ -159,8 +177,9 @@ def health(record: state.Record | state.Unreadable) -> list[str]:
                         "down; remove it with `dataplane clean`")
     gone = missing(record)
     if gone:
+        again = "discover it again" if record.attached else "bring it up again"
         problems.append(f"{_missing_text(record, gone)}; take it down with `dataplane down "
-                        f"{name}` and bring it up again")
+                        f"{name}` and {again}")
     return problems
 
 
@@ -245,14 +264,17 @@ def down(name: str, force: bool = False) -> list[str]:
 
 
 def _remove(record: state.Record) -> list[str]:
-    removed = netns.remove(record.namespaces)
+    """Its namespaces, then its record; an attached cluster's namespaces are not ours."""
+    removed = [] if record.attached else netns.remove(record.namespaces)
     record.remove()
     return removed
 
 
 def _remove_unreadable(record: state.Unreadable) -> list[str]:
-    """The namespaces named after the cluster (its run prefix), then its directory."""
-    removed = netns.remove(netns.listed(prefix_for(record.name) + "."))
+    """The namespaces named after the cluster (its run prefix), unless it was attached,
+    then its directory."""
+    attached = (record.dir / state.PLAN_FILE).exists()
+    removed = [] if attached else netns.remove(netns.listed(prefix_for(record.name) + "."))
     record.remove()
     return removed
 
@@ -293,7 +315,12 @@ def _sweep(record: state.Record | state.Unreadable, chosen: bool) -> Swept:
     holders = record.holders()
     if holders:
         return Swept(name, f"in use by pid {holders[0].pid} ({holders[0].command})", None)
-    if record.phase != "up":
+    if record.attached:
+        if not chosen:
+            return Swept(name, "attached (discovered, not built); forget it with "
+                         f"`dataplane down {name}`", None)
+        why = "attached (discovered, not built): forgotten as asked, its namespaces left"
+    elif record.phase != "up":
         why = f"half-built: its build (pid {record.owner_pid}) died"
     elif record.owner is not None:
         why = f"the process that built it (pid {record.owner_pid}) died without taking it down"

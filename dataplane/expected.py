@@ -11,8 +11,7 @@ from __future__ import annotations
 from ipaddress import IPv4Interface
 
 from dataplane.netstate import NetState, sysctl_key
-from dataplane.plan import (CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, NodePlan,
-                            Plan, PodPlan)
+from dataplane.plan import NodePlan, Plan, PodPlan
 
 LOOPBACK_MTU = 65536
 # The kernel's defaults for a bridge port, as `ip -d link` names them.
@@ -62,13 +61,13 @@ def _common(plan: Plan, netns: str, lo_up: bool = True) -> NetState:
 
 
 def _underlay(plan: Plan) -> NetState:
-    s = _common(plan, plan.underlay_netns, lo_up=False)  # the build leaves it down
-    mtu = plan.spec.underlay_mtu
-    s.link(UNDERLAY_BRIDGE, "bridge", admin="up", oper="up", mtu=mtu)
-    s.options(UNDERLAY_BRIDGE, "bridge", BRIDGE_OPTIONS)
+    s = _common(plan, plan.underlay_netns, lo_up=False)  # a switch: lo as a new namespace has it
+    mtu, bridge = plan.spec.underlay_mtu, plan.underlay_bridge
+    s.link(bridge, "bridge", admin="up", oper="up", mtu=mtu)
+    s.options(bridge, "bridge", BRIDGE_OPTIONS)
     for node in plan.nodes:
         s.link(node.underlay_port, "veth", admin="up", oper="up", mtu=mtu,
-               master=UNDERLAY_BRIDGE)
+               master=bridge)
         s.options(node.underlay_port, "bridge port", PORT_FLAGS)
     return s
 
@@ -76,31 +75,32 @@ def _underlay(plan: Plan) -> NetState:
 def _node(plan: Plan, node: NodePlan) -> NetState:
     spec = plan.spec
     s = _common(plan, node.netns)
-    s.link(NODE_IFNAME, "veth", admin="up", oper="up", mtu=spec.underlay_mtu,
-           mac=node.eth0_mac)
-    s.address(NODE_IFNAME, node.underlay_ip, node.underlay_prefixlen)
-    s.route(NODE_IFNAME, str(plan.spec.underlay_subnet), src=node.underlay_ip)
-    s.link(CNI_BRIDGE, "bridge", admin="up", oper="up", mtu=spec.vtep_mtu, mac=node.cni0_mac)
-    s.options(CNI_BRIDGE, "bridge", BRIDGE_OPTIONS)
-    s.address(CNI_BRIDGE, node.gateway, node.pod_cidr.prefixlen)
-    s.route(CNI_BRIDGE, str(node.pod_cidr), src=node.gateway)
+    eth0, cni0 = node.ifname, node.bridge
+    s.link(eth0, "veth", admin="up", oper="up", mtu=spec.underlay_mtu, mac=node.eth0_mac)
+    s.address(eth0, node.underlay_ip, node.underlay_prefixlen)
+    s.route(eth0, str(plan.spec.underlay_subnet), src=node.underlay_ip)
+    s.link(cni0, "bridge", admin="up", oper="up", mtu=spec.vtep_mtu, mac=node.cni0_mac)
+    s.options(cni0, "bridge", BRIDGE_OPTIONS)
+    s.address(cni0, node.gateway, node.pod_cidr.prefixlen)
+    s.route(cni0, str(node.pod_cidr), src=node.gateway)
     _vtep(plan, node, s)
     for pod in node.pods:
-        s.link(pod.host_veth, "veth", admin="up", oper="up", mtu=pod.mtu, master=CNI_BRIDGE)
+        s.link(pod.host_veth, "veth", admin="up", oper="up", mtu=pod.mtu, master=cni0)
         s.options(pod.host_veth, "bridge port", PORT_FLAGS)
-    for dev in (NODE_IFNAME, CNI_BRIDGE, spec.vtep_name):  # where the node routes
+    for dev in (eth0, cni0, node.vtep):  # where the node routes
         s.sysctl(sysctl_key(dev, "forwarding"), "1")
-        s.sysctl(sysctl_key(dev, "rp_filter"), "0")
+        if plan.built:  # pinned by our build; flannel sets no rp_filter
+            s.sysctl(sysctl_key(dev, "rp_filter"), "0")
     for feature in VETH_OFFLOADS:
-        s.offload(NODE_IFNAME, feature, True)
+        s.offload(eth0, feature, True)
     return s
 
 
 def _vtep(plan: Plan, node: NodePlan, s: NetState) -> None:
-    spec, vtep = plan.spec, plan.spec.vtep_name
+    spec, vtep = plan.spec, node.vtep
     s.link(vtep, "vxlan", admin="up", oper="unknown", mtu=spec.vtep_mtu, mac=node.vtep_mac)
     s.options(vtep, "vxlan", {"vni": spec.vni, "port": spec.port, "local": node.underlay_ip,
-                              "link": NODE_IFNAME, "learning": False, **VXLAN_DEFAULTS})
+                              "link": node.ifname, "learning": False, **VXLAN_DEFAULTS})
     s.address(vtep, node.vtep_ip, 32)
     for feature in VTEP_OFFLOADS:
         s.offload(vtep, feature, True)
@@ -112,11 +112,12 @@ def _vtep(plan: Plan, node: NodePlan, s: NetState) -> None:
 
 def _pod(plan: Plan, pod: PodPlan) -> NetState:
     s = _common(plan, pod.netns)
-    s.link(POD_IFNAME, "veth", admin="up", oper="up", mtu=pod.mtu, mac=pod.mac)
-    s.address(POD_IFNAME, pod.ip, pod.prefixlen)
-    s.route(POD_IFNAME, "default", via=pod.gateway)
-    s.route(POD_IFNAME, str(IPv4Interface(f"{pod.ip}/{pod.prefixlen}").network), src=pod.ip)
+    eth0 = pod.ifname
+    s.link(eth0, "veth", admin="up", oper="up", mtu=pod.mtu, mac=pod.mac)
+    s.address(eth0, pod.ip, pod.prefixlen)
+    s.route(eth0, "default", via=pod.gateway)
+    s.route(eth0, str(IPv4Interface(f"{pod.ip}/{pod.prefixlen}").network), src=pod.ip)
     for feature in VETH_OFFLOADS:
-        s.offload(POD_IFNAME, feature, True)
+        s.offload(eth0, feature, True)
     return s
 

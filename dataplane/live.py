@@ -87,25 +87,25 @@ def _links(sock: socket.socket, s: NetState) -> tuple[dict[int, str], dict[int, 
                oper=(link.get_attr("IFLA_OPERSTATE") or "unknown").lower(),
                mtu=link.get_attr("IFLA_MTU"), mac=link.get_attr("IFLA_ADDRESS"),
                master=names.get(link.get_attr("IFLA_MASTER") or 0))
-        data = _nested(info, "IFLA_INFO_DATA")
+        data = nested(info, "IFLA_INFO_DATA")
         if kind == "vxlan":
             vxlans[link["index"]] = name
-            s.options(name, "vxlan", _vxlan(data, names))
+            s.options(name, "vxlan", vxlan_options(data, names))
         elif kind == "bridge":
             s.options(name, "bridge", {"stp_state": data.get("IFLA_BR_STP_STATE"),
                                        "vlan_filtering": data.get("IFLA_BR_VLAN_FILTERING")})
         if info and info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
-            s.options(name, "bridge port", _port(_nested(info, "IFLA_INFO_SLAVE_DATA")))
+            s.options(name, "bridge port", _port(nested(info, "IFLA_INFO_SLAVE_DATA")))
     return names, vxlans
 
 
-def _nested(info, name: str) -> dict:
+def nested(info, name: str) -> dict:
     """The attributes of a nested attribute, by name ({} when absent)."""
     inner = info.get_attr(name) if info else None
     return dict(inner["attrs"]) if inner else {}
 
 
-def _vxlan(data: dict, names: dict[int, str]) -> dict[str, object]:
+def vxlan_options(data: dict, names: dict[int, str]) -> dict[str, object]:
     found: dict[str, object] = {
         option: data[f"IFLA_VXLAN_{attr}"] for attr, option in VXLAN_NUMBERS.items()
         if f"IFLA_VXLAN_{attr}" in data}
@@ -181,8 +181,10 @@ def _fdb(sock: socket.socket, s: NetState, vxlans: dict[int, str]) -> None:
     request["family"] = AF_BRIDGE
     for n in dump(sock, request, RTM_GETNEIGH):
         if n["ifindex"] in vxlans:
-            s.fdb(vxlans[n["ifindex"]], n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST"),
-                  NUD_STATES.get(n["state"], hex(n["state"])))
+            # permanent whether noarp or not (`bridge fdb append` sets both), as bridge(8) reads it
+            state = "permanent" if n["state"] & NUD_PERMANENT else \
+                NUD_STATES.get(n["state"], hex(n["state"]))
+            s.fdb(vxlans[n["ifindex"]], n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST"), state)
 
 
 def _offloads(s: NetState, wanted: list[tuple[str, str]]) -> None:

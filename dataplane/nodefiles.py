@@ -7,8 +7,9 @@ look for them on a node: flanneld's subnet.env and host-local's records.
 
 from __future__ import annotations
 
-from dataplane.plan import POD_IFNAME, NodePlan, Plan
+from dataplane.plan import NodePlan, Plan
 
+NODES_DIR = "nodes"  # in a cluster's state directory: a folder per node
 CNI_NETWORK = "cbr0"  # the network name in flannel's stock CNI config
 SUBNET_ENV = "run/flannel/subnet.env"
 HOST_LOCAL_DIR = f"var/lib/cni/networks/{CNI_NETWORK}"
@@ -24,7 +25,7 @@ def subnet_env(plan: Plan, node: NodePlan) -> str:
 
 def host_local_records(node: NodePlan) -> dict[str, str]:
     """One file per allocated IP holding the container id and ifname, plus last_reserved_ip.0."""
-    records = {f"{HOST_LOCAL_DIR}/{pod.ip}": f"{pod.container_id}\r\n{POD_IFNAME}"
+    records = {f"{HOST_LOCAL_DIR}/{pod.ip}": f"{pod.container_id}\r\n{pod.ifname}"
                for pod in node.pods}
     records[f"{HOST_LOCAL_DIR}/last_reserved_ip.0"] = str(node.pods[-1].ip)
     return records
@@ -34,7 +35,7 @@ def node_files(plan: Plan) -> dict[str, str]:
     """Every node's files, keyed by nodes/<node>/<path on a real node>."""
     files = {}
     for node in plan.nodes:
-        base = f"nodes/{node.name}"
+        base = f"{NODES_DIR}/{node.name}"
         files[f"{base}/{SUBNET_ENV}"] = subnet_env(plan, node)
         for path, content in host_local_records(node).items():
             files[f"{base}/{path}"] = content

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, Plan, PodPlan
+from dataplane.plan import Plan, PodPlan
 
 Hop = tuple[str, str, str]  # (at, device, dir) as the tracer reports them
 
@@ -38,17 +38,15 @@ class ArpLegs:
 
 
 def leg(plan: Plan, sender: PodPlan, receiver: PodPlan) -> Leg:
-    start = ((sender.ref, POD_IFNAME, "tx"), (sender.node, sender.host_veth, "rx"))
-    end = ((receiver.node, receiver.host_veth, "tx"), (receiver.ref, POD_IFNAME, "rx"))
+    start = ((sender.ref, sender.ifname, "tx"), (sender.node, sender.host_veth, "rx"))
+    end = ((receiver.node, receiver.host_veth, "tx"), (receiver.ref, receiver.ifname, "rx"))
     if sender.node == receiver.node:
         return Leg(sender, receiver, start + end, encapsulated=False)
-    vtep = plan.spec.vtep_name
-    src_node, dst_node = plan.node(sender.node), plan.node(receiver.node)
+    src, dst = plan.node(sender.node), plan.node(receiver.node)
     middle = (
-        (sender.node, CNI_BRIDGE, "rx"), (sender.node, vtep, "tx"), (sender.node, NODE_IFNAME, "tx"),
-        ("underlay", src_node.underlay_port, "rx"), ("underlay", dst_node.underlay_port, "tx"),
-        (receiver.node, NODE_IFNAME, "rx"), (receiver.node, vtep, "rx"),
-        (receiver.node, CNI_BRIDGE, "tx"),
+        (src.name, src.bridge, "rx"), (src.name, src.vtep, "tx"), (src.name, src.ifname, "tx"),
+        ("underlay", src.underlay_port, "rx"), ("underlay", dst.underlay_port, "tx"),
+        (dst.name, dst.ifname, "rx"), (dst.name, dst.vtep, "rx"), (dst.name, dst.bridge, "tx"),
     )
     return Leg(sender, receiver, start + middle + end, encapsulated=True)
 
@@ -62,23 +60,23 @@ def arp_legs(plan: Plan, src: PodPlan, dst: PodPlan) -> ArpLegs:
     node = plan.node(src.node)
     if src.node == dst.node:
         return ArpLegs(
-            request=((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
-                     (node.name, dst.host_veth, "tx"), (dst.ref, POD_IFNAME, "rx")),
-            reply=((dst.ref, POD_IFNAME, "tx"), (node.name, dst.host_veth, "rx"),
-                   (node.name, src.host_veth, "tx"), (src.ref, POD_IFNAME, "rx")),
+            request=((src.ref, src.ifname, "tx"), (node.name, src.host_veth, "rx"),
+                     (node.name, dst.host_veth, "tx"), (dst.ref, dst.ifname, "rx")),
+            reply=((dst.ref, dst.ifname, "tx"), (node.name, dst.host_veth, "rx"),
+                   (node.name, src.host_veth, "tx"), (src.ref, src.ifname, "rx")),
             answerer=dst.ref, mac=dst.mac)
     return ArpLegs(
-        request=((src.ref, POD_IFNAME, "tx"), (node.name, src.host_veth, "rx"),
-                 (node.name, CNI_BRIDGE, "rx")),
-        reply=((node.name, CNI_BRIDGE, "tx"), (node.name, src.host_veth, "tx"),
-               (src.ref, POD_IFNAME, "rx")),
-        answerer=f"{node.name} {CNI_BRIDGE}", mac=node.cni0_mac)
+        request=((src.ref, src.ifname, "tx"), (node.name, src.host_veth, "rx"),
+                 (node.name, node.bridge, "rx")),
+        reply=((node.name, node.bridge, "tx"), (node.name, src.host_veth, "tx"),
+               (src.ref, src.ifname, "rx")),
+        answerer=f"{node.name} {node.bridge}", mac=node.cni0_mac)
 
 
 def off_bridge(plan: Plan, at: str, device: str) -> bool:
     """Whether a place lies beyond a node's pod bridge: its VTEP, its eth0, the underlay."""
-    return at == "underlay" or (at in {n.name for n in plan.nodes}
-                                and device in (plan.spec.vtep_name, NODE_IFNAME))
+    return at == "underlay" or any(n.name == at and device in (n.vtep, n.ifname)
+                                   for n in plan.nodes)
 
 
 def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: str) -> set[tuple[str, str]]:
@@ -91,7 +89,7 @@ def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: str) -> set[tuple[str,
         request, answer = legs(plan, src, dst)
         hops = request.hops + answer.hops
     found = {(at, device) for at, device, _ in hops}
-    found |= {(node, CNI_BRIDGE) for node in (src.node, dst.node)}
+    found |= {(node, plan.node(node).bridge) for node in (src.node, dst.node)}
     if src.node != dst.node and proto != "arp":
-        found.add(("underlay", UNDERLAY_BRIDGE))
+        found.add(("underlay", plan.underlay_bridge))
     return found

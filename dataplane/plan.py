@@ -44,6 +44,7 @@ class PodPlan:
     mtu: int
     host_veth: str  # the node-side veth, named as the CNI bridge plugin names it
     container_id: str
+    ifname: str  # the pod's interface (eth0 as the CNI plugins make it)
 
     @property
     def ref(self) -> str:
@@ -76,6 +77,9 @@ class NodePlan:
     vtep_mac: str
     peers: tuple[PeerPlan, ...]
     pods: tuple[PodPlan, ...]
+    ifname: str  # the node's underlay interface, the VTEP's link
+    bridge: str  # the pods' bridge (cni0)
+    vtep: str  # the VXLAN device (flannel.<vni>)
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,10 @@ class Plan:
     prefix: str
     underlay_netns: str
     nodes: tuple[NodePlan, ...]
+    underlay_bridge: str
+    # Made by our builder, so its choices beyond flannel's rules hold too (IPv6 off,
+    # rp_filter pinned, ping sockets allowed); False for a network discovered, not built.
+    built: bool = True
 
     def namespaces(self) -> list[str]:
         """Every namespace of the cluster, in creation order: each one's veth
@@ -102,9 +110,11 @@ class Plan:
 
     def sysctls(self, netns: str) -> dict[str, str]:
         """The sysctls of one of our namespaces."""
+        if not self.built:  # flannel's one rule: nodes route between the bridge and the VTEP
+            return {"net.ipv4.ip_forward": "1"} if self.is_node(netns) else {}
         # No IPv6: its autoconfiguration chatter would mix with the traffic we verify.
         values = {"net.ipv6.conf.all.disable_ipv6": "1", "net.ipv6.conf.default.disable_ipv6": "1"}
-        if any(node.netns == netns for node in self.nodes):
+        if self.is_node(netns):
             values["net.ipv4.ip_forward"] = "1"  # nodes route between cni0 and flannel.1
             # A new namespace copies IPv4 settings from the host's: pinned, so that every
             # build has the same reverse path filter (devices made later copy default).
@@ -115,6 +125,9 @@ class Plan:
             # without raw sockets (whose clones leave a NO_SOCKET drop behind).
             values["net.ipv4.ping_group_range"] = "0 2147483647"
         return values
+
+    def is_node(self, netns: str) -> bool:
+        return any(node.netns == netns for node in self.nodes)
 
     def pods(self) -> list[PodPlan]:
         return [pod for node in self.nodes for pod in node.pods]
@@ -160,9 +173,11 @@ def make_plan(spec: Spec) -> Plan:
             gateway=gateway, cni0_mac=mac_from_ip(POD_OUI, gateway),
             vtep_ip=cidr.network_address, vtep_mac=mac_from_ip(VTEP_OUI, underlay_ip),
             peers=peers, pods=_pods(spec, prefix, name, cidr),
+            ifname=NODE_IFNAME, bridge=CNI_BRIDGE, vtep=spec.vtep_name,
         ))
     return Plan(spec=spec, name=spec.name, prefix=prefix,
-                underlay_netns=f"{prefix}.underlay", nodes=tuple(nodes))
+                underlay_netns=f"{prefix}.underlay", nodes=tuple(nodes),
+                underlay_bridge=UNDERLAY_BRIDGE)
 
 
 def _pods(spec: Spec, prefix: str, node: str, cidr: IPv4Network) -> tuple[PodPlan, ...]:
@@ -176,6 +191,6 @@ def _pods(spec: Spec, prefix: str, node: str, cidr: IPv4Network) -> tuple[PodPla
             node=node, name=name, netns=f"{prefix}.{node}.{name}", ip=ip,
             prefixlen=cidr.prefixlen, gateway=cidr.network_address + 1,
             mac=mac_from_ip(POD_OUI, ip), mtu=spec.vtep_mtu,
-            host_veth=f"veth{container_id[:8]}", container_id=container_id,
+            host_veth=f"veth{container_id[:8]}", container_id=container_id, ifname=POD_IFNAME,
         ))
     return tuple(pods)

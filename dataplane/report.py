@@ -81,6 +81,9 @@ class Text:
         for item in report.latent:
             self.out.write(f"latent drift (no flow failed of it): {item}\n")
         skipped = f"; probes skipped: {', '.join(report.skipped)}" if report.skipped else ""
+        if not report.caches_reset:
+            skipped += ("; caches not reset (a network we did not build is left as it is: "
+                        "routes' PMTU, neighbours and bridge entries it learnt count)")
         counts = summary(report)
         self.out.write(f"{len(report.flows)} flows: {counts['pass']} passed, {counts['fail']} "
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
@@ -111,7 +114,7 @@ class Json:
         tail = {"summary": summary(report), "pairs": report.pairs,
                 "latent": [d.as_dict() for d in report.latent],
                 "backends": report.backends, "skipped_probes": report.skipped,
-                "lost_events": report.lost_events,
+                "lost_events": report.lost_events, "caches_reset": report.caches_reset,
                 "seconds": {phase: round(t, 3) for phase, t in report.seconds.items()}}
         body = json.dumps(tail, indent=2)[1:-1].rstrip()
         self.out.write(f"\n  ],{body}\n}}\n")

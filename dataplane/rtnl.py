@@ -40,19 +40,21 @@ def _load_message_classes():
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
         from pyroute2.netlink.rtnl.ndmsg import ndmsg
+        from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
         from pyroute2.netlink.rtnl.rtmsg import rtmsg
     finally:
         if hollow:
             del sys.modules["pyroute2"]
-    return nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, rtmsg
+    return nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg
 
 
-nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, rtmsg = _load_message_classes()
+nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg = _load_message_classes()
 
 # linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h, linux/if.h
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 17, 18, 19, 20, 22
 RTM_NEWROUTE, RTM_DELROUTE, RTM_GETROUTE = 24, 25, 26
 RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH, RTM_GETRULE = 28, 29, 30, 34
+RTM_GETNSID = 90
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
 NLM_F_DUMP = 0x300
@@ -278,6 +280,22 @@ def dump(sock: socket.socket, msg, kind: int) -> list:
             entry.decode()
             entries.append(entry)
             offset += (length + 3) & ~3
+
+
+def get(sock: socket.socket, msg, kind: int):
+    """The one answer to a request of kind, decoded with msg's own class."""
+    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST
+    msg["header"]["sequence_number"] = 1
+    msg.encode()
+    sock.sendall(bytes(msg.data))
+    data = sock.recv(65536)
+    _, got, _, _, _ = _HEADER.unpack_from(data)
+    if got == NLMSG_ERROR:
+        code = -struct.unpack_from("=i", data, _HEADER.size)[0]
+        raise NetlinkError(code, f"request {kind}: {os.strerror(code)}")
+    answer = type(msg)(data)
+    answer.decode()
+    return answer
 
 
 class Sender:

@@ -27,6 +27,7 @@ from dataplane.errors import UsageError
 STATE_ROOT = Path(os.environ.get("DATAPLANE_STATE_DIR", "/run/dataplane"))
 STATE_FILE = "state.json"
 TOPOLOGY_FILE = "topology.toml"
+PLAN_FILE = "plan.json"  # an attached cluster's plan, in place of a topology
 
 
 def _start_time(pid: int) -> str | None:
@@ -67,6 +68,9 @@ class Record:
     owner_pid: int = field(default_factory=os.getpid)
     owner_start: str | None = field(default_factory=lambda: _start_time(os.getpid()))
     users: list[Holder] = field(default_factory=list)
+    # Discovered, not built (`dataplane discover --name`): forgetting it leaves its
+    # namespaces as they are.
+    attached: bool = False
 
     @property
     def dir(self) -> Path:
@@ -132,16 +136,24 @@ def _rmtree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def register(name: str, namespaces: list[str], source: str, topology_text: str) -> Record:
-    """Claim NAME for a new cluster and record its namespaces before any exists.
+def register(name: str, namespaces: list[str], source: str, topology_text: str | None = None,
+             plan_text: str | None = None) -> Record:
+    """Claim NAME for a new cluster (made from topology_text) and record its namespaces
+    before any exists; or, with plan_text, a network that exists already (attached),
+    recorded as up.
 
     The directory is filled under a temporary name and renamed into place, so no
     one ever sees a cluster directory without its record."""
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
     record = Record(name=name, namespaces=namespaces, source=source)
+    if plan_text is not None:  # no process builds it, nor owns it
+        record.attached, record.phase, record.owner_pid, record.owner_start = True, "up", 0, None
     staging = STATE_ROOT / f".{name}.{os.getpid()}"
     staging.mkdir()
-    (staging / TOPOLOGY_FILE).write_text(topology_text)
+    if plan_text is None:
+        (staging / TOPOLOGY_FILE).write_text(topology_text or "")
+    else:
+        (staging / PLAN_FILE).write_text(plan_text)
     (staging / STATE_FILE).write_text(json.dumps(asdict(record), indent=1))
     try:
         staging.rename(record.dir)

@@ -10,7 +10,7 @@ from dataplane import audit, netns, state
 from dataplane import cluster as clusters
 from dataplane.cluster import Cluster
 from dataplane.drift import Drift
-from dataplane.plan import prefix_for
+from dataplane.plan import Plan, prefix_for
 
 
 def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
@@ -21,24 +21,32 @@ def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
     return {
         "name": plan.name,
         "phase": record.phase,
+        "attached": record.attached,
         "problems": clusters.health(record),
         "source": record.source,
         "state_dir": str(record.dir),
         "namespaces": {"expected": len(record.namespaces),
                        "present": len(record.namespaces) - len(gone), "missing": gone},
+        **describe(plan),
+        # reading namespaces needs root: None when it could not be looked at
+        "drift": [d.as_dict() for d in audit.audit(plan)] if os.geteuid() == 0 else None,
+    }
+
+
+def describe(plan: Plan) -> dict[str, Any]:
+    """The plan's nodes, pods, underlay and backend, as status shows them."""
+    return {
         "nodes": [{
             "name": node.name, "netns": node.netns, "underlay_ip": str(node.underlay_ip),
             "pod_cidr": str(node.pod_cidr), "vtep_mac": node.vtep_mac,
-            "vtep": plan.spec.vtep_name,
+            "vtep": node.vtep, "bridge": node.bridge,
             "pods": [{"name": pod.name, "netns": pod.netns, "ip": str(pod.ip), "mac": pod.mac,
                       "host_veth": pod.host_veth} for pod in node.pods],
         } for node in plan.nodes],
-        "underlay": {"netns": plan.underlay_netns, "subnet": str(plan.spec.underlay_subnet),
-                     "mtu": plan.spec.underlay_mtu},
+        "underlay": {"netns": plan.underlay_netns, "bridge": plan.underlay_bridge,
+                     "subnet": str(plan.spec.underlay_subnet), "mtu": plan.spec.underlay_mtu},
         "backend": {"type": "vxlan", "vni": plan.spec.vni, "port": plan.spec.port,
                     "mtu": plan.spec.vtep_mtu},
-        # reading namespaces needs root: None when it could not be looked at
-        "drift": [d.as_dict() for d in audit.audit(plan)] if os.geteuid() == 0 else None,
     }
 
 
@@ -60,18 +68,28 @@ def as_text(status: dict[str, Any]) -> str:
                           f"namespaces named after it; state {status['state_dir']}"]
                          + problem_lines(status) + [f"  {name}" for name in ns["names"]])
     health = "ok" if not status["problems"] else "DAMAGED"
-    b = status["backend"]
-    lines = [f"cluster {status['name']}: {status['phase']}, {ns['present']}/{ns['expected']} "
-             f"namespaces present ({health}); vxlan vni {b['vni']} port {b['port']} "
-             f"mtu {b['mtu']}; underlay {status['underlay']['subnet']} "
-             f"in {status['underlay']['netns']}; state {status['state_dir']}"]
+    phase = status["phase"] + (" (attached)" if status.get("attached") else "")
+    lines = [f"cluster {status['name']}: {phase}, {ns['present']}/{ns['expected']} "
+             f"namespaces present ({health}); {network_line(status)}; "
+             f"state {status['state_dir']}"]
     lines += problem_lines(status)
+    return "\n".join(lines + table(status, ns["missing"]) + _drift_lines(status["drift"]))
+
+
+def network_line(status: dict[str, Any]) -> str:
+    b, u = status["backend"], status["underlay"]
+    return (f"vxlan vni {b['vni']} port {b['port']} mtu {b['mtu']}; underlay {u['subnet']} "
+            f"in {u['netns']}")
+
+
+def table(status: dict[str, Any], missing: list[str]) -> list[str]:
+    """A line per node and per pod (describe()'s), with its namespace, MISSING if gone."""
     row = "{:<22} {:<16} {:<19} {:<13} {}"
 
     def where(netns_name: str) -> str:
-        return netns_name + ("  MISSING" if netns_name in ns["missing"] else "")
+        return netns_name + ("  MISSING" if netns_name in missing else "")
 
-    lines.append(row.format("NODE/POD", "IP", "MAC", "HOST VETH", "NETNS"))
+    lines = [row.format("NODE/POD", "IP", "MAC", "HOST VETH", "NETNS")]
     for node in status["nodes"]:
         lines.append(row.format(node["name"], node["underlay_ip"], node["vtep_mac"],
                                 node["vtep"], where(node["netns"]))
@@ -79,7 +97,7 @@ def as_text(status: dict[str, Any]) -> str:
         for pod in node["pods"]:
             lines.append(row.format(f"  {node['name']}/{pod['name']}", pod["ip"], pod["mac"],
                                     pod["host_veth"], where(pod["netns"])))
-    return "\n".join(lines + _drift_lines(status["drift"]))
+    return lines
 
 
 def _drift_lines(drift: list[dict[str, Any]] | None) -> list[str]:

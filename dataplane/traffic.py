@@ -349,7 +349,7 @@ def _open(pod: PodPlan, purpose: str) -> socket.socket:
     if purpose == "arp":  # ARP frames in and out of the pod's eth0
         sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
                                socket.htons(ETH_P_ARP))
-        address: tuple = ("eth0", 0)
+        address: tuple = (pod.ifname, 0)
     else:
         kind, proto = {"ping": (socket.SOCK_DGRAM, socket.IPPROTO_ICMP),
                        "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 from dataplane.drift import Drift
 from dataplane.paths import Leg, arp_legs, legs, off_bridge
-from dataplane.plan import CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, Plan
+from dataplane.plan import Plan
 from dataplane.spec import VXLAN_OVERHEAD
 from dataplane.tracer import Hop
 from dataplane.traffic import Exchange
@@ -86,7 +86,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
     if lost:
         yield Problem("lost-events", f"{lost} events were lost: the trail may be incomplete",
                       verdict=INCONCLUSIVE)
-    sent = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, POD_IFNAME, "tx")]
+    sent = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, src.ifname, "tx")]
     if exchange.error and not sent:
         yield Problem("send", f"{src.ref} could not probe {dst.ref}: {exchange.error}")
     if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
@@ -146,8 +146,8 @@ def _name(leg: Leg) -> str:
 
 def _wrong_pod(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Problem | None:
     for hop in mine:
-        if hop.dir == "rx" and hop.device == POD_IFNAME and "/" in hop.at \
-                and hop.at != leg.receiver.ref:
+        if hop.dir == "rx" and "/" in hop.at and hop.at != leg.receiver.ref \
+                and hop.device == plan.pod(hop.at).ifname:
             return Problem("wrong-pod", f"{_name(leg)} was delivered to {hop.at}", hop)
     return None
 
@@ -157,10 +157,11 @@ def _bridged(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Pr
     underlay, nor the node's own stack through cni0 (that would be routed)."""
     if leg.encapsulated:
         return None
+    bridge = plan.node(leg.sender.node).bridge
     for hop in mine:
         if off_bridge(plan, hop.at, hop.device) or \
-                (hop.at == leg.sender.node and hop.device == CNI_BRIDGE):
-            how = "routed through" if hop.device == CNI_BRIDGE else "left the bridge: seen at"
+                (hop.at == leg.sender.node and hop.device == bridge):
+            how = "routed through" if hop.device == bridge else "left the bridge: seen at"
             return Problem("bridged", f"same-node {_name(leg)} {how} {hop.at} {hop.device}", hop)
     return None
 
@@ -209,10 +210,10 @@ def _macs(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Probl
     receives from its peer, else from its own node's cni0."""
     s, r = leg.sender, leg.receiver
     same = s.node == r.node
-    wanted = {(s.ref, "tx"): (s.mac, r.mac if same else plan.node(s.node).cni0_mac),
-              (r.ref, "rx"): (s.mac if same else plan.node(r.node).cni0_mac, r.mac)}
+    wanted = {(s.ref, s.ifname, "tx"): (s.mac, r.mac if same else plan.node(s.node).cni0_mac),
+              (r.ref, r.ifname, "rx"): (s.mac if same else plan.node(r.node).cni0_mac, r.mac)}
     for hop in mine:
-        want = wanted.get((hop.at, hop.dir)) if hop.device == POD_IFNAME else None
+        want = wanted.get(_key(hop))
         found = (hop.frame.eth_src, hop.frame.eth_dst)
         if want and found != want:
             return Problem("mac", f"{_name(leg)} at {hop.at} {hop.device} {hop.dir}: Ethernet "
@@ -249,9 +250,9 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
             and h.flow_frame() is not None and h.flow_frame().quoted is None
             and h.flow_frame().src != str(leg.receiver.ip)]
-    sent = [h for h in mine if _key(h) == (leg.sender.ref, POD_IFNAME, "tx")]
-    inner_tx = [h for h in here if h.device == spec.vtep_name]
-    outer = [h for h in here if h.device == NODE_IFNAME and h.frame.vni is not None]
+    sent = [h for h in mine if _key(h) == (leg.sender.ref, leg.sender.ifname, "tx")]
+    inner_tx = [h for h in here if h.device == s_node.vtep]
+    outer = [h for h in here if h.device == s_node.ifname and h.frame.vni is not None]
     sports = {h.frame.sport for h in outer}
     for hop in outer:
         f, inner = hop.frame, hop.flow_frame()
@@ -294,11 +295,11 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
 def _oversize(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
     """A DF packet above the pod MTU must be refused at the source with that MTU."""
     mtu, src = plan.spec.vtep_mtu, exchange.src
-    left = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, POD_IFNAME, "tx")]
+    left = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, src.ifname, "tx")]
     too_big = [h for h in hops if h.frame and h.frame.icmp_mtu]
     if left:
-        why = (f"a {exchange.size}-byte DF packet left {src.ref} eth0: its MTU is above "
-               f"{plan.spec.vtep_name}'s {mtu}")
+        why = (f"a {exchange.size}-byte DF packet left {src.ref} {src.ifname}: its MTU is "
+               f"above {plan.node(src.node).vtep}'s {mtu}")
         if too_big:
             why += f"; {too_big[0].at} answered fragmentation needed, MTU {too_big[0].frame.icmp_mtu}"
         yield Problem("mtu", why, hops[-1])

@@ -44,6 +44,7 @@ class Report:
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
     pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
+    caches_reset: bool = True  # False on a network we did not build: it is never changed
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -185,8 +186,9 @@ class Verifier:
         self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
 
     def __enter__(self) -> "Verifier":
-        with self._timed("caches"):  # no path MTU or neighbour an earlier run left may sway a verdict
-            caches.reset(self.plan)
+        if self.plan.built:  # no path MTU or neighbour an earlier run left may sway a verdict
+            with self._timed("caches"):
+                caches.reset(self.plan)
         with self._timed("probes"):
             self._tracer.__enter__()
         return self
@@ -216,8 +218,9 @@ class Verifier:
         """Each wave of exchanges started together, finished together, judged and yielded."""
         touched: set[str] = set()
         for wave in waves(todo):
-            with self._timed("neighbours"):
-                self._make_neighbour_room(touched)
+            if self.plan.built:  # a network we did not build is never changed
+                with self._timed("neighbours"):
+                    self._make_neighbour_room(touched)
             fulls = caches.neighbour_table_fulls()
             with self._timed("send"):
                 pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
@@ -296,7 +299,8 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
                 flow.hops = []
             flows.append(flow)
         report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
-                        which, {"audit": audited, **verifier.seconds})
+                        which, {"audit": audited, **verifier.seconds},
+                        caches_reset=plan.built)
     if stream:
         stream.end(report)
     return report
