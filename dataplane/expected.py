@@ -4,12 +4,22 @@ Besides what the plan defines (names, addresses, MACs, routes, neighbour and
 FDB entries, VXLAN attributes, sysctls), it holds what the kernel gives a fresh
 build and a broken node changes: link states, bridge port flags, a few bridge
 and VXLAN options, per-device forwarding, offloads, the default policy rules.
+
+A cluster wired by the CNI plugins differs where the plugins legitimately do:
+its host veths are in hairpin mode (flannel's hairpinMode), each pod has a route
+to the cluster CIDR via its gateway (host-local's route from FLANNEL_NETWORK), and
+its MACs, host veth names and cni0's MAC are those the plugins returned (the plan
+adopts them, dataplane/wiring.py). Nothing else: the bridge masquerades nothing
+(ipMasq is off while subnet.env says flanneld does it) and leaves promiscuity off.
+The user's own node configuration (dataplane/nodeconfig.py) is expected too: its
+sysctls at their values, the firewall chains that can drop it left behind.
 """
 
 from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
+from dataplane import nodeconfig
 from dataplane.netstate import NetState, sysctl_key
 from dataplane.plan import (CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, NodePlan,
                             Plan, PodPlan)
@@ -73,9 +83,18 @@ def _underlay(plan: Plan) -> NetState:
     return s
 
 
+def _plugins(plan: Plan) -> bool:
+    return plan.spec.cni.mode == "plugins"
+
+
 def _node(plan: Plan, node: NodePlan) -> NetState:
     spec = plan.spec
     s = _common(plan, node.netns)
+    for key, value in nodeconfig.sysctls(spec, node.name).items():
+        s.sysctl(key, value)
+    for name, what, how in plan.firewall:
+        if name == node.name:
+            s.firewall(what, how)
     s.link(NODE_IFNAME, "veth", admin="up", oper="up", mtu=spec.underlay_mtu,
            mac=node.eth0_mac)
     s.address(NODE_IFNAME, node.underlay_ip, node.underlay_prefixlen)
@@ -87,7 +106,7 @@ def _node(plan: Plan, node: NodePlan) -> NetState:
     _vtep(plan, node, s)
     for pod in node.pods:
         s.link(pod.host_veth, "veth", admin="up", oper="up", mtu=pod.mtu, master=CNI_BRIDGE)
-        s.options(pod.host_veth, "bridge port", PORT_FLAGS)
+        s.options(pod.host_veth, "bridge port", {**PORT_FLAGS, "hairpin": _plugins(plan)})
     for dev in (NODE_IFNAME, CNI_BRIDGE, spec.vtep_name):  # where the node routes
         s.sysctl(sysctl_key(dev, "forwarding"), "1")
         s.sysctl(sysctl_key(dev, "rp_filter"), "0")
@@ -115,6 +134,8 @@ def _pod(plan: Plan, pod: PodPlan) -> NetState:
     s.link(POD_IFNAME, "veth", admin="up", oper="up", mtu=pod.mtu, mac=pod.mac)
     s.address(POD_IFNAME, pod.ip, pod.prefixlen)
     s.route(POD_IFNAME, "default", via=pod.gateway)
+    if _plugins(plan):
+        s.route(POD_IFNAME, str(plan.spec.cluster_cidr), via=pod.gateway)
     s.route(POD_IFNAME, str(IPv4Interface(f"{pod.ip}/{pod.prefixlen}").network), src=pod.ip)
     for feature in VETH_OFFLOADS:
         s.offload(POD_IFNAME, feature, True)

@@ -85,6 +85,9 @@ class Plan:
     prefix: str
     underlay_netns: str
     nodes: tuple[NodePlan, ...]
+    # (node, chain, how it drops): what the user's own node configuration left in the
+    # firewall, expected by the audit (dataplane/nodeconfig.py records it)
+    firewall: tuple[tuple[str, str, str], ...] = ()
 
     def namespaces(self) -> list[str]:
         """Every namespace of the cluster, in creation order: each one's veth

@@ -63,6 +63,7 @@ class Record:
     name: str
     namespaces: list[str]
     source: str  # the topology file it was built from
+    cni_mode: str | None = None  # `up --cni`, overriding the topology's cni.mode
     phase: str = "building"  # then "up"
     owner_pid: int = field(default_factory=os.getpid)
     owner_start: str | None = field(default_factory=lambda: _start_time(os.getpid()))
@@ -132,13 +133,14 @@ def _rmtree(folder: Path) -> None:
     shutil.rmtree(folder, ignore_errors=True)
 
 
-def register(name: str, namespaces: list[str], source: str, topology_text: str) -> Record:
+def register(name: str, namespaces: list[str], source: str, topology_text: str,
+             cni_mode: str | None = None) -> Record:
     """Claim NAME for a new cluster and record its namespaces before any exists.
 
     The directory is filled under a temporary name and renamed into place, so no
     one ever sees a cluster directory without its record."""
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    record = Record(name=name, namespaces=namespaces, source=source)
+    record = Record(name=name, namespaces=namespaces, source=source, cni_mode=cni_mode)
     staging = STATE_ROOT / f".{name}.{os.getpid()}"
     staging.mkdir()
     (staging / TOPOLOGY_FILE).write_text(topology_text)
