@@ -186,7 +186,8 @@ def _wired(pod: PodPlan, result: dict[str, Any]) -> tuple[PodPlan, str]:
 
 def _per_node(plan: Plan, work: Callable[[NodePlan], T]) -> dict[str, T | BaseException]:
     """work(node) for every node at once, each in a thread; node name -> its outcome
-    (what it returned, or what it raised)."""
+    (what it returned, or what it raised), in node order: the first failure reported is
+    the same whichever node's thread failed first."""
     outcomes: dict[str, T | BaseException] = {}
 
     def run(node: NodePlan) -> None:
@@ -201,4 +202,4 @@ def _per_node(plan: Plan, work: Callable[[NodePlan], T]) -> dict[str, T | BaseEx
         t.start()
     for t in threads:
         t.join()
-    return outcomes
+    return {node.name: outcomes[node.name] for node in plan.nodes}  # in node order
