@@ -6,7 +6,8 @@ On one built 4x8 cluster (992 ordered pod pairs), in alternating runs:
   every other pod (fails if any ping fails): plain reachability, the fastest a shell
   gets it;
 - the same exchanges without the tracer: a process sending verify's ICMP exchanges for
-  every pair from the same sockets, no probes, no verdicts (what the tracing costs).
+  every pair in the same waves from the same sockets, no probes, no verdicts (what the
+  tracing and judging cost).
 Then, once each: the default `dataplane verify` of the 2x2 topology as `make verify`
 runs it (build, every protocol and the MTU probes, teardown), and the same all-protocol
 verify of the 4x8 topology, with its peak RSS.
@@ -29,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import DP, ROOT, Run, Targets, median_ratio, timed  # noqa: E402
+from bench.common import DP, ROOT, Run, Targets, median_ratio, summary_line, timed  # noqa: E402
 from dataplane import cluster, traffic, verify  # noqa: E402
 from dataplane.plan import Plan  # noqa: E402
 
@@ -57,9 +58,11 @@ def fping_sweep(plan: Plan) -> float:
 def exchanges_only(name: str) -> int:
     """The child process of the exchanges baseline: verify's ICMP exchanges, untraced."""
     plan = cluster.attach(name).plan
-    with traffic.Sender() as sender:
-        unanswered = sum(not sender.exchange(src, dst, "icmp").answered
-                         for src, dst in verify.pairs(plan))
+    todo = [verify.Probe(src, dst, "icmp") for src, dst in verify.pairs(plan)]
+    with traffic.Prober() as prober:
+        unanswered = sum(not ex.answered for wave in verify.waves(todo)
+                         for ex in prober.finish([prober.start(p.src, p.dst, p.proto)
+                                                  for p in wave]))
     return 1 if unanswered else 0
 
 
@@ -73,9 +76,10 @@ def renamed(topology: Path, name: str, folder: str) -> Path:
 
 def verdicts(targets: Targets, run: Run) -> None:
     """The run's summary line, and the flows that did not pass."""
-    lines = run.stdout.strip().splitlines()
-    targets.check(f"    {lines[-1] if lines else 'no output'} (target: every flow passes)",
-                  bool(lines) and " 0 failed, 0 inconclusive" in lines[-1])
+    summary = summary_line(run.stdout)
+    targets.check(f"    {summary} (target: every flow passes)",
+                  " 0 failed, 0 inconclusive" in summary)
+    lines = run.stdout.splitlines()
     for line in [line for line in lines if line.startswith(("FAIL", "INCONCLUSIVE"))][:5]:
         print(f"      {line}")
 
@@ -92,7 +96,7 @@ def main() -> int:
         for _ in range(RUNS):
             done = timed([*DP, "verify", "--running", name, "--proto", "icmp", "--no-mtu"])
             times["verify"].append(done.seconds)
-            summary = done.stdout.strip().splitlines()[-1]
+            summary = summary_line(done.stdout)
             times["fping"].append(fping_sweep(made.plan))
             times["exchanges"].append(timed([sys.executable, __file__, "--exchanges-only",
                                              name]).seconds)

@@ -37,6 +37,14 @@ def timed(argv: list[str], check: bool = True) -> Run:
     return Run(elapsed, usage.ru_maxrss, out)
 
 
+def summary_line(stdout: str) -> str:
+    """A verify's summary ("N flows: ... passed, ..."), and where its time went."""
+    lines = stdout.splitlines()
+    found = [line for line in lines if " flows: " in line and " passed, " in line]
+    spent = [line for line in lines if line.startswith("time: ")]
+    return "; ".join(found[-1:] + spent[-1:]) or "no summary"
+
+
 def median_ratio(numerators: list[float], denominators: list[float]) -> float:
     """The median of per-run ratios: each run's two figures are seconds apart, so their
     ratio is steadier on a shared machine than the ratio of two medians."""

@@ -34,12 +34,25 @@ def forget_neighbours(namespaces: Iterable[str]) -> None:
     netns.each(namespaces, _forget_here)
 
 
+ARP_STATS = Path("/proc/net/stat/arp_cache")  # the initial namespace's: read, never changed
+
+
 def neighbour_room() -> int:
     """Entries the kernel's ARP table (one for every namespace) can take before it
-    refuses new ones with ENOBUFS; read from the initial namespace's files, changed never."""
+    refuses new ones (ENOBUFS on a send, an ARP request left unanswered)."""
     limit = int(Path("/proc/sys/net/ipv4/neigh/default/gc_thresh3").read_text())
-    stats = Path("/proc/net/stat/arp_cache").read_text().splitlines()
-    return limit - int(stats[1].split()[0], 16)
+    return limit - _arp_stats()[0]["entries"]
+
+
+def neighbour_table_fulls() -> int:
+    """How often, since boot, the kernel found that table full (summed over CPUs)."""
+    return sum(cpu["table_fulls"] for cpu in _arp_stats())
+
+
+def _arp_stats() -> list[dict[str, int]]:
+    head, *cpus = ARP_STATS.read_text().split("\n")
+    names = head.split()
+    return [dict(zip(names, (int(v, 16) for v in line.split()))) for line in cpus if line]
 
 
 def _reset_here(name: str) -> None:

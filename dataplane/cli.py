@@ -298,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         print(f"dataplane: {err}", file=sys.stderr)
         return err.exit_code
+    except BrokenPipeError:  # the reader went away (`| head`): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
     except OSError as err:  # the kernel refused something: a failure, not a usage error
         print(f"dataplane {args.command}: {err}", file=sys.stderr)
         return 1

@@ -8,10 +8,11 @@ from dataplane import traffic
 from dataplane.tracer import Hop
 
 
-def trail(hops: list[Hop], exchange: traffic.Exchange) -> list[Hop]:
-    """The exchange's hops in time order. A netif_rx (queued to a backlog) is folded
-    into the netif_receive_skb that follows it for the same skb and device."""
-    mine = sorted((h for h in hops if exchange.matches(h.flow_frame())), key=lambda h: h.ts)
+def trail(hops: list[Hop]) -> list[Hop]:
+    """An exchange's hops (picked out by its keys) in time order. A netif_rx (queued to a
+    backlog) is folded into the netif_receive_skb that follows it for the same skb and
+    device."""
+    mine = sorted(hops, key=lambda h: h.ts)
     received = {(h.skb, h.netns, h.ifindex) for h in mine if h.func == "netif_receive_skb"}
     return [h for h in mine
             if not (h.func == "netif_rx" and (h.skb, h.netns, h.ifindex) in received)]

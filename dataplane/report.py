@@ -86,6 +86,9 @@ class Text:
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
                        f"pairs {report.pairs}; backends {', '.join(report.backends)}{skipped}; "
                        f"lost events {report.lost_events}\n")
+        if report.seconds:
+            self.out.write("time: " + ", ".join(f"{phase} {t:.2f} s" for phase, t
+                                                in report.seconds.items()) + "\n")
 
 
 @dataclass
@@ -108,7 +111,8 @@ class Json:
         tail = {"summary": summary(report), "pairs": report.pairs,
                 "latent": [d.as_dict() for d in report.latent],
                 "backends": report.backends, "skipped_probes": report.skipped,
-                "lost_events": report.lost_events}
+                "lost_events": report.lost_events,
+                "seconds": {phase: round(t, 3) for phase, t in report.seconds.items()}}
         body = json.dumps(tail, indent=2)[1:-1].rstrip()
         self.out.write(f"\n  ],{body}\n}}\n")
 

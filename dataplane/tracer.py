@@ -44,6 +44,14 @@ class Hop:
     learned: str | None = None  # FDB events: "MAC vlan N" learned on this device
     raw: bytes = b""  # the captured start of the frame, from its Ethernet header
 
+    def __repr__(self) -> str:
+        """One line, as a hop table row reads (no raw bytes): what assertion output shows."""
+        what = f" {self.drop_reason}" if self.drop_reason else ""
+        frame = self.flow_frame()
+        headers = f" {frame.src} > {frame.dst} {frame.proto}" if frame is not None else ""
+        return f"Hop({self.at} {self.device} {self.dir} {self.func} len {self.length}" \
+               f"{headers}{what})"
+
     def flow_frame(self) -> packet.Frame | None:
         """The pod-to-pod packet inside: the inner frame of an encapsulated hop."""
         if self.frame is not None and self.frame.inner is not None:

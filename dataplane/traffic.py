@@ -32,6 +32,7 @@ IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
 ETH_P_ARP = 0x0806
 UDP_BUFFER = 1 << 20  # bytes: a wave's datagrams queued at one pod's socket
+MAX_WAITS = 10  # a wave waits at most this many answer timeouts, however much arrives
 SEND_BACKOFF = (0.001, 0.01, 0.05, 0.2, None)  # pauses between tries of a send on a full queue
 
 
@@ -238,19 +239,23 @@ class Prober:
 
     def finish(self, pending: list[Pending]) -> list[Exchange]:
         """Wait for the answers of the started exchanges, echoing UDP at the servers,
-        until all are in or the answer timeout has passed since the last was sent."""
+        until all are in or the answer timeout has passed with nothing arriving."""
         handlers = self._handlers(pending)
         with selectors.DefaultSelector() as selector:
             for sock, (events, _) in handlers.items():
                 selector.register(sock, events)
-            deadline = time.monotonic() + TIMEOUT
+            now = time.monotonic()
+            deadline, cap = now + TIMEOUT, now + TIMEOUT * MAX_WAITS
             while not all(p.done for p in pending):
                 # Past the deadline, one last look: what has arrived by then counts.
-                left = max(deadline - time.monotonic(), 0)
-                for key, _ in selector.select(left):
+                left = max(min(deadline, cap) - time.monotonic(), 0)
+                ready = selector.select(left)
+                for key, _ in ready:
                     handlers[key.fileobj][1]()
                 if not left:
                     break
+                if ready:  # still coming in: a slow (loaded) machine must not cut answers off
+                    deadline = time.monotonic() + TIMEOUT
         for p in pending:
             if not p.done:
                 p.close()

@@ -34,7 +34,7 @@ class Problem:
     verdict: str = FAIL
 
 
-@dataclass
+@dataclass(slots=True)  # a run keeps one per flow: no per-instance dict
 class FlowResult:
     src: str
     dst: str
@@ -55,7 +55,10 @@ class FlowResult:
 
 
 def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
-          missing_probes: str | None = None) -> FlowResult:
+          missing_probes: str | None = None, table_fulls: int = 0) -> FlowResult:
+    """table_fulls: how often the kernel's ARP table (one for every namespace, so other
+    processes' too) was found full while this flow was probed: a failure then may be
+    the machine's, not the network's, so it is INCONCLUSIVE."""
     result = FlowResult(exchange.src.ref, exchange.dst.ref, exchange.proto, INCONCLUSIVE,
                         rule="unjudged", hops=hops, size=exchange.size, error=exchange.error)
     try:
@@ -66,6 +69,10 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
     if problem is None:
         result.verdict, result.rule = PASS, None
         return result
+    if problem.verdict == FAIL and table_fulls:
+        problem = Problem("neighbour-table", f"{problem.rule}: {problem.diagnosis}; meanwhile "
+                          f"the kernel's ARP table (gc_thresh3, shared by every namespace) was "
+                          f"full {table_fulls} times: not judged", problem.hop, INCONCLUSIVE)
     return _failed(result, problem, exchange)
 
 

@@ -1,9 +1,12 @@
-"""`dataplane verify`: an exchange for every chosen pod pair, each judged hop by hop."""
+"""`dataplane verify`: the cluster audited, earlier runs' caches reset, then exchanges for the
+chosen pod pairs in waves, each flow judged hop by hop, given its cause and handed on."""
 
 from __future__ import annotations
 
-from collections import defaultdict
+import time
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -27,6 +30,7 @@ SETTLE_MS = 20
 # ring buffer's room between two polls.
 EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
 WAVE_EVENTS = 8000
+WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
 NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
@@ -39,6 +43,7 @@ class Report:
     drift: list[Drift] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
     pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -149,15 +154,21 @@ def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[str,
 
 
 def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
-    """Exchanges in waves whose probe events fit the ring buffer with room to spare."""
+    """Exchanges in waves whose probe events fit the ring buffer with room to spare, and
+    whose pods' neighbour entries fit the kernel's ARP table (a pod, its node and its
+    gateway learn each other: about three entries a pod)."""
     wave: list[Probe] = []
+    pods: set[str] = set()
     budget = WAVE_EVENTS
     for probe in todo:
         cost = EVENTS[probe.proto]
-        if wave and cost > budget:
+        more = {probe.src.netns, probe.dst.netns} - pods
+        if wave and (cost > budget or len(pods) + len(more) > WAVE_PODS):
             yield wave
-            wave, budget = [], WAVE_EVENTS
+            wave, pods, budget = [], set(), WAVE_EVENTS
+            more = {probe.src.netns, probe.dst.netns}
         wave.append(probe)
+        pods |= more
         budget -= cost
     if wave:
         yield wave
@@ -171,10 +182,13 @@ class Verifier:
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
         self._prober = traffic.Prober()
         self._lost_before = 0
+        self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
 
     def __enter__(self) -> "Verifier":
-        caches.reset(self.plan)  # no path MTU or neighbour an earlier run left may sway a verdict
-        self._tracer.__enter__()
+        with self._timed("caches"):  # no path MTU or neighbour an earlier run left may sway a verdict
+            caches.reset(self.plan)
+        with self._timed("probes"):
+            self._tracer.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -202,32 +216,56 @@ class Verifier:
         """Each wave of exchanges started together, finished together, judged and yielded."""
         touched: set[str] = set()
         for wave in waves(todo):
-            self._make_neighbour_room(touched)
-            pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
-                       for p in wave]
-            touched.update(pod.netns for p in wave for pod in (p.src, p.dst))
-            yield from self.judge(self._prober.finish(pending))
+            with self._timed("neighbours"):
+                self._make_neighbour_room(touched)
+            fulls = caches.neighbour_table_fulls()
+            with self._timed("send"):
+                pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
+                           for p in wave]
+            touched.update(ns for p in wave for pod in (p.src, p.dst)
+                           for ns in (pod.netns, self.plan.node(pod.node).netns))
+            with self._timed("answers"):
+                exchanges = self._prober.finish(pending)
+            yield from self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - began
 
     @staticmethod
     def _make_neighbour_room(touched: set[str]) -> None:
         """Every namespace shares the kernel's ARP table: before a wave could fill it, the
-        pods of earlier waves forget their neighbours (our own traffic must not be
-        refused with ENOBUFS)."""
+        pods and nodes of earlier waves forget their neighbours (our own traffic must not
+        be refused with ENOBUFS, nor an ARP request go unanswered)."""
         if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
             caches.forget_neighbours(sorted(touched))
             touched.clear()
 
-    def judge(self, exchanges: list[traffic.Exchange]) -> list[FlowResult]:
+    def judge(self, exchanges: list[traffic.Exchange],
+              table_fulls: int = 0) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
-        them INCONCLUSIVE. Their flows are no longer watched afterwards."""
-        index = by_exchange(self._tracer.take(SETTLE_MS), exchanges)
+        them INCONCLUSIVE, and so does a full neighbour table for those that failed.
+        Their flows are no longer watched afterwards."""
+        with self._timed("events"):
+            hops = self._tracer.take(SETTLE_MS)
+        with self._timed("judge"):
+            return self._judged(hops, exchanges, table_fulls)
+
+    def _judged(self, hops: list[Hop], exchanges: list[traffic.Exchange],
+                table_fulls: int) -> list[FlowResult]:
+        index = by_exchange(hops, exchanges)
         self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
         attached = self._tracer.loaded.attached
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
-        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, []), ex),
-                      lost, missing_probes=missing or None) for ex in exchanges]
+        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, [])),
+                      lost, missing_probes=missing or None, table_fulls=table_fulls)
+                for ex in exchanges]
 
     def check(self, src: str, dst: str, proto: str = "icmp") -> FlowResult:
         """One flow between pods addressed as NODE/POD, judged."""
@@ -242,7 +280,9 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
     so that memory does not grow with the hops of every flow."""
     chosen = some_pairs(plan, which)
+    began = time.perf_counter()
     drift = audit.audit(plan)
+    audited = time.perf_counter() - began
     known = cause.owners(plan)
     if stream:
         stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
@@ -256,7 +296,7 @@ def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
                 flow.hops = []
             flows.append(flow)
         report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
-                        which)
+                        which, {"audit": audited, **verifier.seconds})
     if stream:
         stream.end(report)
     return report

@@ -306,3 +306,9 @@ def test_a_second_pod_answering_for_the_same_ip_is_a_conflict():
     result = judge(PLAN, Exchange(A, A2, "arp", 0, True, answer_mac=mac), hops)
     assert (result.verdict, result.rule) == (FAIL, "arp-conflict"), intruder
     assert "02:00:00:00:00:09" in result.diagnosis
+
+
+def test_a_failure_while_the_shared_arp_table_was_full_is_not_judged():
+    assert verdict(ex(answered=False), trail(A, B), table_fulls=3) == \
+        (INCONCLUSIVE, "neighbour-table")
+    assert verdict(ex(), exchange_hops(), table_fulls=3) == (PASS, None)
