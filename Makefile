@@ -7,9 +7,10 @@ DP := $(VENV)/bin/dataplane
 TOPOLOGY ?= topologies/flannel-vxlan.toml
 # Debian packages: bcc for the system Python, the iproute2 oracle, ping for reachability,
 # tshark for captures, bpftool as the BTF oracle, libnftables for the audit (nft as its
-# oracle), fping for bench_verify's baseline.
+# oracle), fping for bench_verify's baseline, the CNI bridge, host-local and loopback plugins
+# (/usr/lib/cni) for plugin-wired clusters.
 APT_PACKAGES := python3-bpfcc python3-venv python3-pip iproute2 iputils-ping tshark bpftool \
-  python3-nftables nftables fping
+  python3-nftables nftables fping containernetworking-plugins
 # Without headers for the running kernel, bcc compiles against Debian's generic tree
 # (common + arch merged) kept here; struct offsets never come from it, only from BTF.
 HEADERS_CACHE := /var/cache/dataplane/kernel-headers
@@ -67,7 +68,7 @@ vm-test: setup-vm
 
 # Each benchmark prints its figures, then exits 1 if it missed a target: all of them run.
 bench: setup
-	@status=0; for b in up trace verify scale; do \
+	@status=0; for b in up trace verify scale cni; do \
 	  $(VENV)/bin/python bench/bench_$$b.py || status=1; \
 	done; exit $$status
 

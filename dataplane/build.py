@@ -30,18 +30,22 @@ FIRST_NODE_PORT = 3  # its ports, in node order
 DEFAULT_ROUTE = IPv4Network("0.0.0.0/0")
 
 
-def build(plan: Plan, socket_of: Callable[[str], socket.socket]) -> None:
+def build(plan: Plan, socket_of: Callable[[str], socket.socket], pods: bool = True) -> None:
     """Configure the namespaces of plan, which start out empty.
 
     socket_of(name) gives a netlink socket opened in namespace name, waiting
     until that namespace exists: the namespaces may still be being made.
     Batches are encoded here while a Sender hands the previous ones to the kernel.
+    pods=False leaves cni0 and the pods to the CNI plugins, their namespaces empty.
     """
     with Sender() as sender:
         _underlay(plan, sender, socket_of)
         for node in plan.nodes:
-            _node(plan, node, sender, socket_of)
+            _node(plan, node, sender, socket_of, pods)
             for pod in node.pods:
+                if not pods:
+                    socket_of(pod.netns)  # made, for the plugins to wire
+                    continue
                 with sender.batch(socket_of(pod.netns), pod.netns) as b:
                     b.link_up(LO)
                     b.link_up(ETH0)
@@ -71,15 +75,17 @@ def _underlay(plan: Plan, sender: Sender, socket_of: Callable[[str], socket.sock
 
 
 def _node(plan: Plan, node: NodePlan, sender: Sender,
-          socket_of: Callable[[str], socket.socket]) -> None:
+          socket_of: Callable[[str], socket.socket], pods: bool) -> None:
     spec = plan.spec
     with sender.batch(socket_of(node.netns), node.netns) as b:
         b.link_up(LO)
         b.link_up(ETH0)
         b.addr_add(ETH0, node.underlay_ip, node.underlay_prefixlen)
+        vtep(plan, node, b, plan.spec.vni)
+        if not pods:
+            return
         b.link_add(CNI0, CNI_BRIDGE, "bridge", mtu=spec.vtep_mtu, address=node.cni0_mac)
         b.addr_add(CNI0, node.gateway, node.pod_cidr.prefixlen)
-        vtep(plan, node, b, plan.spec.vni)
         for i, pod in enumerate(node.pods):  # what the CNI bridge plugin does per pod
             b.veth_add(FIRST_POD_VETH + i, pod.host_veth, mtu=pod.mtu, master=CNI0,
                        peer_ifname=POD_IFNAME, peer_index=ETH0,

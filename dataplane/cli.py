@@ -17,7 +17,8 @@ from dataplane.protocols import PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
 from dataplane.spec import LABEL, LABEL_HINT
 
-TOPOLOGY_HELP = "a topology file, or a shipped topology by name (flannel-vxlan, flannel-vxlan-4x8)"
+TOPOLOGY_HELP = ("a topology file, or a shipped topology by name (flannel-vxlan, "
+                 "flannel-vxlan-4x8, flannel-vxlan-cni)")
 CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vni N, "
                 "at WHERE, dev NAME")
 
@@ -35,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("up", help="build a cluster and leave it running")
     p.add_argument("topology", help=TOPOLOGY_HELP)
     p.add_argument("--name", help="cluster name (default: the file's cluster.name)")
+    p.add_argument("--cni", choices=("builtin", "plugins"),
+                   help="who wires the pods: the built-in netlink builder or the real CNI "
+                        "bridge + host-local plugins (default: the file's cni.mode, builtin)")
     p = sub.add_parser("status", help="show running clusters and their drift from the plan "
                        "(exit 1 if there is any)")
     p.add_argument("name", nargs="?", help="one cluster (default: all)")
@@ -131,7 +135,7 @@ def _need_root(command: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    topology = cluster.read(args.topology, name=args.name)  # a bad file before root
+    topology = cluster.read(args.topology, name=args.name, cni_mode=args.cni)  # before root
     _need_root("up")
     made = cluster.start(topology)
     state.release(made.name)  # it outlives this process; `down` removes it

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataplane import netns, nodefiles, planfile, resources, spec, state
+from dataplane import cni, netns, nodeconfig, nodefiles, planfile, resources, spec, state, wiring
 from dataplane.errors import UsageError
 from dataplane.plan import Plan, make_plan, prefix_for
 
@@ -33,7 +33,17 @@ def plan_of(record: state.Record) -> Plan:
             return planfile.loads((record.dir / state.PLAN_FILE).read_text())
         except (ValueError, TypeError, KeyError) as err:
             raise UsageError(f"not a plan ({err!r})") from None
-    return make_plan(spec.parse(record.topology_text, source=record.source, name=record.name))
+    return recorded(make_plan(spec.parse(record.topology_text, source=record.source,
+                                         name=record.name, cni_mode=record.cni_mode)),
+                    record.dir)
+
+
+def recorded(plan: Plan, root: Path) -> Plan:
+    """The plan as the cluster built at root has it: the pods as the CNI plugins wired
+    them, the user's configuration's firewall expected."""
+    if plan.spec.cni.mode == "plugins":
+        plan = wiring.adopt(plan, root)
+    return nodeconfig.recorded(plan, root)
 
 
 def adopt(plan: Plan, source: str) -> Cluster:
@@ -51,45 +61,61 @@ class Topology:
     spec: spec.Spec
     text: str
     source: str
+    cni_mode: str | None = None  # `up --cni`, kept in the record: its text does not say it
 
     def renamed(self, name: str) -> "Topology":
         return replace(self, spec=replace(self.spec, name=name))
 
 
 def read(topology: str | Path | None = None, name: str | None = None,
-         bases: Sequence[Path] = ()) -> Topology:
+         bases: Sequence[Path] = (), cni_mode: str | None = None) -> Topology:
     """Read and validate a topology file (a path or a shipped topology's name, see
     resources.topology); a bad one stops here, before anything is made."""
     path = resources.topology(topology, bases)
     text = spec.read_text(path)
-    return Topology(spec.parse(text, source=str(path), name=name), text, str(path))
+    return Topology(spec.parse(text, source=str(path), name=name, cni_mode=cni_mode), text,
+                    str(path), cni_mode)
 
 
-def up(topology: str | Path | None = None, name: str | None = None) -> Cluster:
-    return start(read(topology, name))
+def up(topology: str | Path | None = None, name: str | None = None,
+       cni_mode: str | None = None) -> Cluster:
+    return start(read(topology, name, cni_mode=cni_mode))
 
 
 def start(topology: Topology) -> Cluster:
     """Build the cluster; tear down on any failure, KeyboardInterrupt included. The
     caller owns the result until it calls state.release() on it or down()."""
     plan = make_plan(topology.spec)
-    record = state.register(plan.name, plan.namespaces(), topology.source, topology.text)
+    plugins = plan.spec.cni.mode == "plugins"
+    if plugins:
+        cni.require(wiring.PLUGINS, plan.spec.cni)
+    # an absolute source: later commands resolve the topology's relative paths from it
+    record = state.register(plan.name, plan.namespaces(), str(Path(topology.source).resolve()),
+                            topology.text, topology.cni_mode)
     taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
     if taken:  # not ours to remove: only the record goes
         record.remove()
         raise UsageError(f"namespace {taken[0]} already exists; remove leftovers with "
                          "`dataplane clean` or pick another --name")
     try:
-        _make(plan)
+        _make(plan, pods=not plugins)
         record.write_files(nodefiles.node_files(plan))
+        if plugins:
+            wiring.add(plan, record.dir)
+        nodeconfig.apply(plan, record.dir)
         record = state.change(plan.name, lambda r: setattr(r, "phase", "up"))
+    except cni.PluginError as err:
+        _remove(record)
+        raise cni.PluginError(f"{err}; cluster {plan.name} was taken down: fix the plugin or "
+                              f"its configuration (CNI_PATH "
+                              f"{':'.join(map(str, cni.search_path(plan.spec.cni)))})") from None
     except BaseException:
         _remove(record)
         raise
-    return Cluster(plan, record)
+    return Cluster(recorded(plan, record.dir), record)
 
 
-def _make(plan: Plan) -> None:
+def _make(plan: Plan, pods: bool = True) -> None:
     # Four threads share the GIL here: this one encodes, two make namespaces, one sends
     # batches. The other three mostly wait on the kernel; at the default 5 ms switch
     # interval each return from a system call could wait that long for the GIL (beside
@@ -101,7 +127,7 @@ def _make(plan: Plan) -> None:
         # Imported and run while the namespaces are being made: only building needs pyroute2.
         from dataplane import build
 
-        build.build(plan, creation.socket)
+        build.build(plan, creation.socket, pods)
     except BaseException as err:
         creation.abort()
         if isinstance(err, ModuleNotFoundError):
@@ -260,7 +286,25 @@ def down(name: str, force: bool = False) -> list[str]:
             raise UsageError(f"cluster {name} is in use by pid {others[0].pid} "
                              f"({others[0].command}); wait for it to end, or take the "
                              f"cluster down anyway with `dataplane down {name} --force`")
-        return _remove(record)
+        refused = _unwire(record)
+        removed = _remove(record)
+    if refused:
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise cni.PluginError(f"cluster {name} is down ({len(removed)} namespaces removed), "
+                              f"but CNI DEL failed: {refused[0]}{more}; fix the plugin's DEL")
+    return removed
+
+
+def _unwire(record: state.Record) -> list[str]:
+    """DEL for every pod of a plugin-wired cluster, as a runtime runs it before removing a
+    pod's namespace; the plugins' complaints. A record that cannot be read skips it."""
+    if record.phase != "up":
+        return []
+    try:
+        plan = plan_of(record)
+    except (OSError, UnicodeDecodeError, UsageError):
+        return []
+    return wiring.delete(plan, record.dir) if plan.spec.cni.mode == "plugins" else []
 
 
 def _remove(record: state.Record) -> list[str]:

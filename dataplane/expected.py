@@ -4,12 +4,22 @@ Besides what the plan defines (names, addresses, MACs, routes, neighbour and
 FDB entries, VXLAN attributes, sysctls), it holds what the kernel gives a fresh
 build and a broken node changes: link states, bridge port flags, a few bridge
 and VXLAN options, per-device forwarding, offloads, the default policy rules.
+
+A cluster wired by the CNI plugins differs where the plugins legitimately do:
+its host veths are in hairpin mode (flannel's hairpinMode), each pod has a route
+to the cluster CIDR via its gateway (host-local's route from FLANNEL_NETWORK), and
+its MACs, host veth names and cni0's MAC are those the plugins returned (the plan
+adopts them, dataplane/wiring.py). Nothing else: the bridge masquerades nothing
+(ipMasq is off while subnet.env says flanneld does it) and leaves promiscuity off.
+The user's own node configuration (dataplane/nodeconfig.py) is expected too: its
+sysctls at their values, the firewall chains that can drop it left behind.
 """
 
 from __future__ import annotations
 
 from ipaddress import IPv4Interface
 
+from dataplane import nodeconfig
 from dataplane.netstate import NetState, sysctl_key
 from dataplane.plan import NodePlan, Plan, PodPlan
 
@@ -72,9 +82,18 @@ def _underlay(plan: Plan) -> NetState:
     return s
 
 
+def _plugins(plan: Plan) -> bool:
+    return plan.spec.cni.mode == "plugins"
+
+
 def _node(plan: Plan, node: NodePlan) -> NetState:
     spec = plan.spec
     s = _common(plan, node.netns)
+    for key, value in nodeconfig.sysctls(spec, node.name).items():
+        s.sysctl(key, value)
+    for name, what, how in plan.firewall:
+        if name == node.name:
+            s.firewall(what, how)
     eth0, cni0 = node.ifname, node.bridge
     s.link(eth0, "veth", admin="up", oper="up", mtu=spec.underlay_mtu, mac=node.eth0_mac)
     s.address(eth0, node.underlay_ip, node.underlay_prefixlen)
@@ -86,7 +105,7 @@ def _node(plan: Plan, node: NodePlan) -> NetState:
     _vtep(plan, node, s)
     for pod in node.pods:
         s.link(pod.host_veth, "veth", admin="up", oper="up", mtu=pod.mtu, master=cni0)
-        s.options(pod.host_veth, "bridge port", PORT_FLAGS)
+        s.options(pod.host_veth, "bridge port", {**PORT_FLAGS, "hairpin": _plugins(plan)})
     for dev in (eth0, cni0, node.vtep):  # where the node routes
         s.sysctl(sysctl_key(dev, "forwarding"), "1")
         if plan.built:  # pinned by our build; flannel sets no rp_filter
@@ -116,6 +135,8 @@ def _pod(plan: Plan, pod: PodPlan) -> NetState:
     s.link(eth0, "veth", admin="up", oper="up", mtu=pod.mtu, mac=pod.mac)
     s.address(eth0, pod.ip, pod.prefixlen)
     s.route(eth0, "default", via=pod.gateway)
+    if _plugins(plan):
+        s.route(eth0, str(plan.spec.cluster_cidr), via=pod.gateway)
     s.route(eth0, str(IPv4Interface(f"{pod.ip}/{pod.prefixlen}").network), src=pod.ip)
     for feature in VETH_OFFLOADS:
         s.offload(eth0, feature, True)

@@ -199,7 +199,7 @@ def _offloads(s: NetState, wanted: list[tuple[str, str]]) -> None:
 
 def _firewall(s: NetState) -> None:
     if _has_nft_tables():
-        for what, how in firewall.dropping(_ruleset()).items():
+        for what, how in firewall.dropping(ruleset()).items():
             s.firewall(what, how)
     for names in LEGACY_TABLES:
         tables = Path("/proc/thread-self/net", names)
@@ -214,7 +214,7 @@ def _has_nft_tables() -> bool:
         return bool(dump(sock, nfgen_msg(), NFT_GET_TABLES))
 
 
-def _ruleset() -> dict:
+def ruleset() -> dict:
     """The ruleset as nft -j lists it; the context is made here, in the namespace."""
     import nftables  # Debian's python3-nftables (libnftables)
 

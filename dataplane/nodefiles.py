@@ -16,11 +16,16 @@ HOST_LOCAL_DIR = f"var/lib/cni/networks/{CNI_NETWORK}"
 
 
 def subnet_env(plan: Plan, node: NodePlan) -> str:
-    # No masquerade rules are installed, so say so rather than claim flannel's default.
+    # Built-in wiring installs no masquerade rules, so it says so. With the plugins it says
+    # true, as kube-flannel runs flanneld (--ip-masq): flannel's CNI plugin then leaves the
+    # bridge's ipMasq off, which would otherwise masquerade pod traffic to other nodes'
+    # pods. flanneld's own rules only touch traffic leaving the cluster CIDR, which no
+    # pod here sends, so none are installed.
+    ipmasq = "true" if plan.spec.cni.mode == "plugins" else "false"
     return (f"FLANNEL_NETWORK={plan.spec.cluster_cidr}\n"
             f"FLANNEL_SUBNET={node.gateway}/{node.pod_cidr.prefixlen}\n"
             f"FLANNEL_MTU={plan.spec.vtep_mtu}\n"
-            "FLANNEL_IPMASQ=false\n")
+            f"FLANNEL_IPMASQ={ipmasq}\n")
 
 
 def host_local_records(node: NodePlan) -> dict[str, str]:
@@ -32,11 +37,13 @@ def host_local_records(node: NodePlan) -> dict[str, str]:
 
 
 def node_files(plan: Plan) -> dict[str, str]:
-    """Every node's files, keyed by nodes/<node>/<path on a real node>."""
+    """Every node's files, keyed by nodes/<node>/<path on a real node>. With the CNI
+    plugins, host-local writes its own records."""
     files = {}
     for node in plan.nodes:
         base = f"{NODES_DIR}/{node.name}"
         files[f"{base}/{SUBNET_ENV}"] = subnet_env(plan, node)
-        for path, content in host_local_records(node).items():
-            files[f"{base}/{path}"] = content
+        if plan.spec.cni.mode == "builtin":
+            for path, content in host_local_records(node).items():
+                files[f"{base}/{path}"] = content
     return files

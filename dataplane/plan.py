@@ -93,6 +93,9 @@ class Plan:
     # Made by our builder, so its choices beyond flannel's rules hold too (IPv6 off,
     # rp_filter pinned, ping sockets allowed); False for a network discovered, not built.
     built: bool = True
+    # (node, chain, how it drops): what the user's own node configuration left in the
+    # firewall, expected by the audit (dataplane/nodeconfig.py records it)
+    firewall: tuple[tuple[str, str, str], ...] = ()
 
     def namespaces(self) -> list[str]:
         """Every namespace of the cluster, in creation order: each one's veth

@@ -22,6 +22,7 @@ VXLAN_OVERHEAD = 50  # outer Ethernet 14 + IPv4 20 + UDP 8 + VXLAN 8
 # Kubernetes object names are DNS-1123 labels; they are also safe in netns and
 # interface names, and they cannot contain the '.' that separates them in ours.
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+SYSCTL_NAME = re.compile(r"^[a-z0-9_]+(\.[A-Za-z0-9_/:@-]+)+$")  # '/' for a '.' in a device name
 LABEL_HINT = "lower-case letters, digits and '-', starting and ending with a letter or digit"
 RESERVED_NODE_NAMES = ("underlay",)  # the underlay namespace is <prefix>.underlay
 # Ranges whose addresses cannot be a pod's or a node's: the kernel refuses them as
@@ -39,7 +40,31 @@ DEFAULTS: dict[str, dict[str, Any]] = {
                 "nodes": 2, "pods_per_node": 2},
     "underlay": {"subnet": "172.30.0.0/24", "mtu": 1500},
     "backend": {"type": "vxlan", "vni": 1, "port": 8472},
+    "cni": {"mode": "builtin", "path": None},
 }
+CNI_MODES = ("builtin", "plugins")
+# [[configure]]: the user's own node configuration, an array of tables.
+CONFIGURE = "configure"
+CONFIGURE_KEYS = ("nodes", "sysctls", "nftables", "commands")
+
+
+@dataclass(frozen=True)
+class Cni:
+    """Who wires the pods: the built-in netlink builder, or the real CNI plugins."""
+
+    mode: str = "builtin"
+    path: Path | None = None  # the user's own plugin builds, searched before the system's
+
+
+@dataclass(frozen=True)
+class Configure:
+    """One [[configure]] table: applied to its nodes after the build, in order."""
+
+    key: str  # "configure[0]", for messages
+    nodes: tuple[str, ...] | None  # None: every node
+    sysctls: tuple[tuple[str, str], ...] = ()
+    nftables: Path | None = None  # a ruleset file, loaded in each node's namespace
+    commands: tuple[tuple[str, ...], ...] = ()  # argv lists, run in each node's namespace
 
 
 @dataclass(frozen=True)
@@ -55,6 +80,9 @@ class Spec:
     underlay_mtu: int
     vni: int
     port: int
+    cni: Cni = Cni()
+    configure: tuple[Configure, ...] = ()
+    base: Path = Path(".")  # the topology file's directory: its relative paths start there
 
     @property
     def vtep_mtu(self) -> int:
@@ -82,13 +110,15 @@ def load(path: str | Path, name: str | None = None) -> Spec:
     return parse(read_text(Path(path)), source=str(path), name=name)
 
 
-def parse(text: str, source: str = "<topology>", name: str | None = None) -> Spec:
-    """Validate TOML text into a Spec."""
+def parse(text: str, source: str = "<topology>", name: str | None = None,
+          cni_mode: str | None = None) -> Spec:
+    """Validate TOML text into a Spec; name overrides cluster.name, cni_mode cni.mode
+    (`up --cni`). Relative paths in it are relative to source's directory."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise UsageError(f"{source}: not valid TOML: {err}; fix the syntax there") from None
-    return _Checker(source).spec(doc, name)
+    return _Checker(source).spec(doc, name, cni_mode)
 
 
 class _Checker:
@@ -96,11 +126,13 @@ class _Checker:
 
     def __init__(self, source: str):
         self.source = source
+        self.base = Path(source).resolve().parent
 
     def fail(self, key: str, problem: str, fix: str) -> UsageError:
         return UsageError(f"{self.source}: {key}: {problem}; {fix}")
 
-    def spec(self, doc: dict[str, Any], name_override: str | None) -> Spec:
+    def spec(self, doc: dict[str, Any], name_override: str | None,
+             cni_mode: str | None = None) -> Spec:
         tables = self.tables(doc)
         c, u, b = tables["cluster"], tables["underlay"], tables["backend"]
         name = name_override if name_override is not None else c["name"]
@@ -134,14 +166,96 @@ class _Checker:
             underlay_subnet=subnet,
             underlay_mtu=self.integer("underlay.mtu", u["mtu"], 1280, 9000),
             vni=vni, port=self.integer("backend.port", b["port"], 1, 65535),
+            cni=self.cni(tables["cni"], cni_mode),
+            configure=self.configure(doc.get(CONFIGURE, []), nodes), base=self.base,
         )
+
+    def cni(self, table: dict[str, Any], mode_override: str | None) -> Cni:
+        mode = mode_override if mode_override is not None else table["mode"]
+        key = "--cni" if mode_override is not None else "cni.mode"
+        if mode not in CNI_MODES:
+            raise self.fail(key, f"{mode!r} is not a wiring mode",
+                            f"use {' or '.join(repr(m) for m in CNI_MODES)}")
+        path = None if table["path"] is None else self.path("cni.path", table["path"])
+        if path is not None and mode == "builtin" and mode_override is None:
+            raise self.fail("cni.path", 'is set, but cni.mode is "builtin", which runs no plugin',
+                            'set mode = "plugins" under [cni], or remove path')
+        return Cni(mode=mode, path=path)
+
+    def path(self, key: str, value: Any) -> Path:
+        """A path as written, relative ones taken from the topology file's directory."""
+        self.typed(key, value, str, 'a path string like "plugins/bin"')
+        if not value:
+            raise self.fail(key, "the path is empty", "name a file or directory")
+        return self.base / value
+
+    def configure(self, value: Any, nodes: tuple[str, ...]) -> tuple[Configure, ...]:
+        if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+            raise self.fail(CONFIGURE, "must be an array of tables",
+                            f"write each one as [[{CONFIGURE}]]")
+        return tuple(self.configure_table(f"{CONFIGURE}[{i}]", t, nodes)
+                     for i, t in enumerate(value))
+
+    def configure_table(self, key: str, table: dict[str, Any],
+                        nodes: tuple[str, ...]) -> Configure:
+        for name in table:
+            if name not in CONFIGURE_KEYS:
+                raise self.fail(f"{key}.{name}", "unknown key",
+                                f"remove it (known: {', '.join(CONFIGURE_KEYS)})")
+        chosen = None
+        if "nodes" in table:
+            chosen = self.strings(f"{key}.nodes", table["nodes"])
+            for i, name in enumerate(chosen):
+                if name not in nodes:
+                    raise self.fail(f"{key}.nodes[{i}]", f"no node named {name!r}",
+                                    f"use one of {', '.join(nodes)}, or leave nodes out "
+                                    "for every node")
+        sysctls = table.get("sysctls", {})
+        if not isinstance(sysctls, dict):
+            raise self.fail(f"{key}.sysctls", "must be a table",
+                            'write sysctls = { "net.ipv4.ip_forward" = "1" }')
+        commands = table.get("commands", [])
+        if not isinstance(commands, list):
+            raise self.fail(f"{key}.commands", "must be a list of argv lists",
+                            'write commands = [["ip", "link", "show"]]')
+        return Configure(
+            key=key, nodes=chosen,
+            sysctls=tuple(self.sysctl(f"{key}.sysctls.{k}", k, v) for k, v in sysctls.items()),
+            nftables=(self.path(f"{key}.nftables", table["nftables"])
+                      if "nftables" in table else None),
+            commands=tuple(self.argv(f"{key}.commands[{i}]", argv)
+                           for i, argv in enumerate(commands)))
+
+    def strings(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value \
+                or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, f"{value!r} is not a list of names", 'write ["node-0"]')
+        return tuple(value)
+
+    def sysctl(self, key: str, name: str, value: Any) -> tuple[str, str]:
+        # Only net.*: those belong to the node's network namespace; any other would
+        # change the machine itself.
+        if not SYSCTL_NAME.match(name) or not name.startswith("net."):
+            raise self.fail(key, f"{name!r} is not a network sysctl",
+                            "name a net.* sysctl as sysctl(8) writes it, e.g. "
+                            "net.ipv4.conf.all.rp_filter")
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self.fail(key, f"{value!r} is not a sysctl value", 'write "1" or 1')
+        return name, str(value)
+
+    def argv(self, key: str, value: Any) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value \
+                or not all(isinstance(v, str) for v in value) or not value[0]:
+            raise self.fail(key, f"{value!r} is not an argv list (no shell runs it)",
+                            'write ["program", "arg", ...]')
+        return tuple(value)
 
     def tables(self, doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
         """Each known table with defaults filled in; unknown keys are errors."""
         for key in doc:
-            if key not in DEFAULTS:
+            if key not in DEFAULTS and key != CONFIGURE:
                 raise self.fail(key, "unknown table or key",
-                                f"remove it (known tables: {', '.join(DEFAULTS)})")
+                                f"remove it (known tables: {', '.join(DEFAULTS)}, {CONFIGURE})")
         out = {}
         for table, defaults in DEFAULTS.items():
             given = doc.get(table, {})

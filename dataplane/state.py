@@ -64,6 +64,7 @@ class Record:
     name: str
     namespaces: list[str]
     source: str  # the topology file it was built from
+    cni_mode: str | None = None  # `up --cni`, overriding the topology's cni.mode
     phase: str = "building"  # then "up"
     owner_pid: int = field(default_factory=os.getpid)
     owner_start: str | None = field(default_factory=lambda: _start_time(os.getpid()))
@@ -137,7 +138,7 @@ def _rmtree(folder: Path) -> None:
 
 
 def register(name: str, namespaces: list[str], source: str, topology_text: str | None = None,
-             plan_text: str | None = None) -> Record:
+             plan_text: str | None = None, cni_mode: str | None = None) -> Record:
     """Claim NAME for a new cluster (made from topology_text) and record its namespaces
     before any exists; or, with plan_text, a network that exists already (attached),
     recorded as up.
@@ -145,7 +146,7 @@ def register(name: str, namespaces: list[str], source: str, topology_text: str |
     The directory is filled under a temporary name and renamed into place, so no
     one ever sees a cluster directory without its record."""
     STATE_ROOT.mkdir(parents=True, exist_ok=True)
-    record = Record(name=name, namespaces=namespaces, source=source)
+    record = Record(name=name, namespaces=namespaces, source=source, cni_mode=cni_mode)
     if plan_text is not None:  # no process builds it, nor owns it
         record.attached, record.phase, record.owner_pid, record.owner_start = True, "up", 0, None
     staging = STATE_ROOT / f".{name}.{os.getpid()}"

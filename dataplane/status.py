@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from dataplane import audit, netns, state
+from dataplane import audit, netns, state, wiring
 from dataplane import cluster as clusters
 from dataplane.cluster import Cluster
 from dataplane.drift import Drift
@@ -29,7 +29,7 @@ def as_dict(cluster: Cluster | state.Unreadable) -> dict[str, Any]:
                        "present": len(record.namespaces) - len(gone), "missing": gone},
         **describe(plan),
         # reading namespaces needs root: None when it could not be looked at
-        "drift": [d.as_dict() for d in audit.audit(plan)] if os.geteuid() == 0 else None,
+        "drift": [d.as_dict() for d in _drift(cluster)] if os.geteuid() == 0 else None,
     }
 
 
@@ -48,6 +48,14 @@ def describe(plan: Plan) -> dict[str, Any]:
         "backend": {"type": "vxlan", "vni": plan.spec.vni, "port": plan.spec.port,
                     "mtu": plan.spec.vtep_mtu},
     }
+
+
+def _drift(cluster: Cluster) -> list[Drift]:
+    """The audit's drift, and for a plugin-wired cluster what CNI CHECK complains of."""
+    drift = audit.audit(cluster.plan)
+    if cluster.plan.spec.cni.mode == "plugins" and not clusters.missing(cluster.record):
+        drift += wiring.check(cluster.plan, cluster.record.dir)
+    return drift
 
 
 def _unreadable(record: state.Unreadable) -> dict[str, Any]:

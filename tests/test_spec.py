@@ -153,7 +153,7 @@ def test_relative_paths_tried_against_each_base(tmp_path):
         resources.topology("sub/nope.toml", [first, second])
     assert str(caught.value) == (f"sub/nope.toml: no such topology file (looked in {first}, "
                                  f"{second}); pass an existing file or a shipped topology by "
-                                 "name: flannel-vxlan, flannel-vxlan-4x8")
+                                 "name: flannel-vxlan, flannel-vxlan-4x8, flannel-vxlan-cni")
 
 
 def test_boundaries_accepted():
