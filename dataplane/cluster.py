@@ -91,7 +91,7 @@ def start(topology: Topology) -> Cluster:
         cni.require(wiring.PLUGINS, plan.spec.cni)
     # an absolute source: later commands resolve the topology's relative paths from it
     record = state.register(plan.name, plan.namespaces(), str(Path(topology.source).resolve()),
-                            topology.text, topology.cni_mode)
+                            topology.text, cni_mode=topology.cni_mode)
     taken = [ns for ns in plan.namespaces() if netns.exists(ns)]
     if taken:  # not ours to remove: only the record goes
         record.remove()

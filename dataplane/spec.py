@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
@@ -82,7 +82,9 @@ class Spec:
     port: int
     cni: Cni = Cni()
     configure: tuple[Configure, ...] = ()
-    base: Path = Path(".")  # the topology file's directory: its relative paths start there
+    # the topology file's directory: its relative paths start there (where a network is
+    # described from, not what it is: not compared)
+    base: Path = field(default=Path("."), compare=False)
 
     @property
     def vtep_mtu(self) -> int:
