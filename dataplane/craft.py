@@ -77,7 +77,7 @@ def evaluate(expression: str, plan: Plan, src: PodPlan, tag: int) -> list:
         raise UsageError(f"PACKET: {err}; {HELP}") from None
     except Exception as err:  # scapy's and Python's complaints about the user's packet
         raise UsageError(f"PACKET: {type(err).__name__}: {err}; {HELP}") from None
-    return prepare(_flatten(value, expression), src, tag)
+    return packets(value, src, tag, repr(expression))
 
 
 def _helpers(plan: Plan, src: PodPlan, tag: int) -> dict[str, Callable]:
@@ -92,17 +92,21 @@ def _helpers(plan: Plan, src: PodPlan, tag: int) -> dict[str, Callable]:
             "gw": lambda node: str(plan.node(node).gateway), "fragment": fragment}
 
 
-def _flatten(value: object, expression: str) -> list:
+def packets(value: object, src: PodPlan, tag: int, what: str = "the value") -> list:
+    """The packets in value (a packet, or lists of them), copied and prepared."""
+    return prepare([p.copy() for p in _flatten(value, what)], src, tag)
+
+
+def _flatten(value: object, what: str) -> list:
     from scapy.packet import Packet
 
     if isinstance(value, Packet):
         return [value]
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
-        found = [p for item in value for p in _flatten(item, expression)]
+        found = [p for item in value for p in _flatten(item, what)]
         if found:
             return found
-    raise UsageError(f"PACKET: {expression!r} makes a {type(value).__name__}, not a packet; "
-                     f"{HELP}")
+    raise UsageError(f"PACKET: {what} makes a {type(value).__name__}, not a packet; {HELP}")
 
 
 def from_pcap(path: str, src: PodPlan, tag: int) -> list:
@@ -111,6 +115,7 @@ def from_pcap(path: str, src: PodPlan, tag: int) -> list:
     from scapy.error import Scapy_Exception
     from scapy.utils import rdpcap
 
+    _layers()  # so that each link type dissects into its layers, not into Raw
     try:
         packets = list(rdpcap(path))
     except (OSError, Scapy_Exception, EOFError) as err:
