@@ -17,9 +17,12 @@ fields stay as written: the probes then match on what the packet carries (see se
 from __future__ import annotations
 
 import ast
+import itertools
 import random
+import socket
 import struct
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from dataplane.errors import UsageError
@@ -27,6 +30,7 @@ from dataplane.plan import Plan, PodPlan
 
 TAGS = range(32768, 61000)  # a tag looks like an ephemeral source port
 ECHO_TYPES = (0, 8, 13, 14, 15, 16, 17, 18)  # ICMP types with an id field
+MAX_PACKETS = 1024  # in one PACKET (a range of addresses or ports makes several)
 HELP = ('use scapy layers (Ether, IP, UDP, ...) and pod("NODE/POD"), mac("NODE/POD"), '
         'gw("NODE"), fragment(PACKET, fragsize=N), e.g. '
         'IP(dst=pod("node-1/pod-1"))/TCP(dport=80, flags="S")')
@@ -70,7 +74,8 @@ def evaluate(expression: str, plan: Plan, src: PodPlan, tag: int) -> list:
     tree = _refuse_escapes(expression)
     scope: dict[str, Any] = {**_layers(), **_helpers(plan, src, tag), "__builtins__": {}}
     try:
-        value = eval(compile(tree, "PACKET", "eval"), scope)  # noqa: S307 (restricted above)
+        with _no_name_lookups():
+            value = eval(compile(tree, "PACKET", "eval"), scope)  # noqa: S307 (restricted above)
     except UsageError:
         raise
     except NameError as err:
@@ -78,6 +83,30 @@ def evaluate(expression: str, plan: Plan, src: PodPlan, tag: int) -> list:
     except Exception as err:  # scapy's and Python's complaints about the user's packet
         raise UsageError(f"PACKET: {type(err).__name__}: {err}; {HELP}") from None
     return packets(value, src, tag, repr(expression))
+
+
+@contextmanager
+def _no_name_lookups() -> Iterator[None]:
+    """Addresses only: scapy would look a host name up (IP(dst="example.com")) through
+    the root namespace's resolver, and traffic never leaves the cluster."""
+    from scapy.base_classes import Net
+
+    looked_up = Net.__dict__["name2addr"]
+
+    def literal(cls, name: str) -> str:
+        try:
+            socket.inet_pton(cls.family, name)
+        except OSError:
+            raise UsageError(f"PACKET: {name!r} is not an address (names are not looked up: "
+                             'no traffic leaves the cluster); give one, e.g. pod("NODE/POD")'
+                             ) from None
+        return name
+
+    Net.name2addr = classmethod(literal)
+    try:
+        yield
+    finally:
+        Net.name2addr = looked_up
 
 
 def _helpers(plan: Plan, src: PodPlan, tag: int) -> dict[str, Callable]:
@@ -100,8 +129,12 @@ def packets(value: object, src: PodPlan, tag: int, what: str = "the value") -> l
 def _flatten(value: object, what: str) -> list:
     from scapy.packet import Packet
 
-    if isinstance(value, Packet):
-        return [value]
+    if isinstance(value, Packet):  # one, or one per address of IP(dst="10.244.1.0/30")
+        found = list(itertools.islice(value, MAX_PACKETS + 1))
+        if len(found) > MAX_PACKETS:
+            raise UsageError(f"PACKET: {what} makes more than {MAX_PACKETS} packets; send "
+                             "fewer (a smaller range of addresses or ports)")
+        return found
     if isinstance(value, Iterable) and not isinstance(value, (str, bytes)):
         found = [p for item in value for p in _flatten(item, what)]
         if found:
@@ -134,7 +167,7 @@ def prepare(packets: list, src: PodPlan, tag: int) -> list:
 
     for p in packets:
         if not isinstance(p, (Ether, IP)):
-            raise UsageError(f"PACKET: {p.summary()} starts with {type(p).__name__}; start it "
+            raise UsageError(f"PACKET: {_layer_names(p)} starts with {type(p).__name__}; start it "
                              "with Ether() (sent as it is) or IP() (framed as the pod's "
                              "kernel would)")
         mark(p, src, tag)
@@ -142,11 +175,17 @@ def prepare(packets: list, src: PodPlan, tag: int) -> list:
             size = l3_size(p)
         except (ValueError, TypeError, struct.error) as err:  # a field of the wrong type
             problem = " ".join(str(err).split())
-            raise UsageError(f"PACKET: cannot build {p.summary()}: {problem}") from None
+            raise UsageError(f"PACKET: cannot build {_layer_names(p)}: {problem}") from None
         if size > src.mtu:
             raise UsageError(f"PACKET: a {size}-byte packet exceeds {src.ref}'s MTU of "
                              f"{src.mtu}; split it: fragment(PACKET, fragsize={src.mtu - 50})")
     return packets
+
+
+def _layer_names(packet) -> str:
+    """IP/UDP/Raw: not scapy's summary(), which would resolve an unset destination MAC
+    by ARP from the root namespace."""
+    return "/".join(layer.__name__ for layer in packet.layers())
 
 
 def l3_size(packet) -> int:

@@ -40,6 +40,8 @@ def hop_dict(hop: Hop) -> dict[str, Any]:
 def describe(frame) -> str:
     if frame is None:
         return "?"
+    if frame.src is None:  # neither IPv4 nor ARP
+        return f"{frame.eth_src} > {frame.eth_dst} ethertype 0x{frame.ethertype:04x}"
     text = f"{frame.src} > {frame.dst} {frame.proto}"
     if frame.vlans:
         text = f"vlan {'.'.join(map(str, frame.vlans))} {text}"
