@@ -5,18 +5,21 @@ An expression is evaluated with no builtins, scapy's layer classes and four help
 scope: pod("NODE/POD") and mac("NODE/POD") (a pod's IP and MAC), gw("NODE") (the
 node's cni0 address) and fragment(PACKET, fragsize=N) (scapy's, marking the datagram
 first). Names starting with "_" and attribute access (`x.y`) are refused before
-anything runs, so the expression can build packets and nothing else.
+anything runs, so the expression can build packets and nothing else; a host name is
+refused too, where scapy would look it up outside the cluster. A range of addresses or
+ports makes one packet each.
 
 Marking: the tool must tell its own packets from any other, and must not change what
 the user fixed. So only fields left unset are filled: the source MAC, ARP sender and
 source IP from the sending pod (scapy would guess them from the root namespace), and
 with one tag per send the IP id, a TCP/UDP source port and an ICMP echo id. Fixed
-fields stay as written: the probes then match on what the packet carries (see send.py).
+fields stay as written: the probes then match on what the packet carries (follow.py).
 """
 
 from __future__ import annotations
 
 import ast
+import importlib
 import itertools
 import random
 import socket
@@ -42,8 +45,6 @@ def new_tag() -> int:
 
 def _layers() -> dict[str, type]:
     """Every layer class scapy ships, by name (the first one of a name)."""
-    import importlib
-
     from scapy.config import conf
 
     importlib.import_module("scapy.all")  # registers every layer scapy ships in conf.layers

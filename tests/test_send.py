@@ -73,6 +73,18 @@ def test_a_syn_to_a_closed_port_is_answered_by_a_reset_across_nodes(three, probe
     assert reset["TCP"].sport == 80 and reset["TCP"].dport == first.sport
 
 
+def test_fields_the_user_set_are_sent_as_written(three, probes_ready):
+    plan = three.plan
+    result = sent(plan, "node-1/pod-0", 'IP(dst=pod("node-1/pod-2"), id=7, ttl=9)'
+                                        '/UDP(sport=5353, dport=9)', count=2)
+    text = send.as_text(result)
+    assert result.in_kernel and result.outcome == "answered", text
+    mine = [h.frame for h in legs(result, "sent") if h.dir != "drop"]
+    assert {(f.ip_id, f.ttl, f.sport, f.dport) for f in mine} == {(7, 9, 5353, 9)}, text
+    arrived = [h for h in legs(result, "sent") if (h.at, h.dir) == ("node-1/pod-2", "rx")]
+    assert len(arrived) == 2 and len(result.answers) == 2, text  # sent twice, as asked
+
+
 def test_udp_to_an_unassigned_address_is_dropped_on_the_peer_node(three, probes_ready):
     plan = three.plan
     nowhere = str(plan.node("node-1").pod_cidr.network_address + 200)
