@@ -13,7 +13,7 @@ from pathlib import Path
 
 from dataplane import cluster, state
 from dataplane.errors import UsageError
-from dataplane.protocols import PROTOCOLS
+from dataplane.protocols import EXPECTABLE, PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
 from dataplane.spec import LABEL, LABEL_HINT
 
@@ -24,6 +24,19 @@ CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vn
 
 
 class _Parser(argparse.ArgumentParser):
+    intermixed = False  # positionals before and after the options: send TOPOLOGY --from X PACKET
+    _intermixing = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Subcommands are parsed with this (argparse cannot intermix at the top level)."""
+        if not self.intermixed or self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True  # parse_known_intermixed_args calls back in here
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
     def error(self, message: str) -> None:
         """One line naming the problem and where to look, exit code 2."""
         self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
@@ -62,6 +75,30 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
     p.add_argument("--proto", choices=PROTOCOLS, default="icmp")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    p = sub.add_parser("send", help="send any packet crafted with scapy from a pod and "
+                       "follow it hop by hop",
+                       usage="dataplane send (TOPOLOGY | --running N) --from NODE/POD "
+                             "(PACKET | --from-pcap FILE) [--count K] [--expect OUTCOME] "
+                             "[--wait S] [--json] [--pcap OUT.pcapng]")
+    p.intermixed = True
+    p.add_argument("words", nargs="*", metavar="[TOPOLOGY] PACKET",
+                   help=f"{TOPOLOGY_HELP} (built for the send, then torn down; not with "
+                        "--running), then a scapy expression, e.g. "
+                        "'IP(dst=pod(\"node-1/pod-1\"))/TCP(dport=80, flags=\"S\")', with "
+                        "pod(\"NODE/POD\"), mac(\"NODE/POD\"), gw(\"NODE\"), "
+                        "fragment(PACKET, fragsize=N)")
+    p.add_argument("--running", metavar="N", help="send in running cluster N")
+    p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
+    p.add_argument("--from-pcap", metavar="FILE", help="send the packets of a capture "
+                   "instead of PACKET")
+    p.add_argument("--count", type=_count, default=1, metavar="K",
+                   help="send it K times (default 1)")
+    p.add_argument("--expect", choices=EXPECTABLE, help="exit 0 when this is the outcome "
+                   "(answered counts as delivered), 1 when not")
+    p.add_argument("--wait", type=_seconds, metavar="S",
+                   help="give the outcome at most S seconds (default 5)")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--pcap", metavar="OUT.pcapng", help="also write its hops")
     sub.add_parser("doctor", help="show what the kernel offers the probes")
     p = sub.add_parser("verify", help="verify every pod pair hop by hop (default: build "
                        f"{DEFAULT_TOPOLOGY}, verify, tear down)")
@@ -126,6 +163,13 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; give one "
                                          "of 0 or more, e.g. 10")
     return value
+
+
+def _count(text: str) -> int:
+    """A positive number of times."""
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a count; give 1 or more")
+    return int(text)
 
 
 def _need_root(command: str) -> None:
@@ -218,6 +262,46 @@ def cmd_trace(args: argparse.Namespace) -> int:
                                                               args.proto), check)
     print(json.dumps(trace.as_dict(result), indent=2) if args.json else trace.as_text(result))
     return 0 if result.exchange.answered else 1
+
+
+def _send_words(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The topology and the packet expression among send's positional words."""
+    wanted = (0 if args.running else 1) + (0 if args.from_pcap else 1)
+    if len(args.words) != wanted:
+        raise UsageError("send takes " + " and ".join(
+            (["a TOPOLOGY (or --running N)"] if not args.running else [])
+            + (["one PACKET expression (or --from-pcap FILE)"] if not args.from_pcap else []))
+            + f", got {len(args.words)} word(s); quote PACKET as one argument")
+    words = list(args.words)
+    topology = None if args.running else words.pop(0)
+    return topology, (words[0] if words else None)
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from dataplane import craft, send
+
+    args.topology, expression = _send_words(args)
+    pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
+    crafted: list = []
+
+    def check(plan):  # before anything is built or loaded
+        src, tag = plan.pod(args.src), craft.new_tag()
+        crafted.extend(craft.from_pcap(args.from_pcap, src, tag) if args.from_pcap
+                       else craft.evaluate(expression, plan, src, tag))
+
+    try:
+        wait = send.WAIT_SECONDS if args.wait is None else args.wait
+        result = _on_cluster(args, "send", lambda plan: send.run(
+            plan, args.src, crafted, args.count, wait), check)
+        if pcap:
+            from dataplane import pcapng
+
+            pcap.write(pcapng.write(result.hops))
+    finally:
+        if pcap:
+            pcap.close()
+    print(json.dumps(send.as_dict(result), indent=2) if args.json else send.as_text(result))
+    return 0 if args.expect is None or result.matches(args.expect) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -367,7 +451,7 @@ def _discovered_text(shown: dict) -> str:
 
 
 COMMANDS = {"up": cmd_up, "status": cmd_status, "down": cmd_down, "clean": cmd_clean,
-            "trace": cmd_trace, "doctor": cmd_doctor, "verify": cmd_verify,
+            "trace": cmd_trace, "send": cmd_send, "doctor": cmd_doctor, "verify": cmd_verify,
             "fault": cmd_fault, "capture": cmd_capture, "discover": cmd_discover}
 
 

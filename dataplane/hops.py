@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from dataplane import traffic
@@ -9,12 +10,15 @@ from dataplane.tracer import Hop
 
 
 def trail(hops: list[Hop]) -> list[Hop]:
-    """An exchange's hops (picked out by its keys) in time order. A netif_rx (queued to a
-    backlog) is folded into the netif_receive_skb that follows it for the same skb and
-    device."""
-    mine = sorted(hops, key=lambda h: h.ts)
-    received = {(h.skb, h.netns, h.ifindex) for h in mine if h.func == "netif_receive_skb"}
-    return [h for h in mine
+    """An exchange's hops (picked out by its keys) in time order, without backlog hops."""
+    return without_backlog(sorted(hops, key=lambda h: h.ts))
+
+
+def without_backlog(hops: list[Hop]) -> list[Hop]:
+    """hops without each netif_rx that a netif_receive_skb of the same skb and device
+    follows (the packet queued to a backlog, then received)."""
+    received = {(h.skb, h.netns, h.ifindex) for h in hops if h.func == "netif_receive_skb"}
+    return [h for h in hops
             if not (h.func == "netif_rx" and (h.skb, h.netns, h.ifindex) in received)]
 
 
@@ -34,7 +38,14 @@ def hop_dict(hop: Hop) -> dict[str, Any]:
 def describe(frame) -> str:
     if frame is None:
         return "?"
+    if frame.src is None:  # neither IPv4 nor ARP
+        return f"{frame.eth_src} > {frame.eth_dst} ethertype 0x{frame.ethertype:04x}"
     text = f"{frame.src} > {frame.dst} {frame.proto}"
+    if frame.vlans:
+        text = f"vlan {'.'.join(map(str, frame.vlans))} {text}"
+    if frame.fragment:
+        more = "+" if frame.more_fragments else ""
+        text += f" frag id {frame.ip_id} offset {frame.frag_offset}{more}"
     if frame.icmp_type is not None:
         text += f" type {frame.icmp_type} id {frame.icmp_id}"
     elif frame.sport is not None:
@@ -66,15 +77,17 @@ def direction(frame, sender_ip: str | None = None) -> str:
     return "request" if frame.src == sender_ip else "reply"
 
 
-def hop_table(hops: list[Hop], sender_ip: str | None = None) -> list[str]:
-    """Numbered rows, one per hop, each with its packet's direction (see direction())."""
+def hop_table(hops: list[Hop], sender_ip: str | None = None,
+              leg: Callable[[Hop], str] | None = None) -> list[str]:
+    """Numbered rows, one per hop, each with its packet's direction (see direction()),
+    or what leg(hop) names it."""
     row = "{:>3}  {:<7} {:<14} {:<14} {:<5} {:<19} {:>5}  {}"
     lines = [row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS")]
     for i, hop in enumerate(hops, 1):
-        leg = direction(hop.flow_frame(), sender_ip)
+        name = leg(hop) if leg else direction(hop.flow_frame(), sender_ip)
         headers = describe(hop.frame)
         if hop.drop_reason:
             headers += f"  DROPPED: {hop.drop_reason}"
-        lines.append(row.format(i, leg, hop.at, hop.device, hop.dir, hop.func, hop.length,
+        lines.append(row.format(i, name, hop.at, hop.device, hop.dir, hop.func, hop.length,
                                 headers))
     return lines

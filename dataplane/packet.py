@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import socket
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
+VLAN_TYPES = (0x8100, 0x88A8)  # 802.1Q, 802.1ad
 PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 VXLAN_HEADER = 8
 
@@ -22,7 +23,10 @@ class Frame:
     proto: str | None = None  # icmp, udp, tcp, arp, or the IP protocol number
     ttl: int | None = None
     ip_len: int | None = None
+    ip_id: int | None = None
     df: bool = False
+    more_fragments: bool = False
+    frag_offset: int = 0  # bytes; a fragment past the first carries no L4 header
     sport: int | None = None
     dport: int | None = None
     udp_checksum: int | None = None
@@ -37,6 +41,12 @@ class Frame:
     vni: int | None = None
     inner: "Frame | None" = None  # the frame a VXLAN packet carries
     quoted: "Frame | None" = None  # the packet an ICMP error quotes (IP header + 8 bytes)
+    vlans: tuple[int, ...] = ()  # the VLAN ids of the tags the frame carries in band
+
+    @property
+    def fragment(self) -> bool:
+        """A piece of a fragmented IPv4 datagram (the first one included)."""
+        return self.more_fragments or self.frag_offset > 0
 
 
 def _mac(raw: bytes) -> str:
@@ -48,6 +58,10 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
     if len(data) < 14:
         return None
     dst, src, ethertype = data[:6], data[6:12], struct.unpack_from("!H", data, 12)[0]
+    if ethertype in VLAN_TYPES and len(data) >= 18:  # decoded as the bridge passes it on
+        untagged = decode(data[:12] + data[16:], vxlan_port)
+        vid = struct.unpack_from("!H", data, 14)[0] & 0x0FFF
+        return replace(untagged, vlans=(vid, *untagged.vlans))
     base = {"eth_src": _mac(src), "eth_dst": _mac(dst), "ethertype": ethertype}
     if ethertype == ETH_P_ARP and len(data) >= 42:
         return Frame(**base, proto="arp", src=socket.inet_ntoa(data[28:32]),
@@ -61,12 +75,15 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
 def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
     """The fields of the IPv4 packet at data[ip:], and what it carries."""
     ihl = (data[ip] & 0x0F) * 4
-    ip_len, frag, ttl, proto = struct.unpack_from("!H2xHBB", data, ip + 2)
+    ip_len, ip_id, frag, ttl, proto = struct.unpack_from("!HHHBB", data, ip + 2)
     fields = dict(src=socket.inet_ntoa(data[ip + 12:ip + 16]),
                   dst=socket.inet_ntoa(data[ip + 16:ip + 20]),
                   proto=PROTO_NAMES.get(proto, str(proto)), ttl=ttl, ip_len=ip_len,
-                  df=bool(frag & 0x4000))
+                  ip_id=ip_id, df=bool(frag & 0x4000), more_fragments=bool(frag & 0x2000),
+                  frag_offset=(frag & 0x1FFF) * 8)
     l4 = ip + ihl
+    if fields["frag_offset"]:  # its bytes are the middle of the datagram's payload
+        return fields
     if proto == 1 and len(data) >= l4 + 8:
         kind, code, _, ident, seq = struct.unpack_from("!BBHHH", data, l4)
         fields.update(icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq)

@@ -8,9 +8,10 @@ is installed. A test reads:
         assert r.passed, r.diagnosis
 
 Fixtures: dataplane_cluster (built from a topology, torn down after its scope),
-dataplane_tracer (every hop while the test runs), dataplane_verify. Markers:
-dataplane_topology(path), needs_root, needs_kprobes, needs_btf. A failed test's
-report carries the hop table of every flow it verified.
+dataplane_tracer (every hop while the test runs), dataplane_verify, dataplane_send
+(any scapy packet from a pod, to an outcome). Markers: dataplane_topology(path),
+needs_root, needs_kprobes, needs_btf. A failed test's report carries the hop table of
+every flow it verified and every packet it sent.
 """
 
 from __future__ import annotations
@@ -157,11 +158,43 @@ def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
     flows = request.node.stash.setdefault(_FLOWS, [])
 
     def verify(src: str, dst: str, proto: str = "icmp"):
+        from dataplane.report import flow_text
+
+        plan = _dataplane_verifier.plan
         result = _dataplane_verifier.check(src, dst, proto)
-        flows.append((_dataplane_verifier.plan, result))
+        flows.append((lambda: flow_text(plan, result), result.hops))
         return result
 
     return verify
+
+
+@pytest.fixture
+def dataplane_send(request: pytest.FixtureRequest, dataplane_cluster):
+    """send(src, packet, expect=None, count=1) -> a result with .outcome (delivered,
+    answered, dropped or lost), .delivered_to, .answers (scapy packets), .dropped,
+    .drop_reason, .hops. packet: a scapy packet or a list of them (copied, not changed),
+    or an expression as `dataplane send` takes one. With expect, the test fails unless
+    that is the outcome (answered counts as delivered)."""
+    _probes_or_skip()
+    plan = dataplane_cluster.plan
+    flows = request.node.stash.setdefault(_FLOWS, [])
+
+    def send(src: str, packet, expect: str | None = None, count: int = 1):
+        from dataplane import craft
+        from dataplane import send as sending
+
+        pod, tag = plan.pod(src), craft.new_tag()
+        made = craft.evaluate(packet, plan, pod, tag) if isinstance(packet, str) \
+            else craft.packets(packet, pod, tag)
+        result = sending.run(plan, src, made, count)
+        flows.append((lambda: sending.as_text(result), result.hops))
+        if expect is not None and not result.matches(expect):
+            raise AssertionError(f"send from {src}: expected {expect}, got {result.outcome} "
+                                 f"(lost events {result.lost_events}); its hops are in the "
+                                 "dataplane flows section")
+        return result
+
+    return send
 
 
 def _hop_rows(value: object) -> list[str] | None:
@@ -194,18 +227,15 @@ def pytest_assertrepr_compare(config: pytest.Config, op: str, left: object,
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report = outcome.get_result()
-    flows = item.stash.get(_FLOWS, [])
+    flows = item.stash.get(_FLOWS, [])  # (its text, its hops) for each flow and send
     if report.when != "call" or not report.failed or not flows:
         return
-    from dataplane.report import flow_text
-
-    report.sections.append(("dataplane flows", "\n\n".join(
-        flow_text(plan, flow) for plan, flow in flows)))
+    report.sections.append(("dataplane flows", "\n\n".join(text() for text, _ in flows)))
     folder = item.config.getoption("--dataplane-pcap")
     if folder:
         from dataplane import pcapng
 
         Path(folder).mkdir(parents=True, exist_ok=True)
         out = Path(folder) / f"{item.name}.pcapng"
-        out.write_bytes(pcapng.write([h for _, f in flows for h in f.hops]))
+        out.write_bytes(pcapng.write([h for _, hops in flows for h in hops]))
         report.sections.append(("dataplane pcap", str(out)))

@@ -64,7 +64,7 @@ NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
 SOL_NETLINK, NETLINK_EXT_ACK = 270, 11
 IFF_UP = 0x1
 NUD_NOARP, NUD_PERMANENT = 0x40, 0x80
-NTF_SELF = 0x2
+NTF_USE, NTF_SELF = 0x1, 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
 _HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
@@ -190,6 +190,15 @@ class Batch:
         msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
         self._add(msg, RTM_NEWNEIGH, NEW, f"neigh add {dst} lladdr {lladdr}")
 
+    def neigh_use(self, index: int, dst: str) -> None:
+        """Use the neighbour dst as a packet for it would: the kernel resolves it when it
+        has no valid entry (a new one is made), and otherwise leaves it be."""
+        msg = ndmsg()
+        msg["family"], msg["ifindex"], msg["flags"] = socket.AF_INET, index, NTF_USE
+        msg["attrs"] = [("NDA_DST", dst)]
+        self._add(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
+                  f"neigh use {dst} dev {index}")
+
     def conntrack_flush(self) -> None:
         """Delete every IPv4 connection tracking entry (for a NETLINK_NETFILTER socket)."""
         msg = nfgen_msg()
@@ -283,19 +292,20 @@ def dump(sock: socket.socket, msg, kind: int) -> list:
 
 
 def get(sock: socket.socket, msg, kind: int):
-    """The one answer to a request of kind, decoded with msg's own class."""
+    """The one entry a get request of kind answers (a route lookup, a neighbour),
+    decoded with msg's own class; the kernel's refusal is raised."""
     msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST
     msg["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))
-    data = sock.recv(65536)
-    _, got, _, _, _ = _HEADER.unpack_from(data)
+    data = sock.recv(1 << 16)
+    length, got = _HEADER.unpack_from(data)[:2]
     if got == NLMSG_ERROR:
         code = -struct.unpack_from("=i", data, _HEADER.size)[0]
-        raise NetlinkError(code, f"request {kind}: {os.strerror(code)}")
-    answer = type(msg)(data)
-    answer.decode()
-    return answer
+        raise NetlinkError(code, os.strerror(code))
+    entry = type(msg)(data[:length])
+    entry.decode()
+    return entry
 
 
 class Sender:

@@ -115,8 +115,8 @@ class Tracer:
             watched = self.loaded.bpf[b"watched"]
             for inode in self._where_by_inode:
                 watched[ctypes.c_uint32(inode)] = ctypes.c_uint8(1)
+            self.record_everything(self._record_all)
             config = self.loaded.bpf[b"config"]
-            config[ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(self._record_all))
             config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
             events = self.loaded.bpf[b"events"]
             if self.loaded.buffer == "ring":
@@ -139,11 +139,20 @@ class Tracer:
             self._lost_at_exit = self.lost
             self.loaded.close()
 
+    def record_everything(self, on: bool) -> None:
+        """Switch between recording every packet and only the watched flows'."""
+        self.loaded.bpf[b"config"][ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(on))
+
+    def _tag(self, tag: int) -> None:
+        """Let packets carrying tag be looked up (a bit per tag, tested before any hash)."""
+        tags = self.loaded.bpf[b"tags"]
+        word = ctypes.c_int(tag >> 6)
+        tags[word] = ctypes.c_uint64(tags[word].value | 1 << (tag & 63))
+
     def watch(self, flow: Flow) -> None:
         """Record the packets of flow, both ways (and ICMP errors about them)."""
-        flows, tags, ends = (self.loaded.bpf[name] for name in (b"flows", b"tags", b"ends"))
-        word = ctypes.c_int(flow.tag >> 6)
-        tags[word] = ctypes.c_uint64(tags[word].value | 1 << (flow.tag & 63))
+        flows, ends = self.loaded.bpf[b"flows"], self.loaded.bpf[b"ends"]
+        self._tag(flow.tag)
         for a, b in ((flow.src, flow.dst), (flow.dst, flow.src)):
             key = flows.Key()
             key.saddr, key.daddr = _address(a), _address(b)
@@ -157,6 +166,17 @@ class Tracer:
                 PROTO_NUMBERS[flow.proto]
             ends[end] = ctypes.c_uint8(1)
             self._watched.append((ends, end))
+
+    def watch_fragments(self, src: str, dst: str, proto: int, ip_id: int) -> None:
+        """Record every fragment of the datagram (IP protocol number proto) src sends dst
+        with IP id ip_id: past the first, a fragment has no ports to match a flow by."""
+        flows = self.loaded.bpf[b"flows"]
+        self._tag(ip_id)
+        key = flows.Key()
+        key.saddr, key.daddr = _address(src), _address(dst)
+        key.tag, key.proto, key.by_id = socket.htons(ip_id), proto, 1
+        flows[key] = ctypes.c_uint8(1)
+        self._watched.append((flows, key))
 
     def unwatch(self) -> None:
         """Stop recording every flow watched so far: the maps stay small however many

@@ -11,9 +11,9 @@
 // buffer where the kernel predates ring buffers (5.8) or the loader asks for one
 // (USE_PERF_BUFFER). With config[CFG_ALL] = 0, only packets of the
 // flows in `flows` are recorded: matched on the IPv4 header and ports/ICMP id (or on
-// one end in `ends`, for NATed packets), inside VXLAN too (on any UDP port), and
-// inside ICMP errors; everything else costs one copy
-// and a lookup.
+// one end in `ends`, for NATed packets), a fragment also on its IP id (only the first
+// carries ports), inside VXLAN too (on any UDP port), and inside ICMP errors;
+// everything else costs one copy and a lookup.
 //
 // Each tracepoint's program is tp_<tracepoint>, attached by the loader one at a time
 // (not bcc's RAW_TRACEPOINT_PROBE, whose autoload gives up on the first tracepoint the
@@ -47,13 +47,14 @@ struct hop_event {
 };
 
 // A flow as it appears in a packet: addresses and tag (UDP/TCP port, ICMP echo id)
-// in network byte order, so one direction is one key.
+// in network byte order, so one direction is one key. With by_id set, the tag is the
+// IP id of a fragmented datagram, and the key matches its every fragment.
 struct flow_key {
     u32 saddr;
     u32 daddr;
     u16 tag;
     u8 proto;
-    u8 pad;
+    u8 by_id;
 };
 
 // One end of a flow (the receiver's address, the tag, the protocol): a packet whose
@@ -114,6 +115,19 @@ static __always_inline int flow_at(u8 *d, const u32 ip)
     struct flow_key k = {};
     const u32 l4 = ip + IP_LEN;
     k.proto = d[ip + 9];
+    __builtin_memcpy(&k.saddr, d + ip + 12, 4);
+    __builtin_memcpy(&k.daddr, d + ip + 16, 4);
+    if ((d[ip + 6] & 0x3f) | d[ip + 7]) {  // a fragment: more fragments, or an offset
+        if (tag_watched(d, ip + 4)) {
+            __builtin_memcpy(&k.tag, d + ip + 4, 2);
+            k.by_id = 1;
+            if (flows.lookup(&k))
+                return 1;
+            k.by_id = 0;
+        }
+        if ((d[ip + 6] & 0x1f) | d[ip + 7])  // past the first: no L4 header to match
+            return 0;
+    }
     if (k.proto == 1) {  // ICMP: the echo id
         if (!tag_watched(d, l4 + 4))
             return 0;
@@ -128,8 +142,6 @@ static __always_inline int flow_at(u8 *d, const u32 ip)
     } else {
         return 0;
     }
-    __builtin_memcpy(&k.saddr, d + ip + 12, 4);
-    __builtin_memcpy(&k.daddr, d + ip + 16, 4);
     if (flows.lookup(&k))
         return 1;
     struct end_key e = {.addr = k.daddr, .tag = k.tag, .proto = k.proto};

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -38,11 +39,13 @@ def pytest_sessionfinish(session, exitstatus):
 
 
 def dp(*argv: str, user: int | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run the `dataplane` command from this tree (as user, if given)."""
+    """Run the `dataplane` command from this tree (as user, if given, with the user's own
+    HOME: scapy looks for its configuration there)."""
     prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
+    home = {"HOME": pwd.getpwuid(user).pw_dir} if user else {}
     return subprocess.run([*prefix, sys.executable, "-m", "dataplane", *argv], cwd=cwd,
                           capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **home})
 
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:
