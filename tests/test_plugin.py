@@ -124,7 +124,8 @@ def test_marker_paths_beside_the_test_file_then_in_rootdir(pytester):
 @pytest.mark.needs_root
 def test_a_bad_topology_is_reported_once(pytester):
     pytester.makepyfile(test_user=NODES.format(path="nope.toml", nodes=[]))
-    result = pytester.runpytest("-p", "no:cacheprovider")
+    # -rN: no short summary, which repeats the message in full where CI is set
+    result = pytester.runpytest("-p", "no:cacheprovider", "-rN")
     result.assert_outcomes(errors=1)
     text = result.stdout.str()
     assert text.count("nope.toml: no such topology file (looked in") == 1, text
