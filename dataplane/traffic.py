@@ -1,10 +1,12 @@
 """Traffic between pods from sockets opened inside their namespaces by this one
-process (no process per packet): an ICMP echo, a UDP datagram and its answer,
-or a TCP handshake.
+process (no process per packet): an ICMP echo, a UDP datagram and its answer, a TCP
+handshake, or an ARP who-has crafted with scapy.
 
-Each exchange is tagged (ICMP echo id, the client's UDP/TCP port) so its hops
-can be picked out of everything the probes saw; a Sender keeps its sockets,
-one per pod and purpose, for as many exchanges as it is asked for.
+Each exchange is tagged (ICMP echo id, the client's UDP/TCP port) so its hops can be
+picked out of everything the probes saw. A Prober starts exchanges together and waits
+for their answers together (a wave pays the answer timeout once), keeping its sockets,
+one per pod and purpose, for as many exchanges as it is asked for. Whatever the kernel
+refuses on the way is recorded in the exchange, never raised.
 """
 
 from __future__ import annotations
