@@ -112,7 +112,7 @@ class Matcher:
 
     def resolve(self, src: str, ip: str, tracer: Tracer) -> None:
         """Watch the ARP exchange of src resolving its next hop ip."""
-        self.resolving.add((frozenset((src, ip)), "arp", 0))
+        self.resolving.add((src, ip, "arp", 0))
         tracer.watch(traffic.Flow(src, ip, "arp", 0))
 
     def watch(self, tracer: Tracer) -> bool:

@@ -26,6 +26,8 @@ from functools import cached_property, partial
 from dataplane import netns
 from dataplane.plan import PodPlan
 
+ECHO_REPLY, ECHO = 0, 8  # ICMP types
+ARP_REQUEST, ARP_REPLY = 1, 2
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
 # (the VM lane runs under QEMU's TCG, ~20x slower) raise it through the environment.
@@ -78,8 +80,11 @@ class Exchange:
         return str(self.dst.ip)
 
     @cached_property
-    def key(self) -> tuple[frozenset[str], str, int]:
-        return frozenset((str(self.src.ip), self.target)), self.proto, self.tag
+    def key(self) -> tuple[str, str, str, int]:
+        """(client, server, protocol, the client's tag): one direction, so that another
+        exchange between the same pods whose client port happens to be the same number
+        is never taken for this one."""
+        return str(self.src.ip), self.target, self.proto, self.tag
 
     @cached_property
     def end(self) -> tuple[str, str, int]:
@@ -105,13 +110,21 @@ def _tags(frame) -> tuple[str, tuple[int, ...]]:
     return "", ()
 
 
-def frame_keys(frame) -> tuple[tuple[frozenset[str], str, int], ...]:
-    """The exchange keys a frame could belong to; an ICMP error belongs to the exchange
-    of the packet it quotes."""
+def frame_keys(frame) -> tuple[tuple[str, str, str, int], ...]:
+    """The exchange keys (client, server, protocol, tag) a frame could belong to: sent by
+    the client from its tag, or answered to it; an echo, an ARP request or reply says
+    which. An ICMP error belongs to the exchange of the packet it quotes."""
     if frame.quoted is not None:
         return frame_keys(frame.quoted)
     proto, tags = _tags(frame)
-    return tuple((frozenset((frame.src, frame.dst)), proto, tag) for tag in tags)
+    forth, back = (frame.src, frame.dst), (frame.dst, frame.src)
+    if proto == "icmp" and frame.icmp_type in (ECHO, ECHO_REPLY):
+        return ((*(forth if frame.icmp_type == ECHO else back), proto, tags[0]),)
+    if proto == "arp" and frame.arp_op in (ARP_REQUEST, ARP_REPLY):
+        return ((*(forth if frame.arp_op == ARP_REQUEST else back), proto, 0),)
+    if len(tags) == 2:  # from the client's port, or to it
+        return (*forth, proto, tags[0]), (*back, proto, tags[1])
+    return tuple((*ends, proto, tag) for ends in (forth, back) for tag in tags)
 
 
 def frame_ends(frame) -> tuple[tuple[str, str, int], ...]:

@@ -312,3 +312,21 @@ def test_a_failure_while_the_shared_arp_table_was_full_is_not_judged():
     assert verdict(ex(answered=False), trail(A, B), table_fulls=3) == \
         (INCONCLUSIVE, "neighbour-table")
     assert verdict(ex(), exchange_hops(), table_fulls=3) == (PASS, None)
+
+
+def test_exchanges_whose_client_ports_collide_keep_their_own_packets():
+    """A->B from port 40000 and B->A from port 40000: a packet is its exchange's only."""
+    from dataplane.verify import by_exchange
+
+    def udp(src, dst, sport, dport):
+        return hop(src.ref, "eth0", "tx", bytes(Ether(src=src.mac, dst=dst.mac)
+                                              / IP(src=str(src.ip), dst=str(dst.ip))
+                                              / UDP(sport=sport, dport=dport)))
+
+    ab, ba = Exchange(A, A2, "udp", 40000, True), Exchange(A2, A, "udp", 40000, True)
+    index = by_exchange([udp(A, A2, 40000, 7777), udp(A2, A, 7777, 40000),
+                         udp(A2, A, 40000, 7777), udp(A, A2, 7777, 40000)], [ab, ba])
+    assert [(h.frame.src, h.frame.sport) for h in index[ab.key]] == \
+        [(str(A.ip), 40000), (str(A2.ip), 7777)]
+    assert [(h.frame.src, h.frame.sport) for h in index[ba.key]] == \
+        [(str(A2.ip), 40000), (str(A.ip), 7777)]
