@@ -49,9 +49,12 @@ def parse_filter(expression: str | None) -> Callable[[Hop], bool]:
     return lambda hop: all(term(hop) for term in terms)
 
 
-def run(plan: Plan, duration: float, keep: Callable[[Hop], bool]) -> tuple[list[Hop], int]:
-    """Record for duration seconds (Ctrl-C ends it early); the hops kept, and lost events."""
+def run(plan: Plan, duration: float, keep: Callable[[Hop], bool],
+        recording: Callable[[], None] = lambda: None) -> tuple[list[Hop], int]:
+    """Record for duration seconds (Ctrl-C ends it early); the hops kept, and lost events.
+    recording() is called once the probes are attached, before the time starts."""
     with Tracer(plan, record_all=True) as tracer:
+        recording()
         try:
             time.sleep(duration)
         except KeyboardInterrupt:

@@ -351,7 +351,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     keep = capture.parse_filter(args.filter)  # a bad expression fails before anything runs
     _need_root("capture")
     with cluster.using(args.running, "dataplane capture") as made:
-        hops, lost = capture.run(made.plan, args.duration, keep)
+        def recording() -> None:  # as tcpdump says "listening on": traffic sent now is seen
+            print(f"recording every hop in cluster {made.name} for {args.duration:g} s "
+                  "(Ctrl-C stops)", file=sys.stderr, flush=True)
+
+        hops, lost = capture.run(made.plan, args.duration, keep, recording)
         _write_pcap(args.output, hops)  # before a vanished cluster is reported
     print(f"{len(hops)} hops written to {args.output}; lost events {lost}")
     return 0 if lost == 0 else 1

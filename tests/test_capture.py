@@ -2,7 +2,6 @@
 
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -71,7 +70,7 @@ def test_capture_command(default_cluster, probes_ready, tmp_path):
                              default_cluster.name, "--duration", "3", "--filter", "icmp",
                              "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
-    time.sleep(1.5)  # the probes load
+    assert "recording" in proc.stderr.readline()  # the probes are attached
     pod = default_cluster.plan.pod("node-1/pod-1")
     sh(default_cluster.plan.pod("node-0/pod-0").netns, "ping", "-c2", "-i", "0.2", str(pod.ip))
     stdout, stderr = proc.communicate(timeout=30)
