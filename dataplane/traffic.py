@@ -1,6 +1,6 @@
 """Traffic between pods from sockets opened inside their namespaces by this one
 process (no process per packet): an ICMP echo, a UDP datagram and its answer, a TCP
-handshake, or an ARP who-has crafted with scapy.
+handshake, or an ARP who-has sent from a packet socket.
 
 Each exchange is tagged (ICMP echo id, the client's UDP/TCP port) so its hops can be
 picked out of everything the probes saw. A Prober starts exchanges together and waits
@@ -344,16 +344,21 @@ class Prober:
                 raise OSError(err, os.strerror(err))
 
     def _arp(self, p: Pending, watch: Watch) -> None:
-        """A who-has crafted with scapy, sent on the pod's eth0 from a packet socket."""
-        from scapy.layers.l2 import ARP, Ether  # only ARP probes pay for importing scapy
-
+        """A who-has, as a pod's kernel would send it, from a packet socket on its eth0."""
         target = p.exchange().target
         sock = self._socket(p.src, "arp")
         watch(Flow(str(p.src.ip), target, "arp", 0))
         p.token = target.encode()
         with _step(f"send from {p.src.ref}"):
-            _send(sock, bytes(Ether(src=p.src.mac, dst="ff:ff:ff:ff:ff:ff")
-                              / ARP(op=1, hwsrc=p.src.mac, psrc=str(p.src.ip), pdst=target)))
+            _send(sock, who_has(p.src.mac, str(p.src.ip), target))
+
+
+def who_has(mac: str, ip: str, target: str) -> bytes:
+    """A broadcast ARP request (RFC 826) for target from (mac, ip): built with struct,
+    not scapy, whose import costs a verify run about 0.4 s."""
+    sender = bytes.fromhex(mac.replace(":", ""))
+    return (b"\xff" * 6 + sender + struct.pack("!HHHBBH", ETH_P_ARP, 1, 0x0800, 6, 4, ARP_REQUEST)
+            + sender + socket.inet_aton(ip) + b"\0" * 6 + socket.inet_aton(target))
 
 
 def _udp_purpose(size: int | None) -> str:

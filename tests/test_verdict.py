@@ -330,3 +330,11 @@ def test_exchanges_whose_client_ports_collide_keep_their_own_packets():
         [(str(A.ip), 40000), (str(A2.ip), 7777)]
     assert [(h.frame.src, h.frame.sport) for h in index[ba.key]] == \
         [(str(A2.ip), 40000), (str(A.ip), 7777)]
+
+
+def test_the_arp_probe_is_the_frame_scapy_would_build():
+    from dataplane.traffic import who_has
+
+    assert who_has(A.mac, str(A.ip), str(A.gateway)) == bytes(
+        Ether(src=A.mac, dst=BROADCAST) / ARP(op=1, hwsrc=A.mac, psrc=str(A.ip),
+                                              pdst=str(A.gateway)))
