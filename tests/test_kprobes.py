@@ -74,7 +74,8 @@ def test_verify_passes_then_fails_at_the_fault(make_cluster, probes_ready):
         [f"{f.proto}/{f.size} {f.src}->{f.dst} [{f.rule}] {f.diagnosis}"
          for f in report.flows if not f.passed]
     faults.inject(plan, "missing-fdb", node="node-0", peer="node-1")
-    flow = {(f.src, f.dst): f for f in verify.run(plan).flows}[("node-0/pod-0", "node-1/pod-1")]
+    flow = {(f.src, f.dst): f for f in verify.run(plan, protos=("icmp",), mtu=False).flows}[
+        ("node-0/pod-0", "node-1/pod-1")]
     assert flow.verdict == "FAIL" and flow.last_hop["at"] == "node-0", flow.diagnosis
 
 
