@@ -15,11 +15,16 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
+from typing import Any
+
+from dataplane import msgtemplate
+from dataplane.msgtemplate import Mac, Template, Value
 
 
 def _load_message_classes():
@@ -74,6 +79,88 @@ class NetlinkError(OSError):
     pass
 
 
+# Templates by shape (see Batch._add_shaped); None for a shape that cannot be templated.
+_TEMPLATES: dict[tuple, Template | None] = {}
+
+
+def _request(msg, kind: int, flags: int):
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
+    return msg
+
+
+def _link(index: int, ifname: str, kind: str, mtu: int, address: str | None = None,
+          master: int | None = None, data: list | None = None):
+    """An ifinfmsg creating a link, up, with a fixed index; data is the IFLA_INFO_DATA of
+    its kind."""
+    info: list = [("IFLA_INFO_KIND", kind)]
+    if data:
+        info.append(("IFLA_INFO_DATA", {"attrs": data}))
+    attrs = [("IFLA_IFNAME", ifname), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
+    if address:
+        attrs.append(("IFLA_ADDRESS", address))
+    if master:
+        attrs.append(("IFLA_MASTER", master))
+    msg = ifinfmsg()
+    msg["index"], msg["flags"], msg["change"], msg["attrs"] = index, IFF_UP, IFF_UP, attrs
+    return _request(msg, RTM_NEWLINK, NEW)
+
+
+def _veth(index: int, ifname: str, mtu: int, peer_index: int, peer_ifname: str,
+          peer_address: str, peer_fd: int, master: int | None = None):
+    peer = {"index": peer_index, "attrs": [
+        ("IFLA_IFNAME", peer_ifname), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_address),
+        ("IFLA_NET_NS_FD", peer_fd)]}
+    return _link(index, ifname, "veth", mtu, master=master, data=[("VETH_INFO_PEER", peer)])
+
+
+def _link_up(index: int):
+    msg = ifinfmsg()
+    msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
+    return _request(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
+
+
+def _addr(prefixlen: int, index: int, address: IPv4Address):
+    msg = ifaddrmsg()
+    msg["family"], msg["prefixlen"], msg["index"] = socket.AF_INET, prefixlen, index
+    msg["attrs"] = [("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address))]
+    return _request(msg, RTM_NEWADDR, NEW)
+
+
+def _route(dst_len: int, onlink: bool, gateway: IPv4Address, oif: int,
+           dst: IPv4Address | None = None):
+    msg = rtmsg()
+    msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst_len, RT_TABLE_MAIN
+    msg["proto"], msg["type"] = RTPROT_BOOT, RTN_UNICAST  # as `ip route add` sets them
+    msg["flags"] = RTNH_F_ONLINK if onlink else 0
+    msg["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", oif)]
+    if dst is not None:
+        msg["attrs"].append(("RTA_DST", str(dst)))
+    return _request(msg, RTM_NEWROUTE, NEW)
+
+
+def _neigh(kind: int, flags: int, index: int, dst: IPv4Address):
+    msg = ndmsg()
+    msg["family"], msg["ifindex"] = socket.AF_INET, index
+    msg["attrs"] = [("NDA_DST", str(dst))]
+    return _request(msg, kind, flags)
+
+
+def _permanent_neigh(index: int, dst: IPv4Address, lladdr: str):
+    msg = ndmsg()
+    msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
+    msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
+    return _request(msg, RTM_NEWNEIGH, NEW)
+
+
+def _fdb(kind: int, flags: int, index: int, lladdr: str, dst: IPv4Address):
+    msg = ndmsg()
+    msg["family"], msg["ifindex"], msg["state"] = AF_BRIDGE, index, NUD_PERMANENT
+    msg["flags"] = NTF_SELF
+    msg["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", str(dst))]
+    return _request(msg, kind, flags)
+
+
 @dataclass
 class Batch:
     """Requests for the namespace that sock was opened in, sent together."""
@@ -92,21 +179,27 @@ class Batch:
         self._messages.append(bytes(msg.data))
         self._what.append(what)
 
+    def _add_shaped(self, what: str, make: Callable[..., Any], shape: tuple,
+                    values: tuple[Value, ...]) -> None:
+        """Add make(*shape, *values) (a request, its type and flags set), copied from
+        the template of its shape: the same make and shape, values of the same kinds
+        (and names of the same lengths)."""
+        key = (make, shape, tuple(len(v) if isinstance(v, str) else type(v) for v in values))
+        build = partial(make, *shape)
+        found = _TEMPLATES.get(key, key)
+        if found is key:
+            found = _TEMPLATES[key] = msgtemplate.template(build, values)
+        sequence = len(self._messages) + 1
+        self._messages.append(found.fill(values, sequence) if found
+                              else msgtemplate.encode(build, values, sequence))
+        self._what.append(what)
+
     # links
 
     def link_add(self, index: int, ifname: str, kind: str, *, mtu: int, address: str | None = None,
                  master: int | None = None, data: list | None = None) -> None:
         """Create a link, up, with a fixed index; data is the IFLA_INFO_DATA of its kind."""
-        info: list = [("IFLA_INFO_KIND", kind)]
-        if data:
-            info.append(("IFLA_INFO_DATA", {"attrs": data}))
-        attrs = [("IFLA_IFNAME", ifname), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
-        if address:
-            attrs.append(("IFLA_ADDRESS", address))
-        if master:
-            attrs.append(("IFLA_MASTER", master))
-        msg = ifinfmsg()
-        msg["index"], msg["flags"], msg["change"], msg["attrs"] = index, IFF_UP, IFF_UP, attrs
+        msg = _link(index, ifname, kind, mtu, address, master, data)
         self._add(msg, RTM_NEWLINK, NEW, f"link add {ifname} type {kind}")
 
     def veth_add(self, index: int, ifname: str, *, mtu: int, master: int | None,
@@ -115,16 +208,12 @@ class Batch:
         this end comes up: the kernel cannot open a peer before the pair is linked."""
         fd = os.open(peer_netns, os.O_RDONLY)  # the kernel reads it when it gets the batch
         self._fds.append(fd)
-        peer = {"index": peer_index, "attrs": [
-            ("IFLA_IFNAME", peer_ifname), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_address),
-            ("IFLA_NET_NS_FD", fd)]}
-        self.link_add(index, ifname, "veth", mtu=mtu, master=master,
-                      data=[("VETH_INFO_PEER", peer)])
+        values = (index, ifname, mtu, peer_index, peer_ifname, Mac(peer_address), fd)
+        self._add_shaped(f"link add {ifname} type veth", _veth, (),
+                         values + ((master,) if master else ()))
 
     def link_up(self, index: int) -> None:
-        msg = ifinfmsg()
-        msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
-        self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {index} up")
+        self._add_shaped(f"link set {index} up", _link_up, (), (index,))
 
     def link_set(self, ifname: str, *, master: int | None = None, mtu: int | None = None) -> None:
         """Change a link found by name: its master (0 detaches it) or its MTU."""
@@ -153,21 +242,14 @@ class Batch:
     # addresses, routes, neighbours
 
     def addr_add(self, index: int, address: IPv4Address, prefixlen: int) -> None:
-        msg = ifaddrmsg()
-        msg["family"], msg["prefixlen"], msg["index"] = socket.AF_INET, prefixlen, index
-        msg["attrs"] = [("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address))]
-        self._add(msg, RTM_NEWADDR, NEW, f"addr add {address}/{prefixlen}")
+        self._add_shaped(f"addr add {address}/{prefixlen}", _addr, (prefixlen,),
+                         (index, address))
 
     def route_add(self, dst: IPv4Network, gateway: IPv4Address, oif: int,
                   onlink: bool = False) -> None:
-        msg = rtmsg()
-        msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst.prefixlen, RT_TABLE_MAIN
-        msg["proto"], msg["type"] = RTPROT_BOOT, RTN_UNICAST  # as `ip route add` sets them
-        msg["flags"] = RTNH_F_ONLINK if onlink else 0
-        msg["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", oif)]
-        if dst.prefixlen:
-            msg["attrs"].append(("RTA_DST", str(dst.network_address)))
-        self._add(msg, RTM_NEWROUTE, NEW, f"route add {dst} via {gateway}")
+        values = (gateway, oif) + ((dst.network_address,) if dst.prefixlen else ())
+        self._add_shaped(f"route add {dst} via {gateway}", _route, (dst.prefixlen, onlink),
+                         values)
 
     def route_del(self, dst: IPv4Network, oif: int) -> None:
         msg = rtmsg()
@@ -178,17 +260,13 @@ class Batch:
         self._add(msg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, f"route del {dst}")
 
     def neigh_del(self, index: int, dst: str) -> None:
-        msg = ndmsg()
-        msg["family"], msg["ifindex"] = socket.AF_INET, index
-        msg["attrs"] = [("NDA_DST", dst)]
-        self._add(msg, RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK, f"neigh del {dst} dev {index}")
+        self._add_shaped(f"neigh del {dst} dev {index}", _neigh,
+                         (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, IPv4Address(dst)))
 
     def neigh_add(self, index: int, dst: IPv4Address, lladdr: str) -> None:
         """A permanent ARP entry."""
-        msg = ndmsg()
-        msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
-        msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
-        self._add(msg, RTM_NEWNEIGH, NEW, f"neigh add {dst} lladdr {lladdr}")
+        self._add_shaped(f"neigh add {dst} lladdr {lladdr}", _permanent_neigh, (),
+                         (index, dst, Mac(lladdr)))
 
     def neigh_use(self, index: int, dst: str) -> None:
         """Use the neighbour dst as a packet for it would: the kernel resolves it when it
@@ -207,21 +285,13 @@ class Batch:
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
-        self._add(self._fdb(index, lladdr, dst), RTM_NEWNEIGH,
-                  NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND,
-                  f"fdb append {lladdr} dst {dst}")
+        self._add_shaped(f"fdb append {lladdr} dst {dst}", _fdb,
+                         (RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND),
+                         (index, Mac(lladdr), dst))
 
     def fdb_del(self, index: int, lladdr: str, dst: IPv4Address) -> None:
-        self._add(self._fdb(index, lladdr, dst), RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK,
-                  f"fdb del {lladdr} dst {dst}")
-
-    @staticmethod
-    def _fdb(index: int, lladdr: str, dst: IPv4Address):
-        msg = ndmsg()
-        msg["family"], msg["ifindex"], msg["state"] = AF_BRIDGE, index, NUD_PERMANENT
-        msg["flags"] = NTF_SELF
-        msg["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", str(dst))]
-        return msg
+        self._add_shaped(f"fdb del {lladdr} dst {dst}", _fdb,
+                         (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, Mac(lladdr), dst))
 
     def send(self) -> None:
         """Send every request at once, then check each ack; raise on the first error."""
