@@ -17,21 +17,38 @@ from pathlib import Path
 
 from dataplane import netns
 from dataplane.plan import Plan
-from dataplane.rtnl import (NETLINK_GET_STRICT_CHK, NUD_NOARP, NUD_PERMANENT, RTM_GETLINK, RTM_GETNEIGH, Batch,
-                            NetlinkError, SOL_NETLINK, dump, ifinfmsg, ndmsg)
+from dataplane.rtnl import (NETLINK_GET_STRICT_CHK, NUD_NOARP, NUD_PERMANENT, RTM_GETLINK, Batch,
+                            NetlinkError, SOL_NETLINK, dump, ifinfmsg, neighbours)
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)
+RESERVED_FDS = 2048  # beside a Forgetter's sockets: a verify's probe sockets, a pod's each
 
 
 def reset(plan: Plan) -> None:
     netns.each(plan.namespaces(), _reset_here)
 
 
-def forget_neighbours(namespaces: Iterable[str]) -> None:
-    """Delete what the kernel learnt of its neighbours in each namespace: entries of
-    every namespace count against one table (gc_thresh3), which a big run would fill."""
-    netns.each(namespaces, _forget_here)
+class Forgetter:
+    """Deletes what the kernel learnt of its neighbours in namespaces, asked again and
+    again: entries of every namespace count against one table (gc_thresh3), which a big
+    run would fill. A netlink socket per namespace, opened the first time, is kept."""
+
+    def __init__(self) -> None:
+        self._sockets: dict[str, socket.socket] = {}
+
+    def forget(self, namespaces: Iterable[str]) -> None:
+        for name in namespaces:
+            if name not in self._sockets:
+                netns.allow_fds(len(self._sockets) + RESERVED_FDS)
+                self._sockets[name] = netns.socket_in(name, socket.AF_NETLINK,
+                                                      socket.SOCK_DGRAM, 0)
+            _flush_neighbours(Batch(self._sockets[name], name))
+
+    def close(self) -> None:
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
 
 ARP_STATS = Path("/proc/net/stat/arp_cache")  # the initial namespace's: read, never changed
@@ -65,11 +82,6 @@ def _reset_here(name: str) -> None:
     _flush_conntrack(name)
 
 
-def _forget_here(name: str) -> None:
-    with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0) as sock:
-        _flush_neighbours(Batch(sock, name))
-
-
 def _flush_bridges(b: Batch) -> None:
     request = ifinfmsg()  # the kernel lists just the bridges
     request["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
@@ -79,11 +91,9 @@ def _flush_bridges(b: Batch) -> None:
 
 
 def _flush_neighbours(b: Batch) -> None:
-    request = ndmsg()
-    request["family"] = socket.AF_INET
-    for n in dump(b.sock, request, RTM_GETNEIGH):
-        if not n["state"] & (NUD_PERMANENT | NUD_NOARP):
-            b.neigh_del(n["ifindex"], n.get_attr("NDA_DST"))
+    for ifindex, state, address in neighbours(b.sock):
+        if not state & (NUD_PERMANENT | NUD_NOARP):
+            b.neigh_del(ifindex, address)
     try:
         b.send()
     except NetlinkError as err:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import queue
 import resource
 import socket
 import threading
@@ -81,7 +82,7 @@ class Creation:
                  sysctls: Callable[[str], dict[str, str]] | None = None):
         _prepare_run_dir()
         self._names = list(names)
-        _allow_fds(2 * len(self._names) + 64)  # a socket and a namespace fd each
+        allow_fds(2 * len(self._names) + 64)  # a socket and a namespace fd each
         self._sysctls = sysctls
         self._sockets: dict[str, socket.socket] = {}
         self._made: list[str] = []
@@ -146,7 +147,7 @@ class Creation:
         remove(self._made)
 
 
-def _allow_fds(needed: int) -> None:
+def allow_fds(needed: int) -> None:
     """Lift the soft fd limit for big clusters."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != resource.RLIM_INFINITY and soft < needed:
@@ -258,16 +259,34 @@ def _enter(name: str) -> bool:
 
 
 def run_in(name: str, work: Callable[[], None]) -> None:
-    """Run work() in namespace name, in a thread that enters it (e.g. to write a sysctl)."""
+    """Run work() in namespace name, in a thread that enters it (e.g. to write a sysctl)
+    and comes back: a thread made per call would cost more than most works (a verify
+    opens a socket per TCP probe)."""
+    global _visitor
+    if threading.current_thread() is getattr(_visitor, "thread", None):
+        _visit_once(name, work)  # work that itself runs something in a namespace
+        return
+    with _visiting:
+        if _visitor is None or _visitor.lost:
+            _visitor = _Visitor()
+        _visitor.run(name, work)
+
+
+def _enter_or_fail(name: str) -> None:
+    fd = os.open(path(name), os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), f"setns into {name}")
+    finally:
+        os.close(fd)
+
+
+def _visit_once(name: str, work: Callable[[], None]) -> None:
+    """run_in() by a thread of its own, which ends in namespace name."""
     failure: list[BaseException] = []
 
     def enter_and_work() -> None:
         try:
-            fd = os.open(path(name), os.O_RDONLY)
-            try:
-                _check(_libc.setns(fd, CLONE_NEWNET), f"setns into {name}")
-            finally:
-                os.close(fd)
+            _enter_or_fail(name)
             work()
         except BaseException as err:  # raised in the caller's thread below
             failure.append(err)
@@ -277,3 +296,47 @@ def run_in(name: str, work: Callable[[], None]) -> None:
     worker.join()
     if failure:
         raise failure[0]
+
+
+class _Visitor:
+    """A daemon thread running works inside namespaces, one at a time, going back to
+    the namespace it started in after each: a thread left inside a namespace would keep
+    it (and its devices) alive after its name is removed. If it cannot go back, it ends,
+    and the next run_in() starts another."""
+
+    def __init__(self) -> None:
+        self._home = os.open("/proc/self/ns/net", os.O_RDONLY)  # the main thread's
+        self.lost = False  # could not go back: ended
+        self._requests: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
+        self._answers: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="netns-visitor", daemon=True)
+        self.thread.start()
+
+    def run(self, name: str, work: Callable[[], None]) -> None:
+        self._requests.put((name, work))
+        failure = self._answers.get()
+        if failure is not None:
+            raise failure
+
+    def _serve(self) -> None:
+        try:
+            while not self.lost:
+                name, work = self._requests.get()
+                try:
+                    _enter_or_fail(name)
+                except BaseException as err:
+                    self._answers.put(err)
+                    continue
+                failure = None
+                try:
+                    work()
+                except BaseException as err:
+                    failure = err
+                self.lost = _libc.setns(self._home, CLONE_NEWNET) != 0
+                self._answers.put(failure)
+        finally:
+            os.close(self._home)
+
+
+_visitor: _Visitor | None = None
+_visiting = threading.Lock()

@@ -259,9 +259,9 @@ class Batch:
             msg["attrs"].append(("RTA_DST", str(dst.network_address)))
         self._add(msg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, f"route del {dst}")
 
-    def neigh_del(self, index: int, dst: str) -> None:
+    def neigh_del(self, index: int, dst: IPv4Address) -> None:
         self._add_shaped(f"neigh del {dst} dev {index}", _neigh,
-                         (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, IPv4Address(dst)))
+                         (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, dst))
 
     def neigh_add(self, index: int, dst: IPv4Address, lladdr: str) -> None:
         """A permanent ARP entry."""
@@ -359,6 +359,51 @@ def dump(sock: socket.socket, msg, kind: int) -> list:
             entry.decode()
             entries.append(entry)
             offset += (length + 3) & ~3
+
+
+_NDMSG = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, ifindex, state, flags, type
+_RTATTR = struct.Struct("=HH")
+NDA_DST = 1
+
+
+def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
+    """(ifindex, state, address) of every IPv4 neighbour entry: dump() without decoding
+    each entry in full, for a caller that asks again and again."""
+    request = ndmsg()
+    request["family"] = socket.AF_INET
+    request["header"]["type"], request["header"]["flags"] = RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP
+    request["header"]["sequence_number"] = 1
+    request.encode()
+    sock.sendall(bytes(request.data))
+    entries = []
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset < len(data):
+            length, got, _, _, _ = _HEADER.unpack_from(data, offset)
+            if got == NLMSG_DONE:
+                return entries
+            if got == NLMSG_ERROR:
+                code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                raise NetlinkError(code, f"dump neighbours: {os.strerror(code)}")
+            body = offset + _HEADER.size
+            family, ifindex, state, _, _ = _NDMSG.unpack_from(data, body)
+            dst = _attribute(data, body + _NDMSG.size, offset + length, NDA_DST)
+            if family == socket.AF_INET and dst is not None and len(dst) == 4:
+                entries.append((ifindex, state, IPv4Address(dst)))
+            offset += (length + 3) & ~3
+
+
+def _attribute(data: bytes, start: int, end: int, kind: int) -> bytes | None:
+    """The payload of the first attribute of type kind between start and end."""
+    while start + _RTATTR.size <= end:
+        length, got = _RTATTR.unpack_from(data, start)
+        if length < _RTATTR.size:
+            return None
+        if got == kind:
+            return data[start + _RTATTR.size:start + length]
+        start += (length + 3) & ~3
+    return None
 
 
 def get(sock: socket.socket, msg, kind: int):

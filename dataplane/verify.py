@@ -182,6 +182,7 @@ class Verifier:
         self.plan = plan
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
         self._prober = traffic.Prober()
+        self._forgetter = caches.Forgetter()
         self._lost_before = 0
         self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
 
@@ -195,6 +196,7 @@ class Verifier:
 
     def __exit__(self, *exc: object) -> None:
         self._prober.close()
+        self._forgetter.close()
         self._tracer.__exit__(*exc)
 
     @property
@@ -239,13 +241,12 @@ class Verifier:
         finally:
             self.seconds[phase] += time.perf_counter() - began
 
-    @staticmethod
-    def _make_neighbour_room(touched: set[str]) -> None:
+    def _make_neighbour_room(self, touched: set[str]) -> None:
         """Every namespace shares the kernel's ARP table: before a wave could fill it, the
         pods and nodes of earlier waves forget their neighbours (our own traffic must not
         be refused with ENOBUFS, nor an ARP request go unanswered)."""
         if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
-            caches.forget_neighbours(sorted(touched))
+            self._forgetter.forget(sorted(touched))
             touched.clear()
 
     def judge(self, exchanges: list[traffic.Exchange],
