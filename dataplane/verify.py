@@ -32,6 +32,7 @@ EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
 WAVE_EVENTS = 8000
 WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
 NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
+BLOCK_PODS = 16  # pods of a block of pairs (see blocked): 256 pairs, about a wave's worth
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
 
@@ -145,9 +146,24 @@ class Probe:
     size: int | None = None
 
 
+def blocked(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]]) -> list[tuple[PodPlan, PodPlan]]:
+    """The pairs grouped by the blocks of BLOCK_PODS pods their source and destination
+    are in (in order of first appearance, each group in its own order): a wave of
+    --pairs all then involves a few blocks of pods, not a source and every pod it
+    probes, so it is cut by its events rather than by WAVE_PODS, and its pods and
+    nodes learn fewer neighbours."""
+    block = {pod.netns: k // BLOCK_PODS for k, pod in enumerate(plan.pods())}
+    groups: dict[tuple[int, int], list[tuple[PodPlan, PodPlan]]] = defaultdict(list)
+    for src, dst in chosen:
+        groups[block[src.netns], block[dst.netns]].append((src, dst))
+    return [pair for group in groups.values() for pair in group]
+
+
 def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[str, ...],
            mtu: bool) -> Iterator[Probe]:
-    """Every exchange of a run, protocol by protocol, then the DF probes size by size."""
+    """Every exchange of a run, protocol by protocol, then the DF probes size by size;
+    the pairs in blocks (see blocked())."""
+    chosen = blocked(plan, chosen)
     for proto in protos:
         yield from (Probe(src, dst, proto) for src, dst in chosen)
     for size in mtu_sizes(plan) if mtu else ():
