@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from functools import cached_property
 from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.errors import UsageError
@@ -46,7 +47,7 @@ class PodPlan:
     container_id: str
     ifname: str  # the pod's interface (eth0 as the CNI plugins make it)
 
-    @property
+    @cached_property  # verdicts ask for it at every hop
     def ref(self) -> str:
         return f"{self.node}/{self.name}"
 

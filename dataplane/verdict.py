@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
 from dataplane.drift import Drift
-from dataplane.paths import Leg, arp_legs, legs, off_bridge
+from dataplane.paths import Leg, OffBridge, arp_legs, legs
 from dataplane.plan import Plan
 from dataplane.spec import VXLAN_OVERHEAD
 from dataplane.tracer import Hop
@@ -158,8 +158,9 @@ def _bridged(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Pr
     if leg.encapsulated:
         return None
     bridge = plan.node(leg.sender.node).bridge
+    off_bridge = OffBridge(plan)
     for hop in mine:
-        if off_bridge(plan, hop.at, hop.device) or \
+        if off_bridge(hop.at, hop.device) or \
                 (hop.at == leg.sender.node and hop.device == bridge):
             how = "routed through" if hop.device == bridge else "left the bridge: seen at"
             return Problem("bridged", f"same-node {_name(leg)} {how} {hop.at} {hop.device}", hop)
@@ -247,50 +248,55 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     s_node, r_node = plan.node(leg.sender.node), plan.node(leg.receiver.node)
     # This leg's packets on the sender node, by place: NAT may have rewritten the
     # source address that makes them `mine`.
+    receiver = str(leg.receiver.ip)
     here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
             and h.flow_frame() is not None and h.flow_frame().quoted is None
-            and h.flow_frame().src != str(leg.receiver.ip)]
+            and h.flow_frame().src != receiver]
     sent = [h for h in mine if _key(h) == (leg.sender.ref, leg.sender.ifname, "tx")]
     inner_tx = [h for h in here if h.device == s_node.vtep]
     outer = [h for h in here if h.device == s_node.ifname and h.frame.vni is not None]
     # TCP may move to another port after a retransmission timeout (Linux rehashes the
     # flow then); a datagram exchange is one packet each way and keeps its port
     sports = {h.frame.sport for h in outer if h.flow_frame().proto != "tcp"}
+    outer_ips = (str(s_node.underlay_ip), str(r_node.underlay_ip))
+    inner_ips = (str(leg.sender.ip), receiver)
     for hop in outer:
         f, inner = hop.frame, hop.flow_frame()
         before = _partner(hop, inner_tx)
+        # (rule, whether it holds, its message: made only when it does not)
         checks = (
             ("vxlan-port", f.proto == "udp" and f.dport == spec.port,
-             f"outer {f.proto} port {f.dport}, not udp {spec.port}"),
-            ("vxlan-vni", f.vni == spec.vni, f"VNI {f.vni}, not {spec.vni}"),
-            ("outer-addresses", (f.src, f.dst) == (str(s_node.underlay_ip),
-                                                   str(r_node.underlay_ip)),
-             f"outer {f.src} > {f.dst}, not {s_node.underlay_ip} > {r_node.underlay_ip}"),
+             lambda: f"outer {f.proto} port {f.dport}, not udp {spec.port}"),
+            ("vxlan-vni", f.vni == spec.vni, lambda: f"VNI {f.vni}, not {spec.vni}"),
+            ("outer-addresses", (f.src, f.dst) == outer_ips,
+             lambda: f"outer {f.src} > {f.dst}, not {s_node.underlay_ip} > "
+             f"{r_node.underlay_ip}"),
             ("outer-mac", (f.eth_src, f.eth_dst) == (s_node.eth0_mac, r_node.eth0_mac),
-             f"outer Ethernet {f.eth_src} > {f.eth_dst}, not {s_node.eth0_mac} > "
+             lambda: f"outer Ethernet {f.eth_src} > {f.eth_dst}, not {s_node.eth0_mac} > "
              f"{r_node.eth0_mac}"),
-            ("outer-ttl", f.ttl == OUTER_TTL, f"outer TTL {f.ttl}, not {OUTER_TTL}"),
-            ("outer-df", not f.df, "outer DF set: flannel.1 leaves it unset"),
-            ("outer-checksum", f.udp_checksum != 0, "outer UDP checksum zero: flannel.1 "
-             "computes it"),
+            ("outer-ttl", f.ttl == OUTER_TTL, lambda: f"outer TTL {f.ttl}, not {OUTER_TTL}"),
+            ("outer-df", not f.df, lambda: "outer DF set: flannel.1 leaves it unset"),
+            ("outer-checksum", f.udp_checksum != 0,
+             lambda: "outer UDP checksum zero: flannel.1 computes it"),
             ("outer-length", before is not None and hop.length == before.length + VXLAN_OVERHEAD,
-             f"outer {hop.length} bytes for inner {before.length if before else '?'}, "
+             lambda: f"outer {hop.length} bytes for inner {before.length if before else '?'}, "
              f"not +{VXLAN_OVERHEAD}"),
-            ("inner-addresses", (inner.src, inner.dst) == (str(leg.sender.ip),
-                                                           str(leg.receiver.ip)),
-             f"inner {inner.src} > {inner.dst} (NAT?), not {leg.sender.ip} > {leg.receiver.ip}"),
+            ("inner-addresses", (inner.src, inner.dst) == inner_ips,
+             lambda: f"inner {inner.src} > {inner.dst} (NAT?), not {leg.sender.ip} > "
+             f"{leg.receiver.ip}"),
             ("inner-mac", (inner.eth_src, inner.eth_dst) == (s_node.vtep_mac, r_node.vtep_mac),
-             f"inner Ethernet {inner.eth_src} > {inner.eth_dst}, not {s_node.vtep_mac} > "
-             f"{r_node.vtep_mac} (the VTEPs of {s_node.name} and {r_node.name})"),
+             lambda: f"inner Ethernet {inner.eth_src} > {inner.eth_dst}, not "
+             f"{s_node.vtep_mac} > {r_node.vtep_mac} (the VTEPs of {s_node.name} and "
+             f"{r_node.name})"),
             ("inner-ttl", bool(sent) and inner.ttl == sent[0].frame.ttl - 1,
-             f"inner TTL {inner.ttl} after one router, sent with "
+             lambda: f"inner TTL {inner.ttl} after one router, sent with "
              f"{sent[0].frame.ttl if sent else '?'}"),
             ("outer-source-port", len(sports) <= 1,
-             f"one flow used outer source ports {sorted(sports)}"),
+             lambda: f"one flow used outer source ports {sorted(sports)}"),
         )
         for rule, ok, why in checks:
             if not ok:
-                return Problem(rule, f"{_name(leg)} at {hop.at} {hop.device}: {why}", hop)
+                return Problem(rule, f"{_name(leg)} at {hop.at} {hop.device}: {why()}", hop)
     return None
 
 
@@ -314,9 +320,9 @@ def _arp(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
     """A who-has from a pod, answered by the right MAC only, never leaving the node."""
     src, target = exchange.src, exchange.target
     arp = arp_legs(plan, src, exchange.dst)
-    node = src.node
+    node, off_bridge = src.node, OffBridge(plan)
     for hop in hops:
-        if hop.dir in PLACED and off_bridge(plan, hop.at, hop.device):
+        if hop.dir in PLACED and off_bridge(hop.at, hop.device):
             yield Problem("arp-scope", f"ARP for {target} left {node}'s bridge: seen at "
                           f"{hop.at} {hop.device}", hop)
     label = f"ARP {src.ref} -> {target}"
