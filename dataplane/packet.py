@@ -13,7 +13,9 @@ PROTO_NAMES = {1: "icmp", 6: "tcp", 17: "udp"}
 VXLAN_HEADER = 8
 
 
-@dataclass(frozen=True)
+# Not frozen, yet hashed by value: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, several times the cost, and a run decodes a frame per packet seen.
+@dataclass(unsafe_hash=True)
 class Frame:
     eth_src: str
     eth_dst: str

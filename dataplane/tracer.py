@@ -28,7 +28,9 @@ PROTO_NUMBERS = {"arp": 0, "icmp": 1, "tcp": 6, "udp": 17}  # ARP keys: proto 0,
 _EVENT = struct.Struct("<QQIIIIHH16s128s")
 
 
-@dataclass(frozen=True)
+# Not frozen, yet hashed by value: a frozen dataclass's __init__ sets each field through
+# object.__setattr__, about three times the cost, and a run makes one Hop per event.
+@dataclass(unsafe_hash=True)
 class Hop:
     ts: int  # ns, monotonic
     skb: int
@@ -247,9 +249,10 @@ class Tracer:
             func, direction = kernel.KPROBE_SYMBOLS[reason], "fn"
         else:
             func, direction = KINDS.get(kind, ("?", "?"))
+        capture = data[:caplen]
         return Hop(ts=ts, skb=skb, netns=inode, at=where, ifindex=ifindex, device=device,
-                   func=func, dir=direction, length=length, raw=data[:caplen],
-                   frame=self._frame(data[:caplen]),
+                   func=func, dir=direction, length=length, raw=capture,
+                   frame=self._frame(capture),
                    drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"
                    else None)
 
