@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gettext
 import ipaddress
 import json
 import math
@@ -42,7 +43,18 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message}; see `{self.prog} --help`\n")
 
 
+def _untranslated() -> None:
+    """argparse has each of its messages translated as it builds a parser, and gettext
+    searches the locale directories again for every one (hundreds of stat calls for this
+    parser) when there is no translation to find. Where there is none, argparse is given
+    what gettext would return: the message itself."""
+    if gettext.find(gettext.textdomain()) is None:
+        argparse._ = lambda message: message
+        argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
+
+
 def _parser() -> argparse.ArgumentParser:
+    _untranslated()
     parser = _Parser(prog="dataplane", description="Build and verify a flannel-vxlan style "
                      "pod network made of network namespaces.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -9,7 +9,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from dataplane import cni, netns, nodeconfig, nodefiles, planfile, resources, spec, state, wiring
+from dataplane import cni, netns, nodeconfig, nodefiles, planfile, resources, spec, state
 from dataplane.errors import UsageError
 from dataplane.plan import Plan, make_plan, prefix_for
 
@@ -42,6 +42,8 @@ def recorded(plan: Plan, root: Path) -> Plan:
     """The plan as the cluster built at root has it: the pods as the CNI plugins wired
     them, the user's configuration's firewall expected."""
     if plan.spec.cni.mode == "plugins":
+        from dataplane import wiring  # only for plugin-wired clusters: `up` goes without
+
         plan = wiring.adopt(plan, root)
     return nodeconfig.recorded(plan, root)
 
@@ -88,6 +90,8 @@ def start(topology: Topology) -> Cluster:
     plan = make_plan(topology.spec)
     plugins = plan.spec.cni.mode == "plugins"
     if plugins:
+        from dataplane import wiring
+
         cni.require(wiring.PLUGINS, plan.spec.cni)
     # an absolute source: later commands resolve the topology's relative paths from it
     record = state.register(plan.name, plan.namespaces(), str(Path(topology.source).resolve()),
@@ -304,7 +308,11 @@ def _unwire(record: state.Record) -> list[str]:
         plan = plan_of(record)
     except (OSError, UnicodeDecodeError, UsageError):
         return []
-    return wiring.delete(plan, record.dir) if plan.spec.cni.mode == "plugins" else []
+    if plan.spec.cni.mode != "plugins":
+        return []
+    from dataplane import wiring
+
+    return wiring.delete(plan, record.dir)
 
 
 def _remove(record: state.Record) -> list[str]:
