@@ -99,6 +99,7 @@ class Tracer:
         self._pages = pages  # the ring buffer's size, when not the default
         self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
         self._frames: dict[bytes, packet.Frame | None] = {}  # decoded captures, during take()
+        self._devices: dict[bytes, str] = {}  # device names as events carry them
         self._raw: list[bytes] = []
         self.loaded: probes.Loaded | None = None
         self._reasons: dict[int, str] = {}
@@ -239,7 +240,9 @@ class Tracer:
         ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \
             _EVENT.unpack_from(raw)
         where = self._where_by_inode.get(inode, str(inode))
-        device = dev.split(b"\0", 1)[0].decode(errors="replace")
+        device = self._devices.get(dev)
+        if device is None:
+            device = self._devices[dev] = dev.split(b"\0", 1)[0].decode(errors="replace")
         if kind in LEARN_KINDS:
             mac = ":".join(f"{b:02x}" for b in data[:6])
             return Hop(ts=ts, skb=0, netns=inode, at=where, ifindex=ifindex, device=device,

@@ -120,12 +120,16 @@ def by_exchange(hops: list[Hop], exchanges: list[traffic.Exchange]) -> dict[tupl
     exchange's key (NATed on the way) is indexed by the exchange end it kept."""
     keys = {ex.key for ex in exchanges}
     index: dict[tuple, list[Hop]] = defaultdict(list)
+    found: dict[int, tuple] = {}  # by frame: hops of one capture share its decoded frame
     for hop in hops:
         frame = hop.flow_frame()
         if frame is None:
             continue
-        mine = [key for key in traffic.frame_keys(frame) if key in keys]
-        for key in mine or traffic.frame_ends(frame):
+        where = found.get(id(frame))
+        if where is None:
+            mine = tuple(key for key in traffic.frame_keys(frame) if key in keys)
+            where = found[id(frame)] = mine or traffic.frame_ends(frame)
+        for key in where:
             index[key].append(hop)
     return index
 
