@@ -18,6 +18,7 @@ import selectors
 import socket
 import struct
 import time
+from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
@@ -279,14 +280,23 @@ class Prober:
     def _handlers(self, pending: list[Pending]) -> dict[socket.socket, tuple[int, Callable]]:
         """What to do when each socket of the wave is ready."""
         open_ = [p for p in pending if not p.done]
+        # what each answer is looked up by: a wave's answers would otherwise each be
+        # compared with every exchange of the wave
+        echoes = {(p.token, str(p.dst.ip)): p for p in open_ if p.proto == "icmp"}
+        datagrams = {p.token: p for p in open_ if p.proto == "udp"}
+        asking: dict[tuple[bytes, str], list[Pending]] = defaultdict(list)
+        for p in open_:
+            if p.proto == "arp":
+                asking[p.token, str(p.src.ip)].append(p)
         handlers: dict[socket.socket, tuple[int, Callable]] = {}
         for p in open_:
             if p.proto == "icmp":
                 sock = self._socket(p.src, "ping")
-                handlers[sock] = (selectors.EVENT_READ, partial(_on_echo, sock, open_))
+                handlers[sock] = (selectors.EVENT_READ, partial(_on_echo, sock, echoes))
             elif p.proto == "udp":
                 client = self._socket(p.src, _udp_purpose(p.size))
-                handlers[client] = (selectors.EVENT_READ, partial(_on_udp_answer, client, open_))
+                handlers[client] = (selectors.EVENT_READ,
+                                    partial(_on_udp_answer, client, datagrams))
                 server = self._socket(p.dst, "udp-server")
                 handlers[server] = (selectors.EVENT_READ, partial(_on_udp_request, server))
             elif p.proto == "tcp":
@@ -295,7 +305,7 @@ class Prober:
                 handlers[server] = (selectors.EVENT_READ, partial(_on_accept, server))
             else:
                 sock = self._socket(p.src, "arp")
-                handlers[sock] = (selectors.EVENT_READ, partial(_on_arp, sock, open_))
+                handlers[sock] = (selectors.EVENT_READ, partial(_on_arp, sock, asking))
         return handlers
 
     def _icmp(self, p: Pending, watch: Watch) -> None:
@@ -411,14 +421,14 @@ def _drain(sock: socket.socket, size: int = 65536):
             return
 
 
-def _on_echo(sock: socket.socket, pending: list[Pending]) -> None:
+def _on_echo(sock: socket.socket, waiting: dict[tuple[int, str], Pending]) -> None:
+    """Echo replies, by sequence number and peer."""
     for reply, (peer, _) in _drain(sock, 2048):
         if reply[0] != 0 or len(reply) < 8:
             continue
-        seq = struct.unpack_from("!H", reply, 6)[0]
-        for p in pending:
-            if not p.done and p.token == seq and str(p.dst.ip) == peer:
-                p.close(answered=True)
+        p = waiting.get((struct.unpack_from("!H", reply, 6)[0], peer))
+        if p is not None and not p.done:
+            p.close(answered=True)
 
 
 def _on_udp_request(server: socket.socket) -> None:
@@ -429,11 +439,12 @@ def _on_udp_request(server: socket.socket) -> None:
                 _send(server, data, peer)
 
 
-def _on_udp_answer(client: socket.socket, pending: list[Pending]) -> None:
+def _on_udp_answer(client: socket.socket, waiting: dict[bytes, Pending]) -> None:
+    """Echoed datagrams, by their payload."""
     for data, _ in _drain(client):
-        for p in pending:
-            if not p.done and p.token == data:
-                p.close(answered=True)
+        p = waiting.get(data)
+        if p is not None and not p.done:
+            p.close(answered=True)
 
 
 def _on_connect(p: Pending) -> None:
@@ -453,14 +464,14 @@ def _on_accept(server: socket.socket) -> None:
             return
 
 
-def _on_arp(sock: socket.socket, pending: list[Pending]) -> None:
-    """Replies only: the pod's socket also sees every who-has its node floods."""
+def _on_arp(sock: socket.socket, asking: dict[tuple[bytes, str], list[Pending]]) -> None:
+    """Replies only (the pod's socket also sees every who-has its node floods), by who
+    answers whom."""
     for frame, _ in _drain(sock, 2048):
         if len(frame) < 42 or frame[20:22] != b"\x00\x02":  # ARP opcode: reply
             continue
         sender, target = socket.inet_ntoa(frame[28:32]), socket.inet_ntoa(frame[38:42])
-        waiting = [p for p in pending if not p.done and p.proto == "arp"
-                   and p.token == sender.encode() and str(p.src.ip) == target]
+        waiting = [p for p in asking.get((sender.encode(), target), ()) if not p.done]
         if waiting:  # one who-has per answer: several may ask for the same gateway
             waiting[0].close(answered=True)
             waiting[0].answer_mac = frame[22:28].hex(":")
