@@ -22,7 +22,7 @@ from dataplane.rtnl import (NETLINK_GET_STRICT_CHK, NUD_NOARP, NUD_PERMANENT, RT
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)
-RESERVED_FDS = 2048  # beside a Forgetter's sockets: a verify's probe sockets, a pod's each
+RESERVED_FDS = 2048  # what a verify needs beside a Forgetter's sockets: a few per pod
 
 
 def reset(plan: Plan) -> None:
