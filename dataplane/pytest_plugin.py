@@ -23,7 +23,8 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import btf, kernel, resources
+from dataplane import resources
+from dataplane.bpf import btf, kernel
 
 ROOT_REASON = "needs root: run sudo pytest"
 _clusters = itertools.count()
@@ -101,13 +102,13 @@ def _topology(request: pytest.FixtureRequest) -> Path:
 @pytest.fixture(scope=_scope)
 def dataplane_cluster(request: pytest.FixtureRequest):
     """A cluster built for this module (or session), torn down after it, failures included."""
-    from dataplane import cluster, state
+    from dataplane.cluster import lifecycle, state
     from dataplane.errors import UsageError
 
     if os.geteuid() != 0:
         pytest.skip(ROOT_REASON)
     try:
-        made = cluster.up(_topology(request), name=f"pt{os.getpid()}-{next(_clusters)}")
+        made = lifecycle.up(_topology(request), name=f"pt{os.getpid()}-{next(_clusters)}")
     except UsageError as err:
         problem = str(err)  # failed outside the handler, so it is reported once
     else:
@@ -122,7 +123,7 @@ def dataplane_cluster(request: pytest.FixtureRequest):
         print(f"\ndataplane: kept cluster {made.name} up after a failure "
               f"(dataplane status {made.name}; dataplane down {made.name})")
     else:
-        cluster.down(made.name)
+        lifecycle.down(made.name)
 
 
 def _probes_or_skip() -> None:
@@ -136,7 +137,7 @@ def _probes_or_skip() -> None:
 @pytest.fixture
 def dataplane_tracer(dataplane_cluster):
     """A Tracer recording every hop in the cluster while the test runs."""
-    from dataplane.tracer import Tracer
+    from dataplane.bpf.tracer import Tracer
 
     _probes_or_skip()
     with Tracer(dataplane_cluster.plan) as tracer:
@@ -145,7 +146,7 @@ def dataplane_tracer(dataplane_cluster):
 
 @pytest.fixture(scope=_scope)
 def _dataplane_verifier(dataplane_cluster):
-    from dataplane.verify import Verifier
+    from dataplane.verify.verifier import Verifier
 
     _probes_or_skip()
     with Verifier(dataplane_cluster.plan) as verifier:
@@ -158,7 +159,7 @@ def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
     flows = request.node.stash.setdefault(_FLOWS, [])
 
     def verify(src: str, dst: str, proto: str = "icmp"):
-        from dataplane.report import flow_text
+        from dataplane.report.stream import flow_text
 
         plan = _dataplane_verifier.plan
         result = _dataplane_verifier.check(src, dst, proto)
@@ -180,8 +181,8 @@ def dataplane_send(request: pytest.FixtureRequest, dataplane_cluster):
     flows = request.node.stash.setdefault(_FLOWS, [])
 
     def send(src: str, packet, expect: str | None = None, count: int = 1):
-        from dataplane import craft
-        from dataplane import send as sending
+        from dataplane.traffic import craft
+        from dataplane.send import sending
 
         pod, tag = plan.pod(src), craft.new_tag()
         made = craft.evaluate(packet, plan, pod, tag) if isinstance(packet, str) \
@@ -201,8 +202,8 @@ def _hop_rows(value: object) -> list[str] | None:
     """value as a hop table when it is a Hop or a list of them."""
     if "dataplane.tracer" not in sys.modules:  # no Hop was ever made
         return None
-    from dataplane.hops import hop_table
-    from dataplane.tracer import Hop
+    from dataplane.report.hoptable import hop_table
+    from dataplane.records import Hop
 
     hops = [value] if isinstance(value, Hop) else value
     if isinstance(hops, (list, tuple)) and hops and all(isinstance(h, Hop) for h in hops):
@@ -233,7 +234,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report.sections.append(("dataplane flows", "\n\n".join(text() for text, _ in flows)))
     folder = item.config.getoption("--dataplane-pcap")
     if folder:
-        from dataplane import pcapng
+        from dataplane.report import pcapng
 
         Path(folder).mkdir(parents=True, exist_ok=True)
         out = Path(folder) / f"{item.name}.pcapng"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import cluster, netns, state
+from dataplane.cluster import lifecycle, netns, state
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
@@ -71,8 +71,8 @@ def up_released(name: str, topology: Path = DEFAULT) -> None:
 def up_orphaned(name: str, topology: Path = DEFAULT) -> int:
     """A cluster whose builder died holding it (a test session killed before its
     teardown); returns the dead builder's pid."""
-    done = subprocess.run([sys.executable, "-c", "import os, sys; from dataplane import "
-                           "cluster; cluster.up(sys.argv[1], name=sys.argv[2]); "
+    done = subprocess.run([sys.executable, "-c", "import os, sys; from dataplane.cluster import "
+                           "lifecycle; lifecycle.up(sys.argv[1], name=sys.argv[2]); "
                            "print(os.getpid()); os._exit(0)", str(topology), name],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -98,16 +98,16 @@ def ip_json(netns_name: str | None, *argv: str):
 @pytest.fixture
 def make_cluster():
     """Build clusters from topology files; every one is torn down after the test."""
-    made: list[cluster.Cluster] = []
+    made: list[lifecycle.Cluster] = []
 
-    def make(topology: Path = DEFAULT, tag: str = "c") -> cluster.Cluster:
-        made.append(cluster.up(topology, name=unique_name(tag)))
+    def make(topology: Path = DEFAULT, tag: str = "c") -> lifecycle.Cluster:
+        made.append(lifecycle.up(topology, name=unique_name(tag)))
         return made[-1]
 
     yield make
     for c in made:
         if c.record.dir.exists():
-            cluster.down(c.name)
+            lifecycle.down(c.name)
 
 
 @pytest.fixture
@@ -126,16 +126,16 @@ def default_cluster():
     """One default-topology cluster shared by a module's read-only tests."""
     if not is_root():
         pytest.skip("needs root to create network namespaces: run sudo pytest")
-    made = cluster.up(DEFAULT, name=unique_name("m"))
+    made = lifecycle.up(DEFAULT, name=unique_name("m"))
     yield made
-    cluster.down(made.name)
+    lifecycle.down(made.name)
 
 
 def probes_unavailable() -> str | None:
     """Why the eBPF probes cannot run here, or None."""
     if not is_root():
         return "needs root to load eBPF programs: run sudo pytest"
-    from dataplane import kernel
+    from dataplane.bpf import kernel
 
     for fact in kernel.facts():
         if not fact.ok:

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from dataplane import audit, expected, faults, firewall, spec
-from dataplane.drift import Drift
-from dataplane.netstate import NetState, sysctl_device
-from dataplane.plan import make_plan
+from dataplane.cluster import expected, faults, firewall, spec
+from dataplane.cluster.netstate import NetState, sysctl_device
+from dataplane.cluster.plan import make_plan
+from dataplane.records import Drift
+from dataplane.verify import audit
 
 from .conftest import BIG, DEFAULT, ROOT, sh
 

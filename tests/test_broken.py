@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from dataplane import traffic, verify
-from dataplane.plan import PodPlan
+from dataplane.cluster.plan import PodPlan
+from dataplane.traffic import prober
+from dataplane.verify import verifier
 
 from .conftest import ROOT, sh
 
@@ -61,13 +62,13 @@ def test_a_pod_whose_address_is_gone(make_cluster, probes_ready):
 
 def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(make_cluster, probes_ready):
     """The first run leaves a path MTU cached in the pod; no later run may turn PASS."""
-    from dataplane import faults
+    from dataplane.cluster import faults
 
     made = make_cluster()
     faults.inject(made.plan, "pod-mtu", pod="node-0/pod-0")
     runs = []
     for _ in range(5):
-        report = verify.run(made.plan, protos=("udp",))
+        report = verifier.run(made.plan, protos=("udp",))
         runs.append({(f.src, f.dst, f.size): (f.verdict, f.rule) for f in report.flows})
     assert all(run == runs[0] for run in runs)
     failed = {key for key, (verdict, _) in runs[0].items() if verdict == "FAIL"}
@@ -76,7 +77,7 @@ def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(make_cluster, probes
 
 
 def test_plain_verify_checks_every_protocol_and_the_mtu(make_cluster, probes_ready):
-    from dataplane import faults
+    from dataplane.cluster import faults
 
     made = make_cluster()
     faults.inject(made.plan, "pod-mtu", pod="node-0/pod-0")
@@ -107,7 +108,7 @@ def test_a_namespace_gone_mid_run_is_that_flows_failure(make_cluster):
     made = make_cluster()
     src = made.plan.pod("node-0/pod-0")
     ghost = PodPlan(**{**made.plan.pod("node-1/pod-1").__dict__, "netns": "dp-no-such-ns"})
-    with traffic.Prober() as sender:
+    with prober.Prober() as sender:
         for proto in ("icmp", "udp", "tcp", "arp"):
             from_ghost = sender.exchange(ghost, src, proto)
             assert not from_ghost.answered

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from dataplane import caches, faults
+from dataplane.cluster import faults
+from dataplane.verify import caches
 
 from .conftest import ip_json, sh
 

@@ -5,10 +5,9 @@ import sys
 
 import pytest
 
-from dataplane import capture
+from dataplane.bpf import capture
 from dataplane.errors import UsageError
-from dataplane.packet import Frame
-from dataplane.tracer import Hop
+from dataplane.records import Frame, Hop
 
 from .conftest import ROOT, sh
 

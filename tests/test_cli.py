@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from dataplane import netns, state
+from dataplane.cluster import netns, state
 
 from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error, unique_name
 
@@ -153,7 +153,7 @@ def test_wheel_carries_the_probes(tmp_path):
 
 
 def test_probe_sources_found_from_anywhere(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "from dataplane import probes; "
-                           "print(probes.source('hops.c')[:2])"],
+    done = subprocess.run([sys.executable, "-c", "from dataplane.bpf import loader; "
+                           "print(loader.source('hops.c')[:2])"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("//"), done.stderr

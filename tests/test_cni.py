@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import cluster, flannel, nodefiles, spec, wiring
+from dataplane.cluster import lifecycle, nodefiles, spec
+from dataplane.cluster.cni import flannel, wiring
+from dataplane.cluster.plan import make_plan
 from dataplane.errors import UsageError
-from dataplane.plan import make_plan
 
 from .conftest import (BIG, DEFAULT, ROOT, TOPOLOGIES, dp, ip_json, leftovers, one_line_error,
                        sh, unique_name)
@@ -100,23 +101,23 @@ needs_root = pytest.mark.needs_root
 @pytest.fixture
 def plugin_cluster():
     """Plugin-wired clusters, each taken down after the test (DEL first)."""
-    made: list[cluster.Cluster] = []
+    made: list[lifecycle.Cluster] = []
 
     def make(topology: Path = CNI, tag: str = "w", cni_mode: str | None = None):
-        made.append(cluster.up(topology, name=unique_name(tag), cni_mode=cni_mode))
+        made.append(lifecycle.up(topology, name=unique_name(tag), cni_mode=cni_mode))
         return made[-1]
 
     yield make
     for c in made:
         if c.record.dir.exists():
-            cluster.down(c.name)
+            lifecycle.down(c.name)
 
 
-def node_links(c: cluster.Cluster, node) -> dict[str, dict]:
+def node_links(c: lifecycle.Cluster, node) -> dict[str, dict]:
     return {link["ifname"]: link for link in ip_json(node.netns, "-d", "link")}
 
 
-def assert_wired_as_planned(c: cluster.Cluster) -> None:
+def assert_wired_as_planned(c: lifecycle.Cluster) -> None:
     """host-local's records are the plan's; every pod is as its ADD result says."""
     for node in c.plan.nodes:
         d = wiring.dirs(c.record.dir, node)
@@ -153,7 +154,7 @@ def test_2x2_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
 @needs_root
 def test_4x8_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
     c = plugin_cluster(BIG, cni_mode="plugins")
-    assert c.record.cni_mode == "plugins" and cluster.attach(c.name).plan == c.plan
+    assert c.record.cni_mode == "plugins" and lifecycle.attach(c.name).plan == c.plan
     assert_wired_as_planned(c)
     done = dp("verify", "--running", c.name)  # every pair, every protocol, the MTU probes
     assert done.returncode == 0, failures(done)
@@ -187,7 +188,7 @@ def test_del_leaves_no_allocation_veth_or_namespace(plugin_cluster):
         for pod in node.pods:
             assert [link["ifname"] for link in ip_json(pod.netns, "link")] == ["lo"]
     assert wiring.delete(c.plan, c.record.dir) == []  # DEL again: nothing left to remove
-    cluster.down(c.name)
+    lifecycle.down(c.name)
     assert leftovers(c.name) == []
 
 
@@ -271,13 +272,13 @@ def test_a_real_flannel_plugin_in_the_path_runs_instead(tmp_path):
 
 @needs_root
 def test_missing_plugins_refused_before_anything_is_made(tmp_path, monkeypatch):
-    from dataplane import cni
+    from dataplane.cluster.cni import plugins
 
-    monkeypatch.setattr(cni, "SYSTEM_PATH", tmp_path / "none")
+    monkeypatch.setattr(plugins, "SYSTEM_PATH", tmp_path / "none")
     name = unique_name("miss")
     with pytest.raises(UsageError, match="CNI plugin loopback is in none of .*; install Debian's "
                                          "containernetworking-plugins"):
-        cluster.up(CNI, name=name)
+        lifecycle.up(CNI, name=name)
     assert leftovers(name) == []
 
 
@@ -296,7 +297,7 @@ def test_the_plugins_touch_nothing_outside_the_cluster(plugin_cluster):
     before = root_state()
     c = plugin_cluster()
     assert root_state() == before
-    cluster.down(c.name)
+    lifecycle.down(c.name)
     assert root_state() == before
 
 

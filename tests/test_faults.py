@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from dataplane import faults, verify
+from dataplane.cluster import faults
+from dataplane.verify import verifier
 
 from .conftest import ROOT
 
@@ -61,7 +62,7 @@ def test_fault_fails_its_flows_with_the_right_cause(make_cluster, probes_ready, 
         {"pod": POD} if breaks_pod else {"node": NODE}
     faults.inject(plan, name, **options)
 
-    runs = [verify.run(plan) for _ in range(5)]
+    runs = [verifier.run(plan) for _ in range(5)]
     verdicts = [{(f.src, f.dst, f.proto, f.size): (f.verdict, f.rule) for f in r.flows}
                 for r in runs]
     assert all(v == verdicts[0] for v in verdicts), f"{name}: verdicts changed between runs"

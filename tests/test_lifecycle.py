@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import build, cluster, netns, state
+from dataplane.cluster import build, lifecycle, netns, state
 from dataplane.errors import UsageError
 
 from .conftest import BIG, DEFAULT, ROOT, dp, leftovers, one_line_error, sh, unique_name
@@ -35,9 +35,9 @@ def root_snapshot() -> dict[str, str]:
 def test_root_namespace_untouched_by_up_and_down():
     before = root_snapshot()
     name = unique_name("root")
-    made = cluster.up(BIG, name=name)
+    made = lifecycle.up(BIG, name=name)
     during = root_snapshot()
-    cluster.down(made.name)
+    lifecycle.down(made.name)
     after = root_snapshot()
     assert during == before and after == before
     assert leftovers(name) == []
@@ -47,7 +47,7 @@ def test_two_clusters_side_by_side(make_cluster):
     first, second = make_cluster(DEFAULT, "a"), make_cluster(DEFAULT, "b")
     assert not set(first.plan.namespaces()) & set(second.plan.namespaces())
     assert ping_all(first.plan) == [] and ping_all(second.plan) == []
-    cluster.down(first.name)
+    lifecycle.down(first.name)
     assert ping_all(second.plan) == []
 
 
@@ -62,7 +62,7 @@ def test_exception_mid_build_tears_down(monkeypatch):
 
     monkeypatch.setattr(build, "_node", failing_node)
     with pytest.raises(RuntimeError, match="injected"):
-        cluster.up(BIG, name=name)
+        lifecycle.up(BIG, name=name)
     assert leftovers(name) == []
 
 
@@ -86,24 +86,24 @@ def test_kernel_refusal_mid_build_names_it_and_tears_down(monkeypatch):
     fds, threads = open_fds(), threading.active_count()
     with pytest.raises(OSError, match=rf"route add 192.0.2.0/24 via 198.51.100.1 in "
                                       rf"dp-{name}.node-0 failed"):
-        cluster.up(BIG, name=name)
+        lifecycle.up(BIG, name=name)
     assert leftovers(name) == []
     assert open_fds() == fds and threading.active_count() == threads
 
 
 def test_build_leaves_no_fd_or_thread_behind():
     fds, threads = open_fds(), threading.active_count()
-    made = cluster.up(BIG, name=unique_name("fds"))
+    made = lifecycle.up(BIG, name=unique_name("fds"))
     try:
         assert open_fds() == fds and threading.active_count() == threads
     finally:
-        cluster.down(made.name)
+        lifecycle.down(made.name)
 
 
 def test_same_name_twice_refused(make_cluster):
     made = make_cluster(DEFAULT)
     with pytest.raises(UsageError, match="already up"):
-        cluster.up(DEFAULT, name=made.name)
+        lifecycle.up(DEFAULT, name=made.name)
     assert ping_all(made.plan) == []  # the first one is untouched
 
 
@@ -112,7 +112,7 @@ def test_leftover_namespace_refused_and_kept():
     sh(None, "ip", "netns", "add", f"dp-{name}.node-1")
     try:
         with pytest.raises(UsageError, match="already exists"):
-            cluster.up(DEFAULT, name=name)
+            lifecycle.up(DEFAULT, name=name)
         assert netns.exists(f"dp-{name}.node-1")  # not ours: left alone
         assert not (state.STATE_ROOT / name).exists()
     finally:

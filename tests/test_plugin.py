@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import netns
+from dataplane.cluster import netns
 
 from .conftest import BIG, ROOT
 
@@ -22,14 +22,14 @@ def test_same_node(dataplane_verify):
     assert dataplane_verify("node-0/pod-0", "node-0/pod-1").passed
 
 def test_tracer_sees_traffic(dataplane_cluster, dataplane_tracer):
-    from dataplane import traffic
+    from dataplane.traffic import prober
     plan = dataplane_cluster.plan
-    assert traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0"), "icmp").answered
+    assert prober.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0"), "icmp").answered
     assert any(h.at == "node-1/pod-0" for h in dataplane_tracer.take(50))
 '''
 
 FAILING = '''
-from dataplane import faults
+from dataplane.cluster import faults
 
 def test_broken(dataplane_cluster, dataplane_verify):
     faults.inject(dataplane_cluster.plan, "missing-fdb", node="node-0", peer="node-1")
@@ -134,8 +134,7 @@ def test_a_bad_topology_is_reported_once(pytester):
 
 def test_failed_hop_comparisons_show_a_hop_table(pytester):
     pytester.makepyfile(test_user='''
-from dataplane.packet import Frame
-from dataplane.tracer import Hop
+from dataplane.records import Frame, Hop
 
 def test_hops():
     frame = Frame(eth_src="", eth_dst="", ethertype=0x800, src="10.244.0.2",
@@ -167,7 +166,7 @@ def test_btf():
     pass
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    from dataplane import btf, kernel
+    from dataplane.bpf import btf, kernel
     kprobes, has_btf = kernel.kprobes_available(), btf.VMLINUX.exists()
     result.assert_outcomes(passed=kprobes + has_btf, skipped=2 - kprobes - has_btf)
     if not kprobes:

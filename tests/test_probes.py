@@ -6,10 +6,13 @@ import textwrap
 
 import pytest
 
-from dataplane import btf, kernel, netns, probes, trace, traffic, verify
-from dataplane import tracer as tracer_module
+from dataplane.bpf import btf, kernel, loader, tracer as tracer_module
+from dataplane.bpf.tracer import Tracer
+from dataplane.cluster import netns
 from dataplane.errors import UsageError
-from dataplane.tracer import Tracer
+from dataplane.report.hoptable import trace_text
+from dataplane.traffic import prober
+from dataplane.verify import verifier
 
 from .conftest import sh
 
@@ -21,19 +24,19 @@ def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
     header = tmp_path / "vmlinux.h"
     header.write_text(sh(None, "bpftool", "btf", "dump", "file", str(btf.VMLINUX), "format", "c"))
     lines = [f'printf("{macro} %lu\\n", (unsigned long)__builtin_offsetof(struct {struct}, {path}));'
-             for macro, struct, path in probes.OFFSETS]
+             for macro, struct, path in loader.OFFSETS]
     (tmp_path / "off.c").write_text('#include "vmlinux.h"\nint printf(const char *, ...);\n'
                                     "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
     sh(None, "gcc", "-w", "-o", str(tmp_path / "off"), "-I", str(tmp_path), str(tmp_path / "off.c"))
     compiled = dict(line.split() for line in sh(None, str(tmp_path / "off")).splitlines())
-    ours = probes.offsets(btf.BTF.load())
-    assert probes.layout().offsets == ours  # the cached layout too
+    ours = loader.offsets(btf.BTF.load())
+    assert loader.layout().offsets == ours  # the cached layout too
     assert {k: int(v) for k, v in compiled.items()} == ours
 
 
 def test_ring_buffer_from_5_8():
-    assert not probes.ring_buffer_supported("5.4.0-150-generic")
-    assert probes.ring_buffer_supported("5.8.0") and probes.ring_buffer_supported("6.18.44-fc")
+    assert not loader.ring_buffer_supported("5.4.0-150-generic")
+    assert loader.ring_buffer_supported("5.8.0") and loader.ring_buffer_supported("6.18.44-fc")
 
 
 def test_drop_reasons_named_from_btf():
@@ -53,7 +56,7 @@ def is_subsequence(wanted, seen):
 
 def test_cross_node_hops(default_cluster, probes_ready):
     plan = default_cluster.plan
-    result = trace.run(plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    result = verifier.trace(plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert result.exchange.answered and result.lost_events == 0
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
     n0, n1 = plan.nodes
@@ -65,7 +68,7 @@ def test_cross_node_hops(default_cluster, probes_ready):
     ]
     reply = [("node-1/pod-1", "eth0", "tx"), ("node-1", "flannel.1", "tx"),
              ("node-1", "eth0", "tx"), ("node-0", "flannel.1", "rx"), ("node-0/pod-0", "eth0", "rx")]
-    assert is_subsequence(request + reply, hops_of(result)), trace.as_text(result)
+    assert is_subsequence(request + reply, hops_of(result)), trace_text(result)
     (encap,) = [h for h in result.hops if (h.at, h.device, h.dir) == ("node-0", "eth0", "tx")]
     f = encap.frame
     assert (f.proto, f.dport, f.vni) == ("udp", 8472, 1)
@@ -77,21 +80,21 @@ def test_cross_node_hops(default_cluster, probes_ready):
 
 def test_same_node_hops(default_cluster, probes_ready):
     plan = default_cluster.plan
-    result = trace.run(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
+    result = verifier.trace(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
     assert result.exchange.answered
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     assert hops_of(result) == [
         ("node-0/pod-0", "eth0", "tx"), ("node-0", a.host_veth, "rx"), ("node-0", b.host_veth, "tx"),
         ("node-0/pod-1", "eth0", "rx"),
         ("node-0/pod-1", "eth0", "tx"), ("node-0", b.host_veth, "rx"), ("node-0", a.host_veth, "tx"),
-        ("node-0/pod-0", "eth0", "rx")], trace.as_text(result)
+        ("node-0/pod-0", "eth0", "rx")], trace_text(result)
 
 
 @pytest.mark.needs_root
 def test_drop_has_its_reason(make_cluster, probes_ready):
     made = make_cluster()
     sh(None, "ip", "-n", made.plan.nodes[0].netns, "link", "set", "flannel.1", "down")
-    result = trace.run(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    result = verifier.trace(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert not result.exchange.answered
     drops = [h for h in result.hops if h.dir == "drop"]
     assert drops and drops[-1].at == "node-0" and drops[-1].device == "cni0"
@@ -107,10 +110,10 @@ def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
 
 
 def test_loader_reports_backends(probes_ready):
-    loaded = probes.load()
+    loaded = loader.load()
     try:
         assert loaded.attached[:6] == [f"raw_tracepoint:{tp}"
-                                       for tp in probes.TRACEPOINTS + probes.FDB_TRACEPOINTS]
+                                       for tp in loader.TRACEPOINTS + loader.FDB_TRACEPOINTS]
         assert "tracepoints" in loaded.backends
         assert loaded.seconds < 5
         if not kernel.kprobes_available():
@@ -133,7 +136,7 @@ def refuse(monkeypatch, tracepoint: str) -> None:
 
 def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch):
     refuse(monkeypatch, "netif_rx")
-    loaded = probes.load()
+    loaded = loader.load()
     try:
         assert "raw_tracepoint:netif_rx" not in loaded.attached
         assert "No such file or directory" in loaded.skipped["raw_tracepoint:netif_rx"]
@@ -146,8 +149,8 @@ def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch)
 def test_a_refused_needed_tracepoint_makes_flows_inconclusive(default_cluster, probes_ready,
                                                               monkeypatch):
     refuse(monkeypatch, "net_dev_start_xmit")
-    with verify.Verifier(default_cluster.plan) as verifier:
-        flow = verifier.check("node-0/pod-0", "node-1/pod-1")
+    with verifier.Verifier(default_cluster.plan) as probing:
+        flow = probing.check("node-0/pod-0", "node-1/pod-1")
     assert (flow.verdict, flow.rule) == ("INCONCLUSIVE", "probes"), flow.diagnosis
     assert "net_dev_start_xmit" in flow.diagnosis
 
@@ -158,7 +161,7 @@ def test_unreadable_kallsyms_is_said(monkeypatch):
 
     monkeypatch.setattr(kernel, "kprobes_available", lambda: True)
     monkeypatch.setattr(kernel, "kallsyms", unreadable)
-    functions, skipped = probes._kprobe_targets()
+    functions, skipped = loader._kprobe_targets()
     assert functions == []
     assert skipped["kprobe:vxlan_rcv"] == ("cannot tell whether the function exists: "
                                            "/proc/kallsyms is unreadable (Permission denied)")
@@ -168,10 +171,10 @@ def test_unreadable_kallsyms_is_said(monkeypatch):
                     reason="the kernel has no kprobes (CONFIG_KPROBES unset): the kprobe "
                            "backend runs in the VM lane (make vm-test)")
 def test_kprobe_function_hops(default_cluster, probes_ready):
-    result = trace.run(default_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
+    result = verifier.trace(default_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
     funcs = {h.func for h in result.hops}
     assert {"br_forward", "vxlan_xmit", "vxlan_rcv"} <= funcs, textwrap.indent(
-        trace.as_text(result), "  ")
+        trace_text(result), "  ")
 
 
 @pytest.mark.parametrize("buffer", ["ring", "perf"])
@@ -182,8 +185,8 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     with Tracer(plan, record_all=False,
                 buffer=buffer) as tracer:
         assert tracer.loaded.buffer == buffer
-        other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
-        mine = traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
+        other = prober.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
+        mine = prober.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
                                 watch=tracer.watch)
         hops = [h for h in tracer.take(50) if h.dir != "learn"]  # learning is always kept
     assert other.answered and mine.answered
@@ -212,11 +215,11 @@ def test_no_btf_and_portable_headers_is_a_refusal(monkeypatch, tmp_path):
     monkeypatch.setattr(btf, "VMLINUX", tmp_path / "no-btf")
     monkeypatch.setattr(kernel, "header_source", lambda: ("portable", tmp_path))
     with pytest.raises(UsageError, match="no BTF .* and no headers matching"):
-        probes.load()
+        loader.load()
 
 
 def test_without_btf_matching_headers_give_offsetof():
-    found = probes.layout_from_headers("x86_64")
+    found = loader.layout_from_headers("x86_64")
     assert found.offsets["OFF_SKB_HEAD"] == "offsetof(struct sk_buff, head)"
     assert found.offsets["OFF_NET_INUM"] == "offsetof(struct net, ns.inum)"
     assert found.arguments["OFF_REGS_ARG2"] == "offsetof(struct pt_regs, si)"
@@ -230,7 +233,7 @@ def test_bridge_learning(make_cluster, probes_ready):
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     with Tracer(plan) as tracer:
         assert "raw_tracepoint:br_fdb_update" in tracer.loaded.attached
-        assert traffic.exchange(a, b, "icmp").answered
+        assert prober.exchange(a, b, "icmp").answered
         learned = {(h.at, h.device, h.learned) for h in tracer.take(50) if h.dir == "learn"}
     assert ("node-0", a.host_veth, f"{a.mac} vlan 0") in learned
     assert ("node-0", b.host_veth, f"{b.mac} vlan 0") in learned

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
-from dataplane import cluster, craft, send
-from dataplane.outcome import Drop, Place
+from dataplane.cluster import lifecycle
+from dataplane.send import sending
+from dataplane.send.outcome import Drop, Place
+from dataplane.traffic import craft
 
 from .conftest import DEFAULT, dp, is_root, one_line_error, unique_name
 
@@ -20,14 +22,14 @@ def three(tmp_path_factory):
         pytest.skip("needs root to create network namespaces: run sudo pytest")
     topology = tmp_path_factory.mktemp("send") / "three.toml"
     topology.write_text(THREE_PODS)
-    made = cluster.up(topology, name=unique_name("snd"))
+    made = lifecycle.up(topology, name=unique_name("snd"))
     yield made
-    cluster.down(made.name)
+    lifecycle.down(made.name)
 
 
-def sent(plan, src: str, expression: str, **options) -> send.SendResult:
+def sent(plan, src: str, expression: str, **options) -> sending.SendResult:
     pod = plan.pod(src)
-    return send.run(plan, src, craft.evaluate(expression, plan, pod, craft.new_tag()),
+    return sending.run(plan, src, craft.evaluate(expression, plan, pod, craft.new_tag()),
                     **options)
 
 
@@ -56,7 +58,7 @@ def crossing(plan, src: str, dst: str) -> list[tuple[str, str, str]]:
 def test_a_syn_to_a_closed_port_is_answered_by_a_reset_across_nodes(three, probes_ready):
     plan = three.plan
     result = sent(plan, "node-0/pod-0", 'IP(dst=pod("node-1/pod-1"))/TCP(dport=80, flags="S")')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.outcome == "answered" and result.lost_events == 0, text
     assert result.delivered_to == [Place("node-1/pod-1", "eth0")], text
     syn = legs(result, "sent")
@@ -77,7 +79,7 @@ def test_fields_the_user_set_are_sent_as_written(three, probes_ready):
     plan = three.plan
     result = sent(plan, "node-1/pod-0", 'IP(dst=pod("node-1/pod-2"), id=7, ttl=9)'
                                         '/UDP(sport=5353, dport=9)', count=2)
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.in_kernel and result.outcome == "answered", text
     mine = [h.frame for h in legs(result, "sent") if h.dir != "drop"]
     assert {(f.ip_id, f.ttl, f.sport, f.dport) for f in mine} == {(7, 9, 5353, 9)}, text
@@ -89,7 +91,7 @@ def test_udp_to_an_unassigned_address_is_dropped_on_the_peer_node(three, probes_
     plan = three.plan
     nowhere = str(plan.node("node-1").pod_cidr.network_address + 200)
     result = sent(plan, "node-0/pod-1", f'IP(dst="{nowhere}")/UDP(dport=53)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.outcome == "dropped" and result.dropped and not result.delivered_to, text
     assert result.judged.drops == [Drop("node-1", "cni0", "SKB_DROP_REASON_NEIGH_FAILED")], text
     assert result.drop_reason == "SKB_DROP_REASON_NEIGH_FAILED"
@@ -106,7 +108,7 @@ def test_every_fragment_crosses_the_tunnel_and_is_delivered(three, probes_ready)
     plan = three.plan
     result = sent(plan, "node-0/pod-2", 'fragment(IP(dst=pod("node-1/pod-0"))/UDP(dport=9)'
                                         '/Raw(b"x" * 3000), fragsize=1400)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert len(result.sent) == 3 and result.lost_events == 0, text
     assert result.delivered_to == [Place("node-1/pod-0", "eth0")], text
     for offset in (0, 1400, 2800):
@@ -128,7 +130,7 @@ def test_a_broadcast_frame_is_flooded_to_the_node_pods_and_stays_on_the_node(thr
     plan = three.plan
     result = sent(plan, "node-0/pod-0",
                   'Ether(dst="ff:ff:ff:ff:ff:ff")/ARP(pdst=pod("node-0/pod-2"))')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     others = [pod for pod in plan.node("node-0").pods if pod.name != "pod-0"]
     assert set(result.delivered_to) == {Place("node-0", "cni0"),
                                         *(Place(pod.ref, "eth0") for pod in others)}, text
@@ -145,7 +147,7 @@ def test_a_vlan_tagged_frame_is_bridged_and_dropped_by_the_pod(three, probes_rea
     plan = three.plan
     result = sent(plan, "node-0/pod-0", 'Ether(dst=mac("node-0/pod-1"))/Dot1Q(vlan=100)'
                                         '/IP(dst=pod("node-0/pod-1"))/UDP(dport=9)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert not result.in_kernel, text  # found by recording every packet for the send
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     hops = legs(result, "sent")

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from dataplane import netns, state
+from dataplane.cluster import netns, state
 
 from .conftest import ROOT, dp, leftovers, one_line_error, up_orphaned, up_released, \
     unique_name
@@ -19,14 +19,15 @@ pytestmark = pytest.mark.needs_root
 # sends one exchange in it, so what it says after the cluster vanished can be seen.
 HOLDER = """
 import sys
-from dataplane import cluster, traffic
+from dataplane.cluster import lifecycle
+from dataplane.traffic import prober
 from dataplane.errors import UsageError
 
 try:
-    with cluster.using(sys.argv[1], "a test's holder") as made:
+    with lifecycle.using(sys.argv[1], "a test's holder") as made:
         print("holding", flush=True)
         sys.stdin.readline()
-        traffic.exchange(made.plan.pods()[0], made.plan.pods()[1], "udp")
+        prober.exchange(made.plan.pods()[0], made.plan.pods()[1], "udp")
 except UsageError as err:
     sys.exit(f"dataplane: {err}")
 """
@@ -83,12 +84,12 @@ def test_a_test_sessions_cluster_is_held_by_it(private_state, make_cluster):
 
 
 def test_the_owner_takes_down_what_it_made_even_while_held(private_state, make_cluster):
-    from dataplane import cluster
+    from dataplane.cluster import lifecycle
 
     mine = make_cluster()
     holder = start_holder(mine.name)
     try:
-        assert len(cluster.down(mine.name)) == 7
+        assert len(lifecycle.down(mine.name)) == 7
     finally:
         holder.kill()
         holder.wait()

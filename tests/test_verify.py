@@ -6,8 +6,9 @@ import sys
 
 import pytest
 
-from dataplane import faults, verify
-from dataplane.report import as_text
+from dataplane.cluster import faults
+from dataplane.report.stream import as_text
+from dataplane.verify import verifier
 
 from .conftest import ROOT
 
@@ -15,7 +16,7 @@ pytestmark = pytest.mark.needs_root
 
 
 def results(plan, **options):
-    report = verify.run(plan, **options)
+    report = verifier.run(plan, **options)
     assert report.lost_events == 0
     return {(f.src, f.dst, f.proto, f.size): f for f in report.flows}
 
@@ -30,7 +31,7 @@ def test_healthy_cluster_passes_every_protocol_and_size(default_cluster, probes_
 
 def test_twenty_verifies_in_a_row_without_a_flake(default_cluster, probes_ready):
     for _ in range(20):
-        report = verify.run(default_cluster.plan)
+        report = verifier.run(default_cluster.plan)
         assert len(report.flows) == 12 * 7 and report.passed, as_text(report)
 
 
