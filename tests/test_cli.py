@@ -119,7 +119,8 @@ def test_shipped_topology_by_name_from_anywhere(tmp_path):
 
 
 @pytest.mark.needs_root
-def test_verify_without_argument_outside_the_repository(tmp_path, probes_ready):
+@pytest.mark.needs_probes
+def test_verify_without_argument_outside_the_repository(tmp_path):
     done = dp("verify", "--proto", "icmp", "--no-mtu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "12 flows: 12 passed" in done.stdout

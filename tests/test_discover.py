@@ -17,9 +17,9 @@ import pytest
 from dataplane.cluster import discover, lifecycle, netns, state
 from dataplane.cluster.nodefiles import NODES_DIR
 
-from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error
+from .conftest import DEFAULT, ROOT, dp, one_line_error
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="namespaces need root")
+pytestmark = pytest.mark.needs_root
 
 RUN = f"dsc{os.getpid()}"
 _serial = itertools.count()

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -14,11 +13,10 @@ import pytest
 from dataplane.cluster import build, lifecycle, netns, state
 from dataplane.errors import UsageError
 
-from .conftest import BIG, DEFAULT, ROOT, dp, leftovers, one_line_error, sh, unique_name
+from .conftest import BIG, DEFAULT, dp, dp_start, leftovers, one_line_error, sh, unique_name
 from .pingall import ping_all
 
 pytestmark = pytest.mark.needs_root
-DP = [sys.executable, "-m", "dataplane"]
 
 
 def root_snapshot() -> dict[str, str]:
@@ -43,8 +41,8 @@ def test_root_namespace_untouched_by_up_and_down():
     assert leftovers(name) == []
 
 
-def test_two_clusters_side_by_side(make_cluster):
-    first, second = make_cluster(DEFAULT, "a"), make_cluster(DEFAULT, "b")
+def test_two_clusters_side_by_side(dataplane_clusters):
+    first, second = dataplane_clusters(DEFAULT), dataplane_clusters(DEFAULT)
     assert not set(first.plan.namespaces()) & set(second.plan.namespaces())
     assert ping_all(first.plan) == [] and ping_all(second.plan) == []
     lifecycle.down(first.name)
@@ -100,8 +98,8 @@ def test_build_leaves_no_fd_or_thread_behind():
         lifecycle.down(made.name)
 
 
-def test_same_name_twice_refused(make_cluster):
-    made = make_cluster(DEFAULT)
+def test_same_name_twice_refused(dataplane_clusters):
+    made = dataplane_clusters(DEFAULT)
     with pytest.raises(UsageError, match="already up"):
         lifecycle.up(DEFAULT, name=made.name)
     assert ping_all(made.plan) == []  # the first one is untouched
@@ -129,8 +127,8 @@ def huge_topology(tmp_path) -> Path:
 
 def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Popen:
     """Start `dataplane up` and return once it has made some namespaces, still building."""
-    proc = subprocess.Popen([*DP, "up", str(topology), "--name", name], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = dp_start("up", str(topology), "--name", name, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         made = [p for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
@@ -173,8 +171,8 @@ def test_signal_mid_up_tears_down(tmp_path, sig, code):
     assert leftovers(name) == []
 
 
-def test_clean_spares_clusters_with_a_live_owner(private_state, make_cluster):
-    mine = make_cluster(DEFAULT)  # owned by this pytest process
+def test_clean_spares_clusters_with_a_live_owner(private_state, dataplane_clusters):
+    mine = dataplane_clusters(DEFAULT)  # owned by this pytest process
     done = dp("clean")
     assert done.returncode == 0, done.stderr
     assert f"left {mine.name}: in use by pid {os.getpid()}" in done.stdout

@@ -10,7 +10,7 @@ import pytest
 
 from dataplane.cluster import netns
 
-from .conftest import BIG, ROOT
+from .conftest import BIG, ROOT, dp
 
 PASSING = '''
 def test_cross_node_udp(dataplane_verify):
@@ -39,13 +39,15 @@ def test_broken(dataplane_cluster, dataplane_verify):
 
 
 @pytest.mark.needs_root
-def test_passing_checks(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_passing_checks(pytester):
     pytester.makepyfile(test_user=PASSING)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
 @pytest.mark.needs_root
-def test_failure_shows_hops_diagnosis_and_pcap(pytester, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_failure_shows_hops_diagnosis_and_pcap(pytester, tmp_path):
     pytester.makepyfile(test_user=FAILING)
     result = pytester.runpytest("-p", "no:cacheprovider", f"--dataplane-pcap={tmp_path}")
     result.assert_outcomes(failed=1)
@@ -56,7 +58,8 @@ def test_failure_shows_hops_diagnosis_and_pcap(pytester, probes_ready, tmp_path)
 
 
 @pytest.mark.needs_root
-def test_keep_leaves_the_failed_cluster_up(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_keep_leaves_the_failed_cluster_up(pytester):
     pytester.makepyfile(test_user=FAILING)
     result = pytester.runpytest("-p", "no:cacheprovider", "--dataplane-keep", "-s")
     result.assert_outcomes(failed=1)
@@ -65,11 +68,12 @@ def test_keep_leaves_the_failed_cluster_up(pytester, probes_ready):
     try:
         assert netns.exists(f"dp-{kept[0]}.node-0")
     finally:
-        subprocess.run([sys.executable, "-m", "dataplane", "down", kept[0]], cwd=ROOT)
+        dp("down", kept[0])
 
 
 @pytest.mark.needs_root
-def test_topology_marker(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_topology_marker(pytester):
     pytester.makepyfile(test_user=f'''
 import pytest
 pytestmark = pytest.mark.dataplane_topology({str(BIG)!r})
@@ -93,7 +97,8 @@ def test_cross_node_udp(dataplane_verify):
 
 
 @pytest.mark.needs_root
-def test_the_readme_example_runs_outside_the_repository(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_the_readme_example_runs_outside_the_repository(pytester):
     assert ROOT not in pytester.path.parents
     pytester.makepyfile(test_user=README_EXAMPLE)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
@@ -190,7 +195,8 @@ def test_without_root_the_fixtures_skip():
 
 
 @pytest.mark.needs_root
-def test_the_shipped_example_passes(probes_ready):
+@pytest.mark.needs_probes
+def test_the_shipped_example_passes():
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                            "examples/test_my_network.py"], cwd=ROOT, capture_output=True,
                           text=True)

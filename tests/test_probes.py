@@ -14,7 +14,7 @@ from dataplane.report.hoptable import trace_text
 from dataplane.traffic import prober
 from dataplane.verify import verifier
 
-from .conftest import sh
+from .conftest import seen_in_order, sh
 
 
 def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
@@ -49,13 +49,9 @@ def hops_of(result):
     return [(h.at, h.device, h.dir) for h in result.hops]
 
 
-def is_subsequence(wanted, seen):
-    it = iter(seen)
-    return all(any(w == s for s in it) for w in wanted)
-
-
-def test_cross_node_hops(default_cluster, probes_ready):
-    plan = default_cluster.plan
+@pytest.mark.needs_probes
+def test_cross_node_hops(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = verifier.trace(plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert result.exchange.answered and result.lost_events == 0
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
@@ -68,7 +64,7 @@ def test_cross_node_hops(default_cluster, probes_ready):
     ]
     reply = [("node-1/pod-1", "eth0", "tx"), ("node-1", "flannel.1", "tx"),
              ("node-1", "eth0", "tx"), ("node-0", "flannel.1", "rx"), ("node-0/pod-0", "eth0", "rx")]
-    assert is_subsequence(request + reply, hops_of(result)), trace_text(result)
+    assert seen_in_order(request + reply, hops_of(result)), trace_text(result)
     (encap,) = [h for h in result.hops if (h.at, h.device, h.dir) == ("node-0", "eth0", "tx")]
     f = encap.frame
     assert (f.proto, f.dport, f.vni) == ("udp", 8472, 1)
@@ -78,8 +74,9 @@ def test_cross_node_hops(default_cluster, probes_ready):
     assert encap.length == inner.length + 50
 
 
-def test_same_node_hops(default_cluster, probes_ready):
-    plan = default_cluster.plan
+@pytest.mark.needs_probes
+def test_same_node_hops(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = verifier.trace(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
     assert result.exchange.answered
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
@@ -91,8 +88,9 @@ def test_same_node_hops(default_cluster, probes_ready):
 
 
 @pytest.mark.needs_root
-def test_drop_has_its_reason(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_drop_has_its_reason(dataplane_clusters):
+    made = dataplane_clusters()
     sh(None, "ip", "-n", made.plan.nodes[0].netns, "link", "set", "flannel.1", "down")
     result = verifier.trace(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert not result.exchange.answered
@@ -101,15 +99,17 @@ def test_drop_has_its_reason(make_cluster, probes_ready):
     assert drops[-1].drop_reason == "SKB_DROP_REASON_IP_INNOROUTES"
 
 
-def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
-    plan = default_cluster.plan
+@pytest.mark.needs_probes
+def test_root_namespace_traffic_is_not_recorded(dataplane_cluster):
+    plan = dataplane_cluster.plan
     with Tracer(plan) as tracer:
         tracer.take()
         sh(None, "ping", "-c", "3", "-i", "0.2", "-q", "127.0.0.1")
         assert tracer.take(50) == []
 
 
-def test_loader_reports_backends(probes_ready):
+@pytest.mark.needs_probes
+def test_loader_reports_backends():
     loaded = loader.load()
     try:
         assert loaded.attached[:6] == [f"raw_tracepoint:{tp}"
@@ -134,7 +134,8 @@ def refuse(monkeypatch, tracepoint: str) -> None:
     monkeypatch.setattr(libbcc.lib, "bpf_attach_raw_tracepoint", attach)
 
 
-def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch):
+@pytest.mark.needs_probes
+def test_a_refused_tracepoint_is_skipped_not_attached(monkeypatch):
     refuse(monkeypatch, "netif_rx")
     loaded = loader.load()
     try:
@@ -146,10 +147,11 @@ def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch)
     assert loaded.attached == []  # closed: bcc holds no attachment any more
 
 
-def test_a_refused_needed_tracepoint_makes_flows_inconclusive(default_cluster, probes_ready,
+@pytest.mark.needs_probes
+def test_a_refused_needed_tracepoint_makes_flows_inconclusive(dataplane_cluster,
                                                               monkeypatch):
     refuse(monkeypatch, "net_dev_start_xmit")
-    with verifier.Verifier(default_cluster.plan) as probing:
+    with verifier.Verifier(dataplane_cluster.plan) as probing:
         flow = probing.check("node-0/pod-0", "node-1/pod-1")
     assert (flow.verdict, flow.rule) == ("INCONCLUSIVE", "probes"), flow.diagnosis
     assert "net_dev_start_xmit" in flow.diagnosis
@@ -167,21 +169,21 @@ def test_unreadable_kallsyms_is_said(monkeypatch):
                                            "/proc/kallsyms is unreadable (Permission denied)")
 
 
-@pytest.mark.skipif(not kernel.kprobes_available(),
-                    reason="the kernel has no kprobes (CONFIG_KPROBES unset): the kprobe "
-                           "backend runs in the VM lane (make vm-test)")
-def test_kprobe_function_hops(default_cluster, probes_ready):
-    result = verifier.trace(default_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
+@pytest.mark.needs_kprobes  # the kprobe backend runs in the VM lane (make vm-test)
+@pytest.mark.needs_probes
+def test_kprobe_function_hops(dataplane_cluster):
+    result = verifier.trace(dataplane_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
     funcs = {h.func for h in result.hops}
     assert {"br_forward", "vxlan_xmit", "vxlan_rcv"} <= funcs, textwrap.indent(
         trace_text(result), "  ")
 
 
 @pytest.mark.parametrize("buffer", ["ring", "perf"])
-def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buffer):
+@pytest.mark.needs_probes
+def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
     """What trace and verify use: everything else is turned away in the kernel.
     Also with the perf buffer that kernels before 5.8 get."""
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     with Tracer(plan, record_all=False,
                 buffer=buffer) as tracer:
         assert tracer.loaded.buffer == buffer
@@ -195,12 +197,13 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     assert tracer.lost == 0
 
 
-def test_perf_buffer_losses_are_counted(default_cluster, probes_ready, monkeypatch):
+@pytest.mark.needs_probes
+def test_perf_buffer_losses_are_counted(dataplane_cluster, monkeypatch):
     """A one-page perf buffer read twice a second overflows: the kernel's lost records
     reach user space and `lost` accounts for them."""
     monkeypatch.setattr(tracer_module, "PERF_PAGES_PER_CPU", 1)
     monkeypatch.setattr(Tracer, "POLL_MS", 500)
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
     with Tracer(plan, buffer="perf") as tracer, \
             netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sender:
@@ -227,8 +230,9 @@ def test_without_btf_matching_headers_give_offsetof():
 
 
 @pytest.mark.needs_root
-def test_bridge_learning(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_bridge_learning(dataplane_clusters):
+    made = dataplane_clusters()
     plan = made.plan
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     with Tracer(plan) as tracer:

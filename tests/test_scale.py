@@ -18,9 +18,10 @@ def topology(tmp_path, nodes, pods):
 
 @pytest.mark.needs_root
 @pytest.mark.parametrize("nodes, pods", [(4, 16), (8, 16)])
-def test_every_pair_of_a_big_cluster_passes_without_lost_events(make_cluster, probes_ready,
+@pytest.mark.needs_probes
+def test_every_pair_of_a_big_cluster_passes_without_lost_events(dataplane_clusters,
                                                                tmp_path, nodes, pods):
-    plan = make_cluster(topology(tmp_path, nodes, pods)).plan
+    plan = dataplane_clusters(topology(tmp_path, nodes, pods)).plan
     report = verifier.run(plan, "all", ("icmp",), mtu=False, keep_hops=False)
     total = nodes * pods
     assert len(report.flows) == total * (total - 1)
@@ -31,8 +32,9 @@ def test_every_pair_of_a_big_cluster_passes_without_lost_events(make_cluster, pr
 
 
 @pytest.mark.needs_root
-def test_a_ring_buffer_too_small_is_inconclusive_never_pass(default_cluster, probes_ready):
-    report = verifier.run(default_cluster.plan, buffer_pages=1)
+@pytest.mark.needs_probes
+def test_a_ring_buffer_too_small_is_inconclusive_never_pass(dataplane_cluster):
+    report = verifier.run(dataplane_cluster.plan, buffer_pages=1)
     assert report.lost_events > 0
     assert {f.verdict for f in report.flows} == {"INCONCLUSIVE"}
     assert {f.rule for f in report.flows} == {"lost-events"}

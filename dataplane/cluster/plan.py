@@ -14,6 +14,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.cluster.spec import Spec
 from dataplane.errors import UsageError
+from dataplane.records import format_mac
 
 NETNS_PREFIX = "dp-"  # every namespace of every run starts with this
 UNDERLAY_BRIDGE = "br0"
@@ -24,7 +25,7 @@ NODE_IFNAME = "eth0"
 
 def mac_from_ip(oui: tuple[int, int], ip: IPv4Address) -> str:
     """A locally administered MAC carrying the IPv4 address, as the CNI bridge plugin makes."""
-    return ":".join(f"{b:02x}" for b in (*oui, *ip.packed))
+    return format_mac(bytes((*oui, *ip.packed)))
 
 
 POD_OUI = (0x0A, 0x58)  # the CNI bridge plugin's prefix for pod and gateway MACs

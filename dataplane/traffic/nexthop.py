@@ -16,6 +16,7 @@ from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
 from dataplane.cluster.rtnl import (RTM_GETNEIGH, RTM_GETROUTE, Batch, NetlinkError, get, ndmsg,
     rtmsg)
+from dataplane.records import format_mac
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5
@@ -63,7 +64,7 @@ def next_hop(pod: PodPlan, dst: str,
 def multicast_mac(ip: str) -> str:
     """01:00:5e and the group's low 23 bits (RFC 1112)."""
     low = int(IPv4Address(ip)) & 0x7FFFFF
-    return "01:00:5e:" + ":".join(f"{low >> shift & 0xFF:02x}" for shift in (16, 8, 0))
+    return format_mac(b"\x01\x00\x5e" + low.to_bytes(3, "big"))
 
 
 def _route(sock: socket.socket, dst: str):

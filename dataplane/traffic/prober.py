@@ -25,7 +25,7 @@ from functools import partial
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
-from dataplane.records import ARP_REQUEST, Exchange, Flow
+from dataplane.records import ARP_REQUEST, Exchange, Flow, format_mac
 
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
@@ -372,7 +372,7 @@ def _on_arp(sock: socket.socket, pending: list[Pending]) -> None:
                    and p.token == sender.encode() and str(p.src.ip) == target]
         if waiting:  # one who-has per answer: several may ask for the same gateway
             waiting[0].close(answered=True)
-            waiting[0].answer_mac = frame[22:28].hex(":")
+            waiting[0].answer_mac = format_mac(frame[22:28])
 
 
 def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:

@@ -10,11 +10,15 @@ to it, one for a pod elsewhere asks for the gateway and cni0 answers.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from dataplane.cluster.plan import Plan, PodPlan
 
-Hop = tuple[str, str, str]  # (at, device, dir) as the tracer reports them
+T = TypeVar("T")
+
+Step = tuple[str, str, str]  # (at, device, dir): where a hop must be seen, as the tracer labels it
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class Leg:
 
     sender: PodPlan
     receiver: PodPlan
-    hops: tuple[Hop, ...]
+    hops: tuple[Step, ...]
     encapsulated: bool
 
 
@@ -31,8 +35,8 @@ class Leg:
 class ArpLegs:
     """An ARP probe's who-has and its reply, and who must answer with which MAC."""
 
-    request: tuple[Hop, ...]
-    reply: tuple[Hop, ...]
+    request: tuple[Step, ...]
+    reply: tuple[Step, ...]
     answerer: str
     mac: str
 
@@ -92,4 +96,19 @@ def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: str) -> set[tuple[str,
     found |= {(node, plan.node(node).bridge) for node in (src.node, dst.node)}
     if src.node != dst.node and proto != "arp":
         found.add(("underlay", plan.underlay_bridge))
+    return found
+
+
+def in_order(wanted: Sequence[object], seen: Iterable[T],
+             key: Callable[[T], object] = lambda item: item) -> list[T]:
+    """The items of seen that match wanted one after another (key(item) == want, each
+    after the one before it), up to the first wanted that is not found: all of wanted
+    was seen in order when the list is as long as wanted."""
+    found: list[T] = []
+    rest = iter(seen)
+    for want in wanted:
+        match = next((item for item in rest if key(item) == want), None)
+        if match is None:
+            break
+        found.append(match)
     return found

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from dataplane.cluster.plan import Plan
 from dataplane.cluster.spec import VXLAN_OVERHEAD
 from dataplane.records import FAIL, INCONCLUSIVE, PASS, Exchange, FlowResult, Hop, Verdict
-from dataplane.verify.paths import Leg, arp_legs, legs, off_bridge
+from dataplane.verify.paths import Leg, Step, arp_legs, in_order, legs, off_bridge
 
 OUTER_TTL = 64  # flannel leaves flannel.1's TTL unset: the kernel's default, IPDEFTTL
 PLACED = ("tx", "rx")  # hops at a device; drops, kprobe functions and FDB events are not
@@ -165,21 +165,16 @@ def _missing_hop(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -
     return _first_missing(leg.hops, mine, everything, _name(leg))
 
 
-def _first_missing(wanted: tuple, mine: list[Hop], everything: list[Hop],
+def _first_missing(wanted: tuple[Step, ...], mine: list[Hop], everything: list[Hop],
                    label: str) -> Problem | None:
     """The first expected hop not seen, in order, with the last one that was."""
-    seen = iter(mine)
-    last = None
-    for want in wanted:
-        for hop in seen:
-            if _key(hop) == want:
-                last = hop
-                break
-        else:
-            after = f" after {last.at} {last.device} {last.dir}" if last else ""
-            return Problem("path", f"{label}: no hop at {' '.join(want)}{after}",
-                           last or (everything[-1] if everything else None))
-    return None
+    found = in_order(wanted, mine, _key)
+    if len(found) == len(wanted):
+        return None
+    last = found[-1] if found else None
+    after = f" after {last.at} {last.device} {last.dir}" if last else ""
+    return Problem("path", f"{label}: no hop at {' '.join(wanted[len(found)])}{after}",
+                   last or (everything[-1] if everything else None))
 
 
 def _macs(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Problem | None:
