@@ -64,7 +64,7 @@ def exchanges_only(name: str) -> int:
     with prober.Prober() as probing:
         unanswered = sum(not ex.answered for wave in verifier.waves(todo)
                          for ex in probing.finish([probing.start(p.src, p.dst, p.proto)
-                                                  for p in wave]))
+                                                   for p in wave]))
     return 1 if unanswered else 0
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from dataplane.cluster import lifecycle, state
 from dataplane.cluster.spec import LABEL, LABEL_HINT
 from dataplane.errors import UsageError
-from dataplane.records import EXPECTABLE, PROTOCOLS
+from dataplane.records import EXPECTABLE, PAIRS, PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
 
 TOPOLOGY_HELP = ("a topology file, or a shipped topology by name (flannel-vxlan, "
@@ -105,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=f"{TOPOLOGY_HELP} (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
-    p.add_argument("--pairs", choices=("all", "same-node", "cross-node", "sample"),
+    p.add_argument("--pairs", choices=PAIRS,
                    help="which ordered pod pairs (default: all up to 64 pods, else sample: "
                         "every node pair and every pod as source and as destination)")
     p.add_argument("--proto", choices=PROTOCOLS, action="append",
@@ -323,7 +323,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not args.json and sys.stderr.isatty():
             streams.append(stream.Progress())
         return verifier.run(plan, which(plan), protos, mtu=args.mtu,
-                          stream=stream.Tee(streams), keep_hops=False)
+                            stream=stream.Tee(streams), keep_hops=False)
 
     try:
         result = _on_cluster(args, "verify", work,

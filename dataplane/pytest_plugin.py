@@ -27,6 +27,7 @@ import pytest
 
 from dataplane import resources
 from dataplane.bpf import btf, kernel
+from dataplane.records import Proto
 
 ROOT_REASON = "needs root: run sudo pytest"
 CLUSTER_PREFIX = f"pt{os.getpid()}-"  # the clusters this session builds: pt<pid>-0, ...
@@ -195,7 +196,7 @@ def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
     """verify(src, dst, proto="icmp") -> a result with .passed, .verdict, .diagnosis, .hops."""
     flows = request.node.stash.setdefault(_FLOWS, [])
 
-    def verify(src: str, dst: str, proto: str = "icmp"):
+    def verify(src: str, dst: str, proto: Proto = "icmp"):
         from dataplane.report.stream import flow_text
 
         plan = _dataplane_verifier.plan

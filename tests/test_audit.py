@@ -148,7 +148,7 @@ def test_healthy_clusters_have_no_drift(dataplane_clusters):
     timed_audit(big.plan)  # warm: imports, first sockets
     drift, seconds = timed_audit(big.plan)
     assert drift == []
-    assert seconds < 0.6, f"audit of 4x8 took {seconds:.3f} s"  # about 0.1 s when idle
+    assert seconds < 0.6, f"audit of 4x8 took {seconds:.3f} s"  # far less when idle
 
 
 FAULT_DRIFT = {

@@ -189,7 +189,7 @@ def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
         assert tracer.loaded.buffer == buffer
         other = prober.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
         mine = prober.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
-                                watch=tracer.watch)
+                               watch=tracer.watch)
         hops = [h for h in tracer.take(50) if h.dir != "learn"]  # learning is always kept
     assert other.answered and mine.answered
     assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)

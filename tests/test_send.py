@@ -18,7 +18,7 @@ pytestmark = pytest.mark.dataplane_topology("three-pods.toml")
 def sent(plan, src: str, expression: str, **options) -> sending.SendResult:
     pod = plan.pod(src)
     return sending.run(plan, src, craft.evaluate(expression, plan, pod, craft.new_tag()),
-                    **options)
+                       **options)
 
 
 def legs(result, leg: str) -> list:
@@ -159,7 +159,8 @@ def test_a_captured_packet_is_replayed_as_it_was(dataplane_cluster, tmp_path):
     wrpcap(str(capture), [Ether(src=src.mac, dst=plan.node("node-1").cni0_mac)
                           / IP(src=str(src.ip), dst=str(dst.ip), id=999)
                           / ICMP(id=4321, seq=7)])
-    argv = ["send", "--running", dataplane_cluster.name, "--from", src.ref, "--from-pcap", str(capture)]
+    argv = ["send", "--running", dataplane_cluster.name, "--from", src.ref, "--from-pcap",
+            str(capture)]
     done = dp(*argv, "--expect", "answered", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)

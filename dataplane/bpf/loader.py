@@ -15,14 +15,19 @@ import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 from dataplane import resources
 from dataplane.bpf import btf, kernel
 from dataplane.errors import UsageError
 
+if TYPE_CHECKING:  # bcc is imported when the probes are loaded, not with this module
+    from bcc import BPF
+
 TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb")
 FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
 CACHE_DIR = Path("/var/cache/dataplane")
+Buffer = Literal["ring", "perf"]  # how events reach user space: BPF ring buffer, perf buffer
 RINGBUF_PAGES = 1024  # 4 MiB: a burst of ~22000 events between two polls
 
 # (macro, struct, member path) for every offset the programs read
@@ -110,7 +115,7 @@ def fdb_offsets(types: btf.BTF) -> dict[str, int]:
 
 
 def layout() -> Layout:
-    """This kernel's Layout, kept in CACHE_DIR: parsing BTF costs 0.1-0.2 s a load."""
+    """This kernel's Layout, kept in CACHE_DIR: parsing BTF at every load would slow it."""
     stat = btf.VMLINUX.stat()
     bridge = "bridge" if (btf.VMLINUX.parent / BRIDGE_MODULE).exists() else "nobridge"
     cached = CACHE_DIR / (f"layout-{kernel.release()}-{stat.st_size}-{stat.st_mtime_ns}"
@@ -136,11 +141,11 @@ def layout() -> Layout:
 class Loaded:
     """A loaded program, what was skipped (with why) and the backends chosen."""
 
-    bpf: object
+    bpf: BPF
     skipped: dict[str, str] = field(default_factory=dict)
     backends: list[str] = field(default_factory=list)
     headers: str = ""
-    buffer: str = "ring"  # or "perf"
+    buffer: Buffer = "ring"
     seconds: float = 0.0
     layout: Layout | None = None
 
@@ -187,7 +192,7 @@ def ring_buffer_supported(release: str) -> bool:
     return (major, minor) >= (5, 8)
 
 
-def load(buffer: str | None = None, pages: int | None = None) -> Loaded:
+def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     """Compile the probes against the best headers there are and attach them:
     tracepoints always, kprobes on the bridge/VXLAN functions where possible.
     buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.

@@ -14,11 +14,12 @@ import time
 from dataplane.bpf import kernel, loader, packet
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.records import IP_PROTOCOLS, Flow, Frame, Hop, format_mac
+from dataplane.records import IP_PROTOCOLS, Direction, Flow, Frame, Hop, format_mac
 
 # struct hop_event's kind -> (the tracepoint that saw it, direction)
-KINDS = {1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"),
-         3: ("netif_rx", "rx"), 4: ("kfree_skb", "drop")}
+KINDS: dict[int, tuple[str, Direction]] = {
+    1: ("net_dev_start_xmit", "tx"), 2: ("netif_receive_skb", "rx"), 3: ("netif_rx", "rx"),
+    4: ("kfree_skb", "drop")}
 HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYMBOLS
 LEARN_KINDS = {6: "br_fdb_update", 7: "br_fdb_add"}  # data: MAC, then VLAN id
 PERF_PAGES_PER_CPU = 64
@@ -61,7 +62,7 @@ class Tracer:
 
     POLL_MS = 10
 
-    def __init__(self, plan: Plan, record_all: bool = True, buffer: str | None = None,
+    def __init__(self, plan: Plan, record_all: bool = True, buffer: loader.Buffer | None = None,
                  pages: int | None = None):
         self._where_by_inode = _inodes(plan)
         self._vxlan_port = plan.spec.port
@@ -239,7 +240,7 @@ class Tracer:
         """Events that found the buffer full (also readable after the context).
 
         With a perf buffer the kernel reports its lost records too; they are the same
-        failed writes the program counts (measured: 43449 both, overflowing one-page
+        failed writes the program counts (the same number, overflowing one-page
         buffers), so the larger is taken: adding them would count each loss twice."""
         if self._lost_at_exit is not None:
             return self._lost_at_exit

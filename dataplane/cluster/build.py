@@ -17,7 +17,7 @@ from pathlib import Path
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import (CNI_BRIDGE, NODE_IFNAME, POD_IFNAME, UNDERLAY_BRIDGE, NodePlan,
-    Plan)
+                                    Plan)
 from dataplane.cluster.rtnl import Batch, Sender
 
 # Fixed interface indexes inside our namespaces (lo is always 1).

@@ -9,9 +9,9 @@ A cluster wired by the CNI plugins differs where the plugins legitimately do:
 its host veths are in hairpin mode (flannel's hairpinMode), each pod has a route
 to the cluster CIDR via its gateway (host-local's route from FLANNEL_NETWORK), and
 its MACs, host veth names and cni0's MAC are those the plugins returned (the plan
-adopts them, dataplane/wiring.py). Nothing else: the bridge masquerades nothing
+adopts them, dataplane/cluster/cni/wiring.py). Nothing else: the bridge masquerades nothing
 (ipMasq is off while subnet.env says flanneld does it) and leaves promiscuity off.
-The user's own node configuration (dataplane/nodeconfig.py) is expected too: its
+The user's own node configuration (dataplane/cluster/nodeconfig.py) is expected too: its
 sysctls at their values, the firewall chains that can drop it left behind.
 """
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from dataplane.cluster import build, expected, live, netns
 from dataplane.cluster.netstate import NetState
 from dataplane.cluster.plan import (NODE_IFNAME, POD_IFNAME, VTEP_OUI, NodePlan, Plan, PodPlan,
-    mac_from_ip)
+                                    mac_from_ip)
 from dataplane.cluster.rtnl import Batch
 from dataplane.errors import UsageError
 

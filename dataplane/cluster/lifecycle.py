@@ -109,8 +109,8 @@ def start(topology: Topology) -> Cluster:
     except plugins.PluginError as err:
         _remove(record)
         raise plugins.PluginError(f"{err}; cluster {plan.name} was taken down: fix the plugin or "
-                              f"its configuration (CNI_PATH "
-                              f"{':'.join(map(str, plugins.search_path(plan.spec.cni)))})") from None
+                                  f"its configuration (CNI_PATH "
+                                  f"{':'.join(map(str, plugins.search_path(plan.spec.cni)))})") from None
     except BaseException:
         _remove(record)
         raise
@@ -119,9 +119,9 @@ def start(topology: Topology) -> Cluster:
 
 def _make(plan: Plan, pods: bool = True) -> None:
     # Four threads share the GIL here: this one encodes, two make namespaces, one sends
-    # batches. The other three mostly wait on the kernel; at the default 5 ms switch
-    # interval each return from a system call could wait that long for the GIL (beside
-    # a busy main thread, one thread made 37 namespaces in 2 s; in 60 ms at this interval).
+    # batches. The other three mostly wait on the kernel; at the default switch
+    # interval each return from a system call could wait that long for the GIL, and
+    # beside a busy main thread the namespaces would be made many times slower.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
@@ -293,7 +293,7 @@ def down(name: str, force: bool = False) -> list[str]:
     if refused:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise plugins.PluginError(f"cluster {name} is down ({len(removed)} namespaces removed), "
-                              f"but CNI DEL failed: {refused[0]}{more}; fix the plugin's DEL")
+                                  f"but CNI DEL failed: {refused[0]}{more}; fix the plugin's DEL")
     return removed
 
 

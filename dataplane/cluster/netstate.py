@@ -1,7 +1,7 @@
 """The audited view of one namespace, in the words a drift item uses. Pure.
 
 Both sides of the audit are written with these methods: the plan's expectation
-(dataplane/expected.py) and the kernel's live state (dataplane/live.py), so the
+(dataplane/cluster/expected.py) and the kernel's live state (dataplane/cluster/live.py), so the
 same thing always reads the same and the comparison is a plain diff.
 
 An entry is keyed (device, what); device is None for what belongs to the

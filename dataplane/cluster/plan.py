@@ -95,7 +95,7 @@ class Plan:
     # rp_filter pinned, ping sockets allowed); False for a network discovered, not built.
     built: bool = True
     # (node, chain, how it drops): what the user's own node configuration left in the
-    # firewall, expected by the audit (dataplane/nodeconfig.py records it)
+    # firewall, expected by the audit (dataplane/cluster/nodeconfig.py records it)
     firewall: tuple[tuple[str, str, str], ...] = ()
 
     def namespaces(self) -> list[str]:
@@ -189,7 +189,7 @@ def _pods(spec: Spec, prefix: str, node: str, cidr: IPv4Network) -> tuple[PodPla
     for index, name in enumerate(spec.pods):
         ip = cidr.network_address + 2 + index  # host-local: first free address after the gateway
         # Deterministic stand-in for a runtime's random 64-hex id (hashlib's OpenSSL import
-        # alone would cost `dataplane up` 10 ms).
+        # alone would be a visible part of `dataplane up`).
         container_id = f"{random.Random(f'{spec.name}/{node}/{name}').getrandbits(256):064x}"
         pods.append(PodPlan(
             node=node, name=name, netns=f"{prefix}.{node}.{name}", ip=ip,

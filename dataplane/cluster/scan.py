@@ -1,6 +1,6 @@
 """The links of a set of namespaces as discovery needs them: kinds, masters, IPv4
 addresses, VXLAN options, and where each veth's peer is (which namespace of
-the set, which device). Read-only, like the audit's reader (dataplane/live.py).
+the set, which device). Read-only, like the audit's reader (dataplane/cluster/live.py).
 
 A veth names its peer by index and by the peer namespace's id as seen from its
 own namespace (IFLA_LINK_NETNSID); each namespace is asked which id it gives
@@ -17,7 +17,7 @@ from ipaddress import IPv4Interface
 from dataplane.cluster import netns
 from dataplane.cluster.live import IFF_UP, RTEXT_FILTER_SKIP_STATS, nested, vxlan_options
 from dataplane.cluster.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, dump, get,
-    ifaddrmsg, ifinfmsg, nsidmsg)
+                                    ifaddrmsg, ifinfmsg, nsidmsg)
 
 
 @dataclass

@@ -132,7 +132,7 @@ class Unreadable:
 
 
 def _rmtree(folder: Path) -> None:
-    import shutil  # here, not at the top: a successful `up` never needs its 1.5 ms
+    import shutil  # here, not at the top: a successful `up` never needs its import
 
     shutil.rmtree(folder, ignore_errors=True)
 

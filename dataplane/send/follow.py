@@ -1,7 +1,7 @@
 """How the packets of one send are told apart from every other packet, in the kernel
 and afterwards.
 
-craft.py filled what the user left unset with the send's tag (IP id, source port, ICMP
+traffic/craft.py filled what the user left unset with the send's tag (IP id, source port, ICMP
 echo id); whatever the user fixed stays, and the packet is recognised by what it
 carries. Each frame, as it leaves the pod, is decoded (VLAN tags too) and:
 - ARP is watched by its sender and target addresses (proto 0, tag 0), both ways;
@@ -25,12 +25,14 @@ resetting an unexpected SYN-ACK), `resolve` (the pod resolving its next hop firs
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from dataplane.bpf import packet
 from dataplane.bpf.tracer import Tracer
 from dataplane.records import Flow, Frame, Hop, frame_keys
 
-SENT, ANSWER, FLOW, RESOLVE = "sent", "answer", "flow", "resolve"
+LegName = Literal["sent", "answer", "flow", "resolve"]  # what a kept hop is to the send
+SENT, ANSWER, FLOW, RESOLVE = get_args(LegName)
 SIGNATURE = 40  # bytes after the Ethernet header that name a frame of no known protocol
 
 
@@ -123,7 +125,7 @@ class Matcher:
                 s.watch(tracer)
         return all(s.in_kernel for s in self.sent)
 
-    def leg(self, hop: Hop) -> str | None:
+    def leg(self, hop: Hop) -> LegName | None:
         if any(s.seen_in(hop) for s in self.sent):
             return SENT
         f = hop.flow_frame()

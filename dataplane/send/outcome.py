@@ -1,4 +1,4 @@
-"""What became of a send's packets, judged from their hops and legs (follow.py):
+"""What became of a send's packets, judged from their hops and legs (send/follow.py):
 
 - answered: an answer from a destination (the IPv4 destination, the ARP target) was
   received by a pod: a reply, a RST, an ICMP error the destination itself sent;
@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass
+from typing import Literal
 
 from dataplane.cluster.plan import Plan
-from dataplane.records import EXPECTABLE, Hop
-from dataplane.send.follow import ANSWER, SENT, Sent
+from dataplane.records import EXPECTABLE, Expectation, Hop
+from dataplane.send.follow import ANSWER, SENT, LegName, Sent
 
+OutcomeName = Literal[Expectation, "lost"]
 DELIVERED, ANSWERED, DROPPED = EXPECTABLE
-LOST = "lost"
+LOST: OutcomeName = "lost"
 
 
 @dataclass(frozen=True)
@@ -52,19 +54,19 @@ class Fragments:
 
 @dataclass
 class Outcome:
-    outcome: str
+    outcome: OutcomeName
     delivered_to: list[Place]
     answers: list[Hop]  # answers as a pod received them
     drops: list[Drop]
     fragments: list[Fragments]
     last_seen: Hop | None  # the last hop of a sent packet
 
-    def matches(self, expect: str) -> bool:
+    def matches(self, expect: Expectation) -> bool:
         """An answered packet was delivered too."""
         return self.outcome == expect or (expect == DELIVERED and self.outcome == ANSWERED)
 
 
-def judge(plan: Plan, sent: list[Sent], count: int, hops: list[Hop], legs: dict[Hop, str],
+def judge(plan: Plan, sent: list[Sent], count: int, hops: list[Hop], legs: dict[Hop, LegName],
           refused: list[Drop]) -> Outcome:
     """sent: the frames sent, count times each; refused: those the pod could not send."""
     mine = [h for h in hops if legs.get(h) == SENT]

@@ -1,17 +1,17 @@
-"""`dataplane send`: any packet a user crafts with scapy (craft.py), sent from a pod's
-eth0 and followed hop by hop by the probes `trace` uses (follow.py tells its packets
-apart), to an outcome (outcome.py).
+"""`dataplane send`: any packet a user crafts with scapy (traffic/craft.py), sent from a pod's
+eth0 and followed hop by hop by the probes `trace` uses (send/follow.py tells its packets
+apart), to an outcome (send/outcome.py).
 
 A packet given from the IP layer down is framed as the pod's kernel would frame it
-(nexthop.py: its route, then its neighbour table, resolving the next hop if it must); a
+(traffic/nexthop.py: its route, then its neighbour table, resolving the next hop if it must); a
 packet given from Ethernet is sent as it is, with an unset destination MAC filled the
 same way (broadcast when it carries no IPv4). Frames leave from a packet socket on the
 pod's eth0. The pod's live state is used as it is: unlike `verify`, a send resets no
 cache, so a neighbour it must resolve shows in the hops.
 
 After sending, hops are gathered until the outcome is known and nothing new came for
-QUIET_SECONDS, or until the deadline (a next hop that never answers takes the kernel
-about 3 s to give up on, and its drop comes then).
+QUIET_SECONDS, or until the deadline (the kernel gives up on a next hop that never
+answers only after its ARP retries, and its drop comes then).
 """
 
 from __future__ import annotations
@@ -25,9 +25,9 @@ from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import without_backlog
 from dataplane.cluster import netns
 from dataplane.cluster.plan import POD_IFNAME, Plan, PodPlan
-from dataplane.records import Hop
+from dataplane.records import Expectation, Hop
 from dataplane.report.hoptable import hop_dict, hop_table
-from dataplane.send.follow import Matcher, Sent
+from dataplane.send.follow import LegName, Matcher, Sent
 from dataplane.send.outcome import LOST, Drop, Outcome, Place, judge
 from dataplane.traffic import nexthop
 
@@ -42,7 +42,7 @@ class SendResult:
     sent: list[Sent]
     count: int
     hops: list[Hop]
-    legs: dict[Hop, str]  # sent, answer, flow, resolve
+    legs: dict[Hop, LegName]
     judged: Outcome
     in_kernel: bool  # matched by the probes' filter, or by recording every packet
     lost_events: int
@@ -69,7 +69,7 @@ class SendResult:
     def drop_reason(self) -> str | None:
         return self.judged.drops[0].reason if self.judged.drops else None
 
-    def matches(self, expect: str) -> bool:
+    def matches(self, expect: Expectation) -> bool:
         """The outcome is expect, and no event was lost (a lost one could change it)."""
         return self.lost_events == 0 and self.judged.matches(expect)
 
@@ -82,7 +82,7 @@ def dissect(hop: Hop):
 
 def run(plan: Plan, src_ref: str, packets: list, count: int = 1,
         wait: float = WAIT_SECONDS) -> SendResult:
-    """Send packets (craft.py made them) count times from pod src_ref and follow them."""
+    """Send packets (traffic/craft.py made them) count times from pod src_ref and follow them."""
     src = plan.pod(src_ref)
     matcher = Matcher()
     with Tracer(plan, record_all=False) as tracer:
@@ -141,7 +141,7 @@ def _collect(tracer: Tracer, matcher: Matcher, wait: float,
     """The send's hops and their legs, gathered until its outcome is known and the
     probes are quiet, or until wait seconds have passed."""
     hops: list[Hop] = []
-    legs: dict[Hop, str] = {}
+    legs: dict[Hop, LegName] = {}
     start = last = time.monotonic()
     while True:
         for hop in tracer.take(POLL_MS):

@@ -13,7 +13,7 @@ Marking: the tool must tell its own packets from any other, and must not change 
 the user fixed. So only fields left unset are filled: the source MAC, ARP sender and
 source IP from the sending pod (scapy would guess them from the root namespace), and
 with one tag per send the IP id, a TCP/UDP source port and an ICMP echo id. Fixed
-fields stay as written: the probes then match on what the packet carries (follow.py).
+fields stay as written: the probes then match on what the packet carries (send/follow.py).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from ipaddress import IPv4Address
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
 from dataplane.cluster.rtnl import (RTM_GETNEIGH, RTM_GETROUTE, Batch, NetlinkError, get, ndmsg,
-    rtmsg)
+                                    rtmsg)
 from dataplane.records import format_mac
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"

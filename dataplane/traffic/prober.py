@@ -25,11 +25,11 @@ from functools import partial
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
-from dataplane.records import ARP_REQUEST, Exchange, Flow, format_mac
+from dataplane.records import ARP_REQUEST, Exchange, Flow, Proto, format_mac
 
 SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
-# (the VM lane runs under QEMU's TCG, ~20x slower) raise it through the environment.
+# (the VM lane runs under QEMU's TCG, many times slower) raise it through the environment.
 TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
@@ -90,7 +90,7 @@ class Pending:
 
     src: PodPlan
     dst: PodPlan
-    proto: str
+    proto: Proto
     size: int | None = None
     tag: int = 0
     token: bytes | int = b""  # what the answer carries: a payload, an echo sequence
@@ -140,12 +140,12 @@ class Prober:
                 self._sockets[key] = _open(pod, purpose)
         return self._sockets[key]
 
-    def exchange(self, src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch,
+    def exchange(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
                  size: int | None = None) -> Exchange:
         """One exchange, finished before this returns."""
         return self.finish([self.start(src, dst, proto, watch, size)])[0]
 
-    def start(self, src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch,
+    def start(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
               size: int | None = None) -> Pending:
         """Send an exchange's request (a DF UDP probe of IP length size, if given).
         Whatever the kernel refuses on the way (no route, no address, no buffer space, a
@@ -264,7 +264,7 @@ class Prober:
 
 def who_has(mac: str, ip: str, target: str) -> bytes:
     """A broadcast ARP request (RFC 826) for target from (mac, ip): built with struct,
-    not scapy, whose import costs a verify run about 0.4 s."""
+    not scapy, whose import would be most of a short verify run's start (bench_verify)."""
     sender = bytes.fromhex(mac.replace(":", ""))
     return (b"\xff" * 6 + sender + struct.pack("!HHHBBH", ETH_P_ARP, 1, 0x0800, 6, 4, ARP_REQUEST)
             + sender + socket.inet_aton(ip) + b"\0" * 6 + socket.inet_aton(target))
@@ -375,7 +375,7 @@ def _on_arp(sock: socket.socket, pending: list[Pending]) -> None:
             waiting[0].answer_mac = format_mac(frame[22:28])
 
 
-def exchange(src: PodPlan, dst: PodPlan, proto: str, watch: Watch = _no_watch) -> Exchange:
+def exchange(src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch) -> Exchange:
     """One exchange from sockets opened for it."""
     with Prober() as prober:
         return prober.exchange(src, dst, proto, watch)

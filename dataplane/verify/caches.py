@@ -18,7 +18,8 @@ from pathlib import Path
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
 from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_NOARP, NUD_PERMANENT, RTM_GETLINK,
-    RTM_GETNEIGH, SOL_NETLINK, Batch, NetlinkError, dump, ifinfmsg, ndmsg)
+                                    RTM_GETNEIGH, SOL_NETLINK, Batch, NetlinkError, dump, ifinfmsg,
+                                    ndmsg)
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dataplane.cluster.plan import Plan, PodPlan
+from dataplane.records import Direction, Proto
 
 T = TypeVar("T")
 
-Step = tuple[str, str, str]  # (at, device, dir): where a hop must be seen, as the tracer labels it
+Step = tuple[str, str, Direction]  # (at, device, dir): where a hop must be seen, as hops say
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,7 @@ def off_bridge(plan: Plan, at: str, device: str) -> bool:
                                    for n in plan.nodes)
 
 
-def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: str) -> set[tuple[str, str]]:
+def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: Proto) -> set[tuple[str, str]]:
     """Every (namespace label, device) a flow's packets cross either way, with the
     bridges they are forwarded by (a bridge that is down forwards nothing)."""
     if proto == "arp":

@@ -14,8 +14,8 @@ from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import trail
 from dataplane.cluster.plan import Plan, PodPlan
 from dataplane.errors import UsageError
-from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Proto, frame_ends,
-    frame_keys)
+from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Pairs, Proto,
+                               frame_ends, frame_keys)
 from dataplane.traffic import prober
 from dataplane.verify import audit, caches, cause
 from dataplane.verify.verdict import judge
@@ -26,7 +26,7 @@ SETTLE_MS = 20
 # Ring buffer events one exchange costs, about (every hop of both legs; TCP's handshake
 # and close are four packets each way), and the events a wave may cost: well under the
 # ring buffer's room between two polls.
-EVENTS = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
+EVENTS: dict[Proto, int] = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
 WAVE_EVENTS = 8000
 WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
 NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
@@ -40,7 +40,7 @@ class Report:
     lost_events: int
     drift: list[Drift] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
-    pairs: str = "all"  # which pod pairs: all, same-node, cross-node or sample
+    pairs: Pairs = "all"  # which pod pairs: all, same-node, cross-node or sample
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
     caches_reset: bool = True  # False on a network we did not build: it is never changed
 
@@ -69,15 +69,14 @@ class Stream(Protocol):
     def end(self, report: Report) -> None: ...
 
 
-PAIRS = ("all", "same-node", "cross-node", "sample")
 SAMPLE_ABOVE = 64  # pods: bigger clusters are sampled unless --pairs all is asked for
 
 
-def default_pairs(plan: Plan) -> str:
+def default_pairs(plan: Plan) -> Pairs:
     return "all" if len(plan.pods()) <= SAMPLE_ABOVE else "sample"
 
 
-def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
+def pairs(plan: Plan, which: Pairs = "all") -> list[tuple[PodPlan, PodPlan]]:
     """Every ordered pod pair, or those on the same node, or those across nodes, or a
     sample of them."""
     if which == "sample":
@@ -91,7 +90,7 @@ def pairs(plan: Plan, which: str = "all") -> list[tuple[PodPlan, PodPlan]]:
     return chosen
 
 
-def some_pairs(plan: Plan, which: str) -> list[tuple[PodPlan, PodPlan]]:
+def some_pairs(plan: Plan, which: Pairs) -> list[tuple[PodPlan, PodPlan]]:
     """pairs(), refusing a choice that leaves nothing to verify."""
     chosen = pairs(plan, which)
     if not chosen:
@@ -149,11 +148,11 @@ class Probe:
 
     src: PodPlan
     dst: PodPlan
-    proto: str
+    proto: Proto
     size: int | None = None
 
 
-def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[str, ...],
+def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Proto, ...],
            mtu: bool) -> Iterator[Probe]:
     """Every exchange of a run, protocol by protocol, then the DF probes size by size."""
     for proto in protos:
@@ -217,7 +216,7 @@ class Verifier:
     def lost(self) -> int:
         return self._tracer.lost
 
-    def send(self, src: PodPlan, dst: PodPlan, proto: str,
+    def send(self, src: PodPlan, dst: PodPlan, proto: Proto,
              size: int | None = None) -> Exchange:
         """An exchange (a DF UDP probe of IP length size, if given), recorded."""
         return self._prober.exchange(src, dst, proto, self._tracer.watch, size)
@@ -278,7 +277,7 @@ class Verifier:
                       lost, missing_probes=missing or None, table_fulls=table_fulls)
                 for ex in exchanges]
 
-    def check(self, src: str, dst: str, proto: str = "icmp") -> FlowResult:
+    def check(self, src: str, dst: str, proto: Proto = "icmp") -> FlowResult:
         """One flow between pods addressed as NODE/POD, judged."""
         return self.judge([self.send(self.plan.pod(src), self.plan.pod(dst), proto)])[0]
 
@@ -303,7 +302,7 @@ def trace(plan: Plan, src: str, dst: str, proto: Proto) -> TraceResult:
         return TraceResult(exchange, flow.hops, verifier.lost, verifier.backends,
                            verifier.skipped)
 
-def run(plan: Plan, which: str = "all", protos: tuple[str, ...] = PROTOCOLS,
+def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
         buffer_pages: int | None = None) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The

@@ -130,7 +130,7 @@ def _saved(dirs: NodeDirs, call: plugins.Call) -> dict[str, Any]:
         return json.loads(saved.read_text())
     except (OSError, ValueError) as err:
         raise plugins.PluginError(f"{PLUGIN} CHECK {call.pod}: its saved delegate configuration "
-                              f"{saved} is unreadable ({err})") from None
+                                  f"{saved} is unreadable ({err})") from None
 
 
 def _with_gateways(result: dict[str, Any]) -> dict[str, Any]:

@@ -3,7 +3,7 @@ CHECK for `status`, DEL before `down` removes it; and what the plugins returned,
 kept in the cluster's state, made the plan's truth.
 
 Each pod gets two networks, as containerd gives a Kubernetes pod: the loopback
-plugin for lo, then flannel's step (dataplane/flannel.py) for eth0. Nodes are
+plugin for lo, then flannel's step (dataplane/cluster/cni/flannel.py) for eth0. Nodes are
 wired in parallel, a node's pods one after the other (in pod order, so host-local
 hands out the addresses the plan derives). Every ADD's configuration and result
 is cached per network, container and interface, as libcni caches them, for CHECK's
@@ -41,7 +41,7 @@ def dirs(root: Path, node: NodePlan) -> flannel.NodeDirs:
 
 def _call(node: NodePlan, pod: PodPlan, ifname: str) -> plugins.Call:
     return plugins.Call(node_netns=node.netns, pod=pod.ref, container_id=pod.container_id,
-                    sandbox=netns.path(pod.netns), ifname=ifname)
+                        sandbox=netns.path(pod.netns), ifname=ifname)
 
 
 def cache_file(d: flannel.NodeDirs, network: str, pod: PodPlan, ifname: str) -> Path:
@@ -88,7 +88,7 @@ def _add(plan: Plan, node: NodePlan, pod: PodPlan, root: Path) -> None:
         _wired(pod, result)
     except (KeyError, IndexError, TypeError, ValueError) as err:
         raise plugins.PluginError(f"{config['type']} ADD {pod.ref}: its result lacks what a pod "
-                              f"needs ({type(err).__name__}: {err}): {json.dumps(result)}") \
+                                  f"needs ({type(err).__name__}: {err}): {json.dumps(result)}") \
             from None
     _save(cache_file(d, CNI_NETWORK, pod, POD_IFNAME), CNI_NETWORK, eth0, config, result)
 
@@ -118,7 +118,7 @@ def _check(plan: Plan, node: NodePlan, pod: PodPlan, root: Path) -> list[Drift]:
         try:
             if network == LOOPBACK_NETWORK:
                 plugins.invoke("loopback", "CHECK", dict(config, prevResult=result), call,
-                           plugins.search_path(cfg))
+                               plugins.search_path(cfg))
             else:
                 flannel.check(call, d, cfg, result)
         except plugins.PluginError as err:
@@ -146,7 +146,8 @@ def _delete(plan: Plan, node: NodePlan, pod: PodPlan, root: Path) -> list[str]:
     except plugins.PluginError as err:
         problems.append(str(err))
     try:
-        plugins.invoke("loopback", "DEL", LOOPBACK, _call(node, pod, "lo"), plugins.search_path(cfg))
+        plugins.invoke("loopback", "DEL", LOOPBACK, _call(node, pod, "lo"),
+                       plugins.search_path(cfg))
         cache_file(d, LOOPBACK_NETWORK, pod, "lo").unlink(missing_ok=True)
     except plugins.PluginError as err:
         problems.append(str(err))
