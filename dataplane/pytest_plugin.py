@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import sys
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -27,7 +26,7 @@ import pytest
 
 from dataplane import resources
 from dataplane.bpf import btf, kernel
-from dataplane.records import Proto
+from dataplane.records import Hop, Proto
 
 ROOT_REASON = "needs root: run sudo pytest"
 CLUSTER_PREFIX = f"pt{os.getpid()}-"  # the clusters this session builds: pt<pid>-0, ...
@@ -238,13 +237,10 @@ def dataplane_send(request: pytest.FixtureRequest, dataplane_cluster):
 
 def _hop_rows(value: object) -> list[str] | None:
     """value as a hop table when it is a Hop or a list of them."""
-    if "dataplane.tracer" not in sys.modules:  # no Hop was ever made
-        return None
-    from dataplane.report.hoptable import hop_table
-    from dataplane.records import Hop
-
     hops = [value] if isinstance(value, Hop) else value
     if isinstance(hops, (list, tuple)) and hops and all(isinstance(h, Hop) for h in hops):
+        from dataplane.report.hoptable import hop_table
+
         return hop_table(list(hops))
     return None
 

@@ -1,4 +1,4 @@
-"""The records every stage after the plan hands on, and the names they use. Pure.
+"""The records the stages hand on, and the names they use. Pure.
 
 A decoded Frame, a Hop (one sighting of a packet by the probes), a Flow (what the
 probes watch), an Exchange (one request and its answer between two pods), a FlowResult
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # for type checkers only: an Exchange is made between two pla
 # the IP protocol numbers of those that are IP (the probes' maps key ARP as 0).
 Proto = Literal["icmp", "udp", "tcp", "arp"]
 PROTOCOLS: tuple[Proto, ...] = get_args(Proto)
-IP_PROTOCOLS: dict[str, int] = {"icmp": 1, "tcp": 6, "udp": 17}
+IP_PROTOCOLS: dict[Proto, int] = {"icmp": 1, "tcp": 6, "udp": 17}
 # The outcomes `send` can be told to expect.
 Expectation = Literal["delivered", "answered", "dropped"]
 EXPECTABLE: tuple[Expectation, ...] = get_args(Expectation)

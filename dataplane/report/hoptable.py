@@ -1,14 +1,16 @@
 """A packet's hops shown to a person (a numbered table, a line per hop) or a machine (a
-dict per hop)."""
+dict per hop), and `dataplane trace`'s result in both forms."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dataplane.records import ARP_REQUEST, ECHO, Frame, Hop
 from dataplane.traffic import prober
-from dataplane.verify.verifier import TraceResult
+
+if TYPE_CHECKING:  # only named here: a hop table needs no verifier loaded
+    from dataplane.verify.verifier import TraceResult
 
 
 def hop_dict(hop: Hop) -> dict[str, Any]:
