@@ -12,6 +12,7 @@ from dataplane.records import IP_PROTOCOLS, Frame, format_mac
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
 VLAN_TYPES = (0x8100, 0x88A8)  # 802.1Q, 802.1ad
 PROTO_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
+ICMP, TCP, UDP = (IP_PROTOCOLS[name] for name in ("icmp", "tcp", "udp"))
 VXLAN_HEADER = 8
 
 
@@ -46,7 +47,7 @@ def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
     l4 = ip + ihl
     if fields["frag_offset"]:  # its bytes are the middle of the datagram's payload
         return fields
-    if proto == 1 and len(data) >= l4 + 8:
+    if proto == ICMP and len(data) >= l4 + 8:
         kind, code, _, ident, seq = struct.unpack_from("!BBHHH", data, l4)
         fields.update(icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq)
         if kind == 3 and code == 4:
@@ -54,13 +55,13 @@ def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
         if kind in (3, 11) and len(data) >= l4 + 8 + 20 + 4:
             fields["quoted"] = Frame(eth_src="", eth_dst="", ethertype=ETH_P_IP,
                                      **_ipv4(data, l4 + 8, None))
-    elif proto in (6, 17) and len(data) >= l4 + 4:
+    elif proto in (TCP, UDP) and len(data) >= l4 + 4:
         fields["sport"], fields["dport"] = struct.unpack_from("!HH", data, l4)
-        if proto == 6 and len(data) >= l4 + 14:
+        if proto == TCP and len(data) >= l4 + 14:
             fields["tcp_flags"] = data[l4 + 13]
-        if proto == 17 and len(data) >= l4 + 8:
+        if proto == UDP and len(data) >= l4 + 8:
             fields["udp_checksum"] = struct.unpack_from("!H", data, l4 + 6)[0]
-        if proto == 17 and _is_vxlan(data, l4 + 8, fields["dport"] == vxlan_port):
+        if proto == UDP and _is_vxlan(data, l4 + 8, fields["dport"] == vxlan_port):
             vxlan = l4 + 8
             fields["vni"] = int.from_bytes(data[vxlan + 4:vxlan + 7], "big")
             fields["inner"] = decode(data[vxlan + VXLAN_HEADER:], None)

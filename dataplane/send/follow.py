@@ -29,7 +29,7 @@ from typing import Literal, get_args
 
 from dataplane.bpf import packet
 from dataplane.bpf.tracer import Tracer
-from dataplane.records import Flow, Frame, Hop, frame_keys
+from dataplane.records import IP_PROTOCOLS, Flow, Frame, Hop, frame_keys
 
 LegName = Literal["sent", "answer", "flow", "resolve"]  # what a kept hop is to the send
 SENT, ANSWER, FLOW, RESOLVE = get_args(LegName)
@@ -74,7 +74,7 @@ class Sent:
         f, raw = self.frame, self.raw
         if raw[12:14] != b"\x08\x00":
             return f.proto == "arp" and raw[12:14] == b"\x08\x06"
-        return raw[14] == 0x45 and (f.fragment or f.proto in ("icmp", "udp", "tcp"))
+        return raw[14] == 0x45 and (f.fragment or f.proto in IP_PROTOCOLS)
 
     def watch(self, tracer: Tracer) -> None:
         f = self.frame
@@ -84,7 +84,7 @@ class Sent:
         if f.fragment:
             tracer.watch_fragments(f.src, f.dst, self.ip_protocol, f.ip_id)
         tag = f.icmp_id if f.proto == "icmp" else f.sport
-        if tag is not None and f.proto in ("icmp", "udp", "tcp"):
+        if tag is not None and f.proto in IP_PROTOCOLS:
             tracer.watch(Flow(f.src, f.dst, f.proto, tag))
 
     @property

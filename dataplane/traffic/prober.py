@@ -23,6 +23,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 
+from dataplane.bpf.packet import ETH_P_ARP
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
 from dataplane.records import ARP_REQUEST, Exchange, Flow, Proto, format_mac
@@ -33,7 +34,6 @@ SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
 TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
 IP_MTU_DISCOVER, IP_PMTUDISC_DO, IP_MTU = 10, 2, 14  # linux/in.h: always set DF
 UDP_IP_HEADERS = 28
-ETH_P_ARP = 0x0806
 UDP_BUFFER = 1 << 20  # bytes: a wave's datagrams queued at one pod's socket
 MAX_WAITS = 10  # a wave waits at most this many answer timeouts, however much arrives
 SEND_BACKOFF = (0.001, 0.01, 0.05, 0.2, None)  # pauses between tries of a send on a full queue
