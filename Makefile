@@ -30,7 +30,7 @@ endef
 
 setup: $(STAMP) headers
 	@# Bytecode for our modules: with PYTHONDONTWRITEBYTECODE set (as on CI), every start
-	@# would compile them again (30 ms of `dataplane up`). Up-to-date files are skipped.
+	@# would compile them again, a visible part of `dataplane up`. Up-to-date files are skipped.
 	@$(VENV)/bin/python -m compileall -q dataplane
 
 headers:

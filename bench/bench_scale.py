@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DP, ROOT, Run, Targets, median_ratio, summary_line, timed  # noqa: E402
-from dataplane import cluster  # noqa: E402
+from dataplane.cluster import lifecycle
 
 BIG = ROOT / "topologies" / "flannel-vxlan-4x8.toml"
 RUNS = int(os.environ.get("SCALE_RUNS", "3"))
@@ -53,7 +53,7 @@ def report(targets: Targets, label: str, run: Run, seconds: float, rss_mb: int) 
 
 
 def broken_against_healthy(targets: Targets, base: str) -> None:
-    healthy, broken = cluster.up(BIG, name=f"{base}-ok"), cluster.up(BIG, name=f"{base}-bad")
+    healthy, broken = lifecycle.up(BIG, name=f"{base}-ok"), lifecycle.up(BIG, name=f"{base}-bad")
     try:
         node = broken.plan.node("node-1")
         subprocess.run(["ip", "-n", node.netns, "link", "set", broken.plan.spec.vtep_name,
@@ -72,8 +72,8 @@ def broken_against_healthy(targets: Targets, base: str) -> None:
                       f"healthy {min(times['ok']):.2f} s, broken {min(times['bad']):.2f} s; "
                       "target < 2x)", ratio < 2)
     finally:
-        cluster.down(healthy.name, force=True)
-        cluster.down(broken.name, force=True)
+        lifecycle.down(healthy.name, force=True)
+        lifecycle.down(broken.name, force=True)
 
 
 def main() -> int:

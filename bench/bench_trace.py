@@ -26,9 +26,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import ROOT, Targets, median_ratio  # noqa: E402
-from dataplane import cluster, netns  # noqa: E402
-from dataplane.tracer import CFG_ALL, Tracer  # noqa: E402
-from dataplane.traffic import Flow  # noqa: E402
+from dataplane.cluster import lifecycle, netns
+from dataplane.bpf.tracer import CFG_ALL, Tracer  # noqa: E402
+from dataplane.records import Flow  # noqa: E402
 
 PACKETS = 200_000
 CHUNKS = 10  # rounds of back-to-back untraced, traced and capture chunks of PACKETS / CHUNKS
@@ -64,7 +64,7 @@ def main() -> int:
         return 2
     os.sched_setaffinity(0, {0})  # sender and the packet's whole path on one CPU: steadier
     prefix = os.environ.get("BENCH_PREFIX", "bench")
-    made = cluster.up(ROOT / "topologies" / "flannel-vxlan.toml", name=f"{prefix}{os.getpid()}")
+    made = lifecycle.up(ROOT / "topologies" / "flannel-vxlan.toml", name=f"{prefix}{os.getpid()}")
     try:
         plan = made.plan
         src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
@@ -98,7 +98,7 @@ def main() -> int:
         bulk.close()
         tagged.close()
     finally:
-        cluster.down(made.name)
+        lifecycle.down(made.name)
     tags = PACKETS // TAG_EVERY
     targets = Targets()
     print(f"{PACKETS} UDP packets {src.ref} -> {dst.ref} (cross-node) each way, in {CHUNKS} "

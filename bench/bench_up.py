@@ -28,8 +28,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DP, ROOT, Targets, ms, timed  # noqa: E402
-from dataplane import spec  # noqa: E402
-from dataplane.plan import Plan, make_plan  # noqa: E402
+from dataplane.cluster import spec
+from dataplane.cluster.plan import Plan, make_plan  # noqa: E402
 
 BIG = ROOT / "topologies" / "flannel-vxlan-4x8.toml"
 RUNS = 9

@@ -31,8 +31,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import DP, ROOT, Run, Targets, median_ratio, summary_line, timed  # noqa: E402
-from dataplane import cluster, traffic, verify  # noqa: E402
-from dataplane.plan import Plan  # noqa: E402
+from dataplane.cluster import lifecycle
+from dataplane.traffic import prober
+from dataplane.verify import verifier
+from dataplane.cluster.plan import Plan  # noqa: E402
 
 BIG = ROOT / "topologies" / "flannel-vxlan-4x8.toml"
 DEFAULT = ROOT / "topologies" / "flannel-vxlan.toml"
@@ -57,12 +59,12 @@ def fping_sweep(plan: Plan) -> float:
 
 def exchanges_only(name: str) -> int:
     """The child process of the exchanges baseline: verify's ICMP exchanges, untraced."""
-    plan = cluster.attach(name).plan
-    todo = [verify.Probe(src, dst, "icmp") for src, dst in verify.pairs(plan)]
-    with traffic.Prober() as prober:
-        unanswered = sum(not ex.answered for wave in verify.waves(todo)
-                         for ex in prober.finish([prober.start(p.src, p.dst, p.proto)
-                                                  for p in wave]))
+    plan = lifecycle.attach(name).plan
+    todo = [verifier.Probe(src, dst, "icmp") for src, dst in verifier.pairs(plan)]
+    with prober.Prober() as probing:
+        unanswered = sum(not ex.answered for wave in verifier.waves(todo)
+                         for ex in probing.finish([probing.start(p.src, p.dst, p.proto)
+                                                   for p in wave]))
     return 1 if unanswered else 0
 
 
@@ -89,10 +91,10 @@ def main() -> int:
         print("bench_verify: needs root; run it as root (make bench)")
         return 2
     name = f"{PREFIX}{os.getpid()}"
-    made = cluster.up(BIG, name=name)
+    made = lifecycle.up(BIG, name=name)
     times: dict[str, list[float]] = {"verify": [], "fping": [], "exchanges": []}
     try:
-        pairs = len(verify.pairs(made.plan))
+        pairs = len(verifier.pairs(made.plan))
         for _ in range(RUNS):
             done = timed([*DP, "verify", "--running", name, "--proto", "icmp", "--no-mtu"])
             times["verify"].append(done.seconds)
@@ -101,7 +103,7 @@ def main() -> int:
             times["exchanges"].append(timed([sys.executable, __file__, "--exchanges-only",
                                              name]).seconds)
     finally:
-        cluster.down(name)
+        lifecycle.down(name)
     with tempfile.TemporaryDirectory() as folder:  # a failing flow is a figure too
         default = timed([*DP, "verify", str(renamed(DEFAULT, f"{name}-2x2", folder))],
                         check=False)

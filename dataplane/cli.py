@@ -12,11 +12,11 @@ import signal
 import sys
 from pathlib import Path
 
-from dataplane import cluster, state
+from dataplane.cluster import lifecycle, state
+from dataplane.cluster.spec import LABEL, LABEL_HINT
 from dataplane.errors import UsageError
-from dataplane.protocols import EXPECTABLE, PROTOCOLS
+from dataplane.records import EXPECTABLE, PAIRS, PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
-from dataplane.spec import LABEL, LABEL_HINT
 
 TOPOLOGY_HELP = ("a topology file, or a shipped topology by name (flannel-vxlan, "
                  "flannel-vxlan-4x8, flannel-vxlan-cni)")
@@ -117,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=f"{TOPOLOGY_HELP} (default {DEFAULT_TOPOLOGY})")
     where.add_argument("--running", metavar="N", help="verify running cluster N")
-    p.add_argument("--pairs", choices=("all", "same-node", "cross-node", "sample"),
+    p.add_argument("--pairs", choices=PAIRS,
                    help="which ordered pod pairs (default: all up to 64 pods, else sample: "
                         "every node pair and every pod as source and as destination)")
     p.add_argument("--proto", choices=PROTOCOLS, action="append",
@@ -191,9 +191,9 @@ def _need_root(command: str) -> None:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    topology = cluster.read(args.topology, name=args.name, cni_mode=args.cni)  # before root
+    topology = lifecycle.read(args.topology, name=args.name, cni_mode=args.cni)  # before root
     _need_root("up")
-    made = cluster.start(topology)
+    made = lifecycle.start(topology)
     state.release(made.name)  # it outlives this process; `down` removes it
     n_pods = len(made.plan.pods())
     print(f"cluster {made.name} is up: {len(made.plan.nodes)} nodes, {n_pods} pods "
@@ -203,9 +203,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from dataplane import status
+    from dataplane.report import status
 
-    found = [cluster.inspect(args.name)] if args.name else cluster.inspect_all()
+    found = [lifecycle.inspect(args.name)] if args.name else lifecycle.inspect_all()
     shown = [status.as_dict(c) for c in found]
     if args.json:
         print(json.dumps(shown[0] if args.name else {"clusters": shown}, indent=2))
@@ -219,7 +219,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 def cmd_down(args: argparse.Namespace) -> int:
     _need_root("down")
     found = state.read(args.name)
-    removed = cluster.down(args.name, force=args.force)
+    removed = lifecycle.down(args.name, force=args.force)
     if isinstance(found, state.Record) and found.attached:
         print(f"cluster {args.name} is forgotten (attached: its namespaces are left as they are)")
     else:
@@ -230,7 +230,7 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     """Exit 1 when a cluster named on the command line was left."""
     _need_root("clean")
-    swept = cluster.clean(args.names, everything=args.everything)
+    swept = lifecycle.clean(args.names, everything=args.everything)
     for item in swept:
         if item.removed is None:
             print(f"left {item.name}: {item.why}")
@@ -248,31 +248,32 @@ def _on_cluster(args: argparse.Namespace, command: str, work, check=None):
     built or loaded, on the plan as the user named it."""
     if args.running:
         _need_root(command)
-        with cluster.using(args.running, f"dataplane {command} --running") as made:
+        with lifecycle.using(args.running, f"dataplane {command} --running") as made:
             if check:
                 check(made.plan)
             return work(made.plan)
-    topology = cluster.read(args.topology)  # a bad file before root
+    topology = lifecycle.read(args.topology)  # a bad file before root
     if check:
-        from dataplane.plan import make_plan
+        from dataplane.cluster.plan import make_plan
 
         check(make_plan(topology.spec))
     _need_root(command)
-    with cluster.temporary(topology.renamed(f"{topology.spec.name[:20]}-{os.getpid()}")) as made:
+    with lifecycle.temporary(topology.renamed(f"{topology.spec.name[:20]}-{os.getpid()}")) as made:
         return work(made.plan)
 
 
 def cmd_trace(args: argparse.Namespace) -> int:
-    from dataplane import trace
+    from dataplane.report.hoptable import trace_dict, trace_text
+    from dataplane.verify.verifier import trace
 
     def check(plan):
         plan.pod(args.src), plan.pod(args.dst)
 
     if not args.topology and not args.running:
         raise UsageError("trace needs a topology FILE or --running N")
-    result = _on_cluster(args, "trace", lambda plan: trace.run(plan, args.src, args.dst,
+    result = _on_cluster(args, "trace", lambda plan: trace(plan, args.src, args.dst,
                                                               args.proto), check)
-    print(json.dumps(trace.as_dict(result), indent=2) if args.json else trace.as_text(result))
+    print(json.dumps(trace_dict(result), indent=2) if args.json else trace_text(result))
     return 0 if result.exchange.answered else 1
 
 
@@ -290,7 +291,8 @@ def _send_words(args: argparse.Namespace) -> tuple[str | None, str | None]:
 
 
 def cmd_send(args: argparse.Namespace) -> int:
-    from dataplane import craft, send
+    from dataplane.send import sending
+    from dataplane.traffic import craft
 
     args.topology, expression = _send_words(args)
     pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
@@ -302,41 +304,42 @@ def cmd_send(args: argparse.Namespace) -> int:
                        else craft.evaluate(expression, plan, src, tag))
 
     try:
-        wait = send.WAIT_SECONDS if args.wait is None else args.wait
-        result = _on_cluster(args, "send", lambda plan: send.run(
+        wait = sending.WAIT_SECONDS if args.wait is None else args.wait
+        result = _on_cluster(args, "send", lambda plan: sending.run(
             plan, args.src, crafted, args.count, wait), check)
         if pcap:
-            from dataplane import pcapng
+            from dataplane.report import pcapng
 
             pcap.write(pcapng.write(result.hops))
     finally:
         if pcap:
             pcap.close()
-    print(json.dumps(send.as_dict(result), indent=2) if args.json else send.as_text(result))
+    print(json.dumps(sending.as_dict(result), indent=2) if args.json else sending.as_text(result))
     return 0 if args.expect is None or result.matches(args.expect) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataplane import report, verify
+    from dataplane.report import stream
+    from dataplane.verify import verifier
 
     protos = tuple(dict.fromkeys(args.proto or PROTOCOLS))
     pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
 
     def which(plan):
-        return args.pairs or verify.default_pairs(plan)
+        return args.pairs or verifier.default_pairs(plan)
 
     def work(plan):
-        streams = [report.Json(sys.stdout) if args.json else report.Text(sys.stdout)]
+        streams = [stream.Json(sys.stdout) if args.json else stream.Text(sys.stdout)]
         if pcap:
-            streams.append(report.Pcap(pcap))
+            streams.append(stream.Pcap(pcap))
         if not args.json and sys.stderr.isatty():
-            streams.append(report.Progress())
-        return verify.run(plan, which(plan), protos, mtu=args.mtu,
-                          stream=report.Tee(streams), keep_hops=False)
+            streams.append(stream.Progress())
+        return verifier.run(plan, which(plan), protos, mtu=args.mtu,
+                            stream=stream.Tee(streams), keep_hops=False)
 
     try:
         result = _on_cluster(args, "verify", work,
-                             check=lambda plan: verify.some_pairs(plan, which(plan)))
+                             check=lambda plan: verifier.some_pairs(plan, which(plan)))
     finally:
         if pcap:
             pcap.close()
@@ -351,18 +354,18 @@ def _output(path: str):
 
 
 def _write_pcap(path: str, hops: list) -> None:
-    from dataplane import pcapng
+    from dataplane.report import pcapng
 
     with _output(path) as out:
         out.write(pcapng.write(hops))
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    from dataplane import capture
+    from dataplane.bpf import capture
 
     keep = capture.parse_filter(args.filter)  # a bad expression fails before anything runs
     _need_root("capture")
-    with cluster.using(args.running, "dataplane capture") as made:
+    with lifecycle.using(args.running, "dataplane capture") as made:
         def recording() -> None:  # as tcpdump says "listening on": traffic sent now is seen
             print(f"recording every hop in cluster {made.name} for {args.duration:g} s "
                   "(Ctrl-C stops)", file=sys.stderr, flush=True)
@@ -374,7 +377,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    from dataplane import kernel
+    from dataplane.bpf import kernel
 
     facts = kernel.facts()
     for fact in facts:
@@ -391,7 +394,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_fault(args: argparse.Namespace) -> int:
-    from dataplane import faults
+    from dataplane.cluster import faults
 
     if args.fault_command == "list":
         for fault in faults.FAULTS.values():
@@ -399,7 +402,7 @@ def cmd_fault(args: argparse.Namespace) -> int:
         return 0
     faults.check_options(args.fault, args.node, args.pod, args.peer)
     _need_root("fault inject")
-    with cluster.using(args.running, "dataplane fault inject") as made:
+    with lifecycle.using(args.running, "dataplane fault inject") as made:
         if made.record.attached:
             raise UsageError(f"cluster {made.name} is attached (discovered, not built): "
                              "dataplane never changes it; break it by hand instead")
@@ -409,7 +412,9 @@ def cmd_fault(args: argparse.Namespace) -> int:
 
 def cmd_discover(args: argparse.Namespace) -> int:
     """Exit 1 when the network breaks flannel's rules or a namespace was not placed."""
-    from dataplane import audit, discover, netns, status
+    from dataplane.cluster import discover, netns
+    from dataplane.report import status
+    from dataplane.verify import audit
 
     if args.name is not None and not LABEL.match(args.name):
         raise UsageError(f"--name {args.name!r} cannot name a cluster; use {LABEL_HINT}")
@@ -422,7 +427,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
                               args.node_files or _node_files(names))
     drift = found.broken + audit.audit(found.plan)
     if args.name:
-        cluster.adopt(found.plan, source=f"discovered in {', '.join(sorted(names))}")
+        lifecycle.adopt(found.plan, source=f"discovered in {', '.join(sorted(names))}")
     shown = {"name": found.plan.name, "attached": bool(args.name), "namespaces": names,
              **status.describe(found.plan),
              "cluster_cidr": {"cidr": str(found.plan.spec.cluster_cidr),
@@ -434,18 +439,18 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
 def _node_files(names: list[str]) -> Path | None:
     """The node files of the cluster we built in these namespaces, if we did."""
-    from dataplane.nodefiles import NODES_DIR
+    from dataplane.cluster.nodefiles import NODES_DIR
 
-    for made in cluster.inspect_all():
-        if isinstance(made, cluster.Cluster) and not made.record.attached \
+    for made in lifecycle.inspect_all():
+        if isinstance(made, lifecycle.Cluster) and not made.record.attached \
                 and set(names) & set(made.record.namespaces):
             return made.record.dir / NODES_DIR
     return None
 
 
 def _discovered_text(shown: dict) -> str:
-    from dataplane import status
-    from dataplane.drift import Drift
+    from dataplane.report import status
+    from dataplane.records import Drift
 
     pods = sum(len(node["pods"]) for node in shown["nodes"])
     lines = [f"discovered {shown['name']}: {len(shown['nodes'])} nodes, {pods} pods in "

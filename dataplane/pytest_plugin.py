@@ -8,24 +8,28 @@ is installed. A test reads:
         assert r.passed, r.diagnosis
 
 Fixtures: dataplane_cluster (built from a topology, torn down after its scope),
+dataplane_clusters (a factory: more clusters, each torn down after the test),
 dataplane_tracer (every hop while the test runs), dataplane_verify, dataplane_send
 (any scapy packet from a pod, to an outcome). Markers: dataplane_topology(path),
-needs_root, needs_kprobes, needs_btf. A failed test's report carries the hop table of
-every flow it verified and every packet it sent.
+needs_root, needs_probes, needs_kprobes, needs_btf. A failed test's report carries the
+hop table of every flow it verified and every packet it sent.
 """
 
 from __future__ import annotations
 
 import itertools
 import os
-import sys
 from pathlib import Path
+from typing import Literal, get_args
 
 import pytest
 
-from dataplane import btf, kernel, resources
+from dataplane import resources
+from dataplane.bpf import btf, kernel
+from dataplane.records import Hop, Proto
 
 ROOT_REASON = "needs root: run sudo pytest"
+CLUSTER_PREFIX = f"pt{os.getpid()}-"  # the clusters this session builds: pt<pid>-0, ...
 _clusters = itertools.count()
 _FLOWS = pytest.StashKey[list]()
 
@@ -48,28 +52,44 @@ def pytest_configure(config: pytest.Config) -> None:
     for line in (
         "dataplane_topology(path): the topology dataplane_cluster builds for this module",
         "needs_root: skip unless root (network namespaces and eBPF need it)",
+        "needs_probes: skip unless the eBPF probes can run here (root, bcc, headers, BTF)",
         "needs_kprobes: skip unless the kernel has kprobes",
         "needs_btf: skip unless the kernel has BTF (/sys/kernel/btf/vmlinux)",
     ):
         config.addinivalue_line("markers", line)
 
 
-def _missing(item: pytest.Item) -> str | None:
-    """Why a capability a marker asks for is missing, with the fix."""
-    if item.get_closest_marker("needs_root") and os.geteuid() != 0:
+Need = Literal["root", "probes", "btf", "kprobes"]
+NEEDS: tuple[Need, ...] = get_args(Need)
+
+
+def missing(need: Need) -> str | None:
+    """Why a capability a test needs is missing here, with the fix; None when present."""
+    if os.geteuid() != 0 and need in ("root", "probes"):
         return ROOT_REASON
-    if item.get_closest_marker("needs_btf") and not btf.VMLINUX.exists():
+    if need == "probes":
+        for fact in kernel.facts():
+            if not fact.ok:
+                return f"probes cannot run: {fact.name} is {fact.value}; {fact.fix}"
+    if need == "btf" and not btf.VMLINUX.exists():
         return "needs BTF: boot a kernel built with CONFIG_DEBUG_INFO_BTF=y"
-    if item.get_closest_marker("needs_kprobes") and not kernel.kprobes_available():
+    if need == "kprobes" and not kernel.kprobes_available():
         return "needs kprobes: this kernel has none (CONFIG_KPROBES unset); use a VM with a " \
                "stock distribution kernel"
     return None
 
 
+def skip_unless(*needs: Need) -> None:
+    """Skip the running test, with the reason, unless every capability is here: the one
+    skip helper, behind the needs_* markers and the fixtures alike."""
+    for need in needs:
+        reason = missing(need)
+        if reason:
+            pytest.skip(reason)
+
+
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    reason = _missing(item)
-    if reason:
-        pytest.skip(reason)
+    skip_unless(*(need for need in NEEDS if item.get_closest_marker(f"needs_{need}")))
 
 
 def _scope(fixture_name: str, config: pytest.Config) -> str:
@@ -98,22 +118,25 @@ def _topology(request: pytest.FixtureRequest) -> Path:
     return resources.topology(None)
 
 
+def _up(topology: Path, **options: str | None):
+    """A cluster named after this process, or the test fails with the one-line reason."""
+    from dataplane.cluster import lifecycle
+    from dataplane.errors import UsageError
+
+    try:
+        return lifecycle.up(topology, name=f"{CLUSTER_PREFIX}{next(_clusters)}", **options)
+    except UsageError as err:
+        problem = str(err)  # failed outside the handler, so it is reported once
+    pytest.fail(problem, pytrace=False)
+
+
 @pytest.fixture(scope=_scope)
 def dataplane_cluster(request: pytest.FixtureRequest):
     """A cluster built for this module (or session), torn down after it, failures included."""
-    from dataplane import cluster, state
-    from dataplane.errors import UsageError
+    from dataplane.cluster import lifecycle, state
 
-    if os.geteuid() != 0:
-        pytest.skip(ROOT_REASON)
-    try:
-        made = cluster.up(_topology(request), name=f"pt{os.getpid()}-{next(_clusters)}")
-    except UsageError as err:
-        problem = str(err)  # failed outside the handler, so it is reported once
-    else:
-        problem = None
-    if problem:
-        pytest.fail(problem, pytrace=False)
+    skip_unless("root")
+    made = _up(_topology(request))
     failures_before = request.session.testsfailed
     yield made
     if request.config.getoption("--dataplane-keep") and \
@@ -122,32 +145,47 @@ def dataplane_cluster(request: pytest.FixtureRequest):
         print(f"\ndataplane: kept cluster {made.name} up after a failure "
               f"(dataplane status {made.name}; dataplane down {made.name})")
     else:
-        cluster.down(made.name)
+        lifecycle.down(made.name)
 
 
-def _probes_or_skip() -> None:
-    if os.geteuid() != 0:
-        pytest.skip(ROOT_REASON)
-    for fact in kernel.facts():
-        if not fact.ok:
-            pytest.skip(f"probes cannot run: {fact.name} is {fact.value}; {fact.fix}")
+@pytest.fixture
+def dataplane_clusters(request: pytest.FixtureRequest):
+    """make(topology=None, cni_mode=None) -> another cluster, built from a topology (a path,
+    relative ones beside the test file, or a shipped topology's name; None: the one
+    dataplane_cluster builds), with the pods wired as cni_mode says (default: the
+    topology's); each is torn down after the test, unless the test took it down."""
+    from dataplane.cluster import lifecycle
+
+    skip_unless("root")
+    made: list = []
+
+    def make(topology: str | Path | None = None, cni_mode: str | None = None):
+        path = _topology(request) if topology is None else resources.topology(
+            topology, bases=[request.node.path.parent, request.config.rootpath])
+        made.append(_up(path, cni_mode=cni_mode))
+        return made[-1]
+
+    yield make
+    for cluster in made:
+        if cluster.record.dir.exists():
+            lifecycle.down(cluster.name)
 
 
 @pytest.fixture
 def dataplane_tracer(dataplane_cluster):
     """A Tracer recording every hop in the cluster while the test runs."""
-    from dataplane.tracer import Tracer
+    from dataplane.bpf.tracer import Tracer
 
-    _probes_or_skip()
+    skip_unless("probes")
     with Tracer(dataplane_cluster.plan) as tracer:
         yield tracer
 
 
 @pytest.fixture(scope=_scope)
 def _dataplane_verifier(dataplane_cluster):
-    from dataplane.verify import Verifier
+    from dataplane.verify.verifier import Verifier
 
-    _probes_or_skip()
+    skip_unless("probes")
     with Verifier(dataplane_cluster.plan) as verifier:
         yield verifier
 
@@ -157,8 +195,8 @@ def dataplane_verify(request: pytest.FixtureRequest, _dataplane_verifier):
     """verify(src, dst, proto="icmp") -> a result with .passed, .verdict, .diagnosis, .hops."""
     flows = request.node.stash.setdefault(_FLOWS, [])
 
-    def verify(src: str, dst: str, proto: str = "icmp"):
-        from dataplane.report import flow_text
+    def verify(src: str, dst: str, proto: Proto = "icmp"):
+        from dataplane.report.stream import flow_text
 
         plan = _dataplane_verifier.plan
         result = _dataplane_verifier.check(src, dst, proto)
@@ -175,13 +213,13 @@ def dataplane_send(request: pytest.FixtureRequest, dataplane_cluster):
     .drop_reason, .hops. packet: a scapy packet or a list of them (copied, not changed),
     or an expression as `dataplane send` takes one. With expect, the test fails unless
     that is the outcome (answered counts as delivered)."""
-    _probes_or_skip()
+    skip_unless("probes")
     plan = dataplane_cluster.plan
     flows = request.node.stash.setdefault(_FLOWS, [])
 
     def send(src: str, packet, expect: str | None = None, count: int = 1):
-        from dataplane import craft
-        from dataplane import send as sending
+        from dataplane.traffic import craft
+        from dataplane.send import sending
 
         pod, tag = plan.pod(src), craft.new_tag()
         made = craft.evaluate(packet, plan, pod, tag) if isinstance(packet, str) \
@@ -199,13 +237,10 @@ def dataplane_send(request: pytest.FixtureRequest, dataplane_cluster):
 
 def _hop_rows(value: object) -> list[str] | None:
     """value as a hop table when it is a Hop or a list of them."""
-    if "dataplane.tracer" not in sys.modules:  # no Hop was ever made
-        return None
-    from dataplane.hops import hop_table
-    from dataplane.tracer import Hop
-
     hops = [value] if isinstance(value, Hop) else value
     if isinstance(hops, (list, tuple)) and hops and all(isinstance(h, Hop) for h in hops):
+        from dataplane.report.hoptable import hop_table
+
         return hop_table(list(hops))
     return None
 
@@ -233,7 +268,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report.sections.append(("dataplane flows", "\n\n".join(text() for text, _ in flows)))
     folder = item.config.getoption("--dataplane-pcap")
     if folder:
-        from dataplane import pcapng
+        from dataplane.report import pcapng
 
         Path(folder).mkdir(parents=True, exist_ok=True)
         out = Path(folder) / f"{item.name}.pcapng"

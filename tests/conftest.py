@@ -1,4 +1,5 @@
-"""Shared fixtures: clusters built on real namespaces, named per test session."""
+"""Helpers shared by the tests. Clusters come from the dataplane plugin's fixtures
+(dataplane_cluster, dataplane_clusters), its needs_* markers skip with the reason."""
 
 from __future__ import annotations
 
@@ -12,13 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import cluster, netns, state
+from dataplane.cluster import netns, state
+from dataplane.pytest_plugin import CLUSTER_PREFIX
+from dataplane.verify.paths import in_order
 
 ROOT = Path(__file__).resolve().parent.parent
 TOPOLOGIES = ROOT / "topologies"
 DEFAULT = TOPOLOGIES / "flannel-vxlan.toml"
 BIG = TOPOLOGIES / "flannel-vxlan-4x8.toml"
-RUN_TAG = f"t{os.getpid()}"  # every cluster this session makes is named t<pid>-...
+RUN_TAG = f"t{os.getpid()}"  # every cluster a test names itself is named t<pid>-...
 _serial = itertools.count()
 
 
@@ -31,21 +34,38 @@ pytest_plugins = ["pytester"]  # to run the dataplane plugin on test files of it
 
 def pytest_sessionfinish(session, exitstatus):
     """The suite must leave no namespace of its own behind."""
-    leaked = sorted(p.name for p in netns.NETNS_RUN.glob(f"dp-{RUN_TAG}-*")) \
+    leaked = sorted(p.name for prefix in (f"{RUN_TAG}-", CLUSTER_PREFIX)
+                    for p in netns.NETNS_RUN.glob(f"dp-{prefix}*")) \
         if netns.NETNS_RUN.is_dir() else []
     if leaked:
         print(f"\nLEAK: namespaces left behind by this test session: {', '.join(leaked)}")
         session.exitstatus = 1
 
 
-def dp(*argv: str, user: int | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    """Run the `dataplane` command from this tree (as user, if given, with the user's own
-    HOME: scapy looks for its configuration there)."""
+def _dataplane(argv: tuple[str, ...], user: int | None) -> tuple[list[str], dict[str, str]]:
+    """The `dataplane` command from this tree and its environment (as user, if given,
+    with the user's own HOME: scapy looks for its configuration there)."""
     prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
     home = {"HOME": pwd.getpwuid(user).pw_dir} if user else {}
-    return subprocess.run([*prefix, sys.executable, "-m", "dataplane", *argv], cwd=cwd,
-                          capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT), **home})
+    return [*prefix, sys.executable, "-m", "dataplane", *argv], \
+        {**os.environ, "PYTHONPATH": str(ROOT), **home}
+
+
+def dp(*argv: str, user: int | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    """Run `dataplane ARGV...` to its end, its output captured as text."""
+    command, env = _dataplane(argv, user)
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+
+
+def dp_start(*argv: str, cwd: Path = ROOT, **popen: object) -> subprocess.Popen:
+    """Start `dataplane ARGV...` and return at once (popen: stdout=, stderr=, text=...)."""
+    command, env = _dataplane(argv, None)
+    return subprocess.Popen(command, cwd=cwd, env=env, **popen)
+
+
+def seen_in_order(wanted: list, seen: list) -> bool:
+    """Whether seen holds every one of wanted, in that order (others between them)."""
+    return len(in_order(wanted, seen)) == len(wanted)
 
 
 def one_line_error(done: subprocess.CompletedProcess) -> str:
@@ -71,8 +91,8 @@ def up_released(name: str, topology: Path = DEFAULT) -> None:
 def up_orphaned(name: str, topology: Path = DEFAULT) -> int:
     """A cluster whose builder died holding it (a test session killed before its
     teardown); returns the dead builder's pid."""
-    done = subprocess.run([sys.executable, "-c", "import os, sys; from dataplane import "
-                           "cluster; cluster.up(sys.argv[1], name=sys.argv[2]); "
+    done = subprocess.run([sys.executable, "-c", "import os, sys; from dataplane.cluster import "
+                           "lifecycle; lifecycle.up(sys.argv[1], name=sys.argv[2]); "
                            "print(os.getpid()); os._exit(0)", str(topology), name],
                           cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
@@ -96,21 +116,6 @@ def ip_json(netns_name: str | None, *argv: str):
 
 
 @pytest.fixture
-def make_cluster():
-    """Build clusters from topology files; every one is torn down after the test."""
-    made: list[cluster.Cluster] = []
-
-    def make(topology: Path = DEFAULT, tag: str = "c") -> cluster.Cluster:
-        made.append(cluster.up(topology, name=unique_name(tag)))
-        return made[-1]
-
-    yield make
-    for c in made:
-        if c.record.dir.exists():
-            cluster.down(c.name)
-
-
-@pytest.fixture
 def private_state(tmp_path, monkeypatch) -> Path:
     """A state directory of this test's own, for it and the commands it runs: `clean`,
     `status` and `clean --all` then see only the clusters the test made (the machine's
@@ -119,32 +124,3 @@ def private_state(tmp_path, monkeypatch) -> Path:
     monkeypatch.setattr(state, "STATE_ROOT", root)
     monkeypatch.setenv("DATAPLANE_STATE_DIR", str(root))
     return root
-
-
-@pytest.fixture(scope="module")
-def default_cluster():
-    """One default-topology cluster shared by a module's read-only tests."""
-    if not is_root():
-        pytest.skip("needs root to create network namespaces: run sudo pytest")
-    made = cluster.up(DEFAULT, name=unique_name("m"))
-    yield made
-    cluster.down(made.name)
-
-
-def probes_unavailable() -> str | None:
-    """Why the eBPF probes cannot run here, or None."""
-    if not is_root():
-        return "needs root to load eBPF programs: run sudo pytest"
-    from dataplane import kernel
-
-    for fact in kernel.facts():
-        if not fact.ok:
-            return f"probes cannot run: {fact.name} is {fact.value}; {fact.fix}"
-    return None
-
-
-@pytest.fixture(scope="session")
-def probes_ready():
-    reason = probes_unavailable()
-    if reason:
-        pytest.skip(reason)

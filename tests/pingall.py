@@ -10,7 +10,7 @@ import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
-from dataplane.plan import Plan, PodPlan
+from dataplane.cluster.plan import Plan, PodPlan
 
 
 def ping(src: PodPlan, dst: PodPlan) -> bool:
@@ -28,9 +28,9 @@ def ping_all(plan: Plan) -> list[str]:
 
 
 def main(name: str) -> int:
-    from dataplane import cluster
+    from dataplane.cluster import lifecycle
 
-    plan = cluster.attach(name).plan
+    plan = lifecycle.attach(name).plan
     failed = ping_all(plan)
     total = len(plan.pods()) * (len(plan.pods()) - 1)
     for pair in failed:

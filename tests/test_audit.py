@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
-from dataplane import audit, expected, faults, firewall, spec
-from dataplane.drift import Drift
-from dataplane.netstate import NetState, sysctl_device
-from dataplane.plan import make_plan
+from dataplane.cluster import expected, faults, firewall, spec
+from dataplane.cluster.netstate import NetState, sysctl_device
+from dataplane.cluster.plan import make_plan
+from dataplane.records import Drift
+from dataplane.verify import audit
 
-from .conftest import BIG, DEFAULT, ROOT, sh
+from .conftest import BIG, DEFAULT, dp, sh
 
-DP = [sys.executable, "-m", "dataplane"]
 
 
 @pytest.fixture
@@ -142,15 +140,15 @@ def timed_audit(plan):
 
 
 @pytest.mark.needs_root
-def test_healthy_clusters_have_no_drift(make_cluster):
-    small = make_cluster(DEFAULT, tag="a")
+def test_healthy_clusters_have_no_drift(dataplane_clusters):
+    small = dataplane_clusters(DEFAULT)
     drift, _ = timed_audit(small.plan)
     assert drift == []
-    big = make_cluster(BIG, tag="a")
+    big = dataplane_clusters(BIG)
     timed_audit(big.plan)  # warm: imports, first sockets
     drift, seconds = timed_audit(big.plan)
     assert drift == []
-    assert seconds < 0.6, f"audit of 4x8 took {seconds:.3f} s"  # about 0.1 s when idle
+    assert seconds < 0.6, f"audit of 4x8 took {seconds:.3f} s"  # far less when idle
 
 
 FAULT_DRIFT = {
@@ -172,8 +170,8 @@ def test_every_fault_has_a_drift_case():
 
 @pytest.mark.needs_root
 @pytest.mark.parametrize("fault", sorted(FAULT_DRIFT))
-def test_each_fault_shows_as_drift_at_its_place(make_cluster, fault):
-    plan = make_cluster(tag="f").plan
+def test_each_fault_shows_as_drift_at_its_place(dataplane_clusters, fault):
+    plan = dataplane_clusters().plan
     faults.inject(plan, fault, node="node-0", pod="node-0/pod-0", peer="node-1")
     at, device, what = FAULT_DRIFT[fault]
     device = plan.pod("node-0/pod-0").host_veth if device == "HOST VETH" else device
@@ -187,9 +185,9 @@ def test_each_fault_shows_as_drift_at_its_place(make_cluster, fault):
 
 
 @pytest.fixture(scope="module")
-def broken(default_cluster):
+def broken(dataplane_cluster):
     """The default cluster broken by hand, the way an operator would."""
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     sh(plan.pod("node-0/pod-1").netns, "ip", "link", "set", "eth0", "down")
     sh(plan.pod("node-1/pod-0").netns, "ip", "addr", "flush", "dev", "eth0")
     sh(plan.pod("node-1/pod-1").netns, "ip", "addr", "add", "10.244.0.2/24", "dev", "eth0")
@@ -219,19 +217,19 @@ def test_hand_made_breakage(broken, item):
 
 
 @pytest.mark.needs_root
-def test_a_deleted_namespace_is_drift_not_a_crash(make_cluster):
-    plan = make_cluster(tag="g").plan
+def test_a_deleted_namespace_is_drift_not_a_crash(dataplane_clusters):
+    plan = dataplane_clusters().plan
     sh(None, "ip", "netns", "delete", plan.pod("node-1/pod-1").netns)
     assert Drift("node-1/pod-1", None, "namespace", "present", "missing") in audit.audit(plan)
 
 
 def dataplane(*argv):
-    return subprocess.run([*DP, *argv], cwd=ROOT, capture_output=True, text=True)
+    return dp(*argv)
 
 
 @pytest.mark.needs_root
-def test_status_exit_code_and_json(make_cluster):
-    made = make_cluster(tag="s")
+def test_status_exit_code_and_json(dataplane_clusters):
+    made = dataplane_clusters()
     clean = dataplane("status", made.name, "--json")
     assert clean.returncode == 0, clean.stderr
     assert json.loads(clean.stdout)["drift"] == []
@@ -249,8 +247,8 @@ def test_status_exit_code_and_json(make_cluster):
 
 
 @pytest.mark.needs_root
-def test_fault_options_and_repeats(make_cluster):
-    made = make_cluster(tag="o")
+def test_fault_options_and_repeats(dataplane_clusters):
+    made = dataplane_clusters()
     both = dataplane("fault", "inject", "no-ip-forward", "--running", made.name,
                      "--node", "node-1", "--pod", "node-0/pod-1")
     assert both.returncode == 2 and len(both.stderr.splitlines()) == 1

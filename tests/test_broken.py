@@ -2,22 +2,20 @@
 and each FAIL names its cause (the node and device that is wrong)."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from dataplane import traffic, verify
-from dataplane.plan import PodPlan
+from dataplane.cluster.plan import PodPlan
+from dataplane.traffic import prober
+from dataplane.verify import verifier
 
-from .conftest import ROOT, sh
+from .conftest import dp, sh
 
 pytestmark = pytest.mark.needs_root
 
 
 def verify_json(name, *options):
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", name,
-                           "--json", *options], cwd=ROOT, capture_output=True, text=True)
+    done = dp("verify", "--running", name, "--json", *options)
     assert done.stdout, done.stderr  # the full report, whatever broke
     return done.returncode, json.loads(done.stdout)
 
@@ -30,8 +28,9 @@ def by_pair(report):
     return {(f["src"], f["dst"], f["proto"], f["size"]): f for f in report["flows"]}
 
 
-def test_a_pod_whose_eth0_is_down(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_a_pod_whose_eth0_is_down(dataplane_clusters):
+    made = dataplane_clusters()
     sh(None, "ip", "-n", made.plan.pod("node-1/pod-1").netns, "link", "set", "eth0", "down")
     code, report = verify_json(made.name, "--proto", "icmp", "--no-mtu")
     assert code == 1
@@ -45,8 +44,9 @@ def test_a_pod_whose_eth0_is_down(make_cluster, probes_ready):
             assert flow["rule"] == "send" and "Errno 101" in flow["diagnosis"]
 
 
-def test_a_pod_whose_address_is_gone(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_a_pod_whose_address_is_gone(dataplane_clusters):
+    made = dataplane_clusters()
     sh(None, "ip", "-n", made.plan.pod("node-1/pod-1").netns, "addr", "flush", "dev", "eth0")
     code, report = verify_json(made.name, "--proto", "udp", "--no-mtu")
     assert code == 1
@@ -59,15 +59,16 @@ def test_a_pod_whose_address_is_gone(make_cluster, probes_ready):
             assert flow["verdict"] == "PASS", flow["diagnosis"]
 
 
-def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(make_cluster, probes_ready):
+@pytest.mark.needs_probes
+def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(dataplane_clusters):
     """The first run leaves a path MTU cached in the pod; no later run may turn PASS."""
-    from dataplane import faults
+    from dataplane.cluster import faults
 
-    made = make_cluster()
+    made = dataplane_clusters()
     faults.inject(made.plan, "pod-mtu", pod="node-0/pod-0")
     runs = []
     for _ in range(5):
-        report = verify.run(made.plan, protos=("udp",))
+        report = verifier.run(made.plan, protos=("udp",))
         runs.append({(f.src, f.dst, f.size): (f.verdict, f.rule) for f in report.flows})
     assert all(run == runs[0] for run in runs)
     failed = {key for key, (verdict, _) in runs[0].items() if verdict == "FAIL"}
@@ -75,10 +76,11 @@ def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(make_cluster, probes
                       for dst in made.plan.pods() if dst.ref != "node-0/pod-0"}
 
 
-def test_plain_verify_checks_every_protocol_and_the_mtu(make_cluster, probes_ready):
-    from dataplane import faults
+@pytest.mark.needs_probes
+def test_plain_verify_checks_every_protocol_and_the_mtu(dataplane_clusters):
+    from dataplane.cluster import faults
 
-    made = make_cluster()
+    made = dataplane_clusters()
     faults.inject(made.plan, "pod-mtu", pod="node-0/pod-0")
     code, report = verify_json(made.name)
     assert code == 1
@@ -89,8 +91,9 @@ def test_plain_verify_checks_every_protocol_and_the_mtu(make_cluster, probes_rea
                        for f in mtu)
 
 
-def test_an_unreachable_underlay_port_is_blamed_on_the_far_node(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_an_unreachable_underlay_port_is_blamed_on_the_far_node(dataplane_clusters):
+    made = dataplane_clusters()
     sh(None, "ip", "-n", made.plan.underlay_netns, "link", "set", "node-1", "down")
     code, report = verify_json(made.name, "--proto", "icmp", "--no-mtu")
     assert code == 1
@@ -103,11 +106,11 @@ def test_an_unreachable_underlay_port_is_blamed_on_the_far_node(make_cluster, pr
             assert flow["verdict"] == "PASS", flow["diagnosis"]
 
 
-def test_a_namespace_gone_mid_run_is_that_flows_failure(make_cluster):
-    made = make_cluster()
+def test_a_namespace_gone_mid_run_is_that_flows_failure(dataplane_clusters):
+    made = dataplane_clusters()
     src = made.plan.pod("node-0/pod-0")
     ghost = PodPlan(**{**made.plan.pod("node-1/pod-1").__dict__, "netns": "dp-no-such-ns"})
-    with traffic.Prober() as sender:
+    with prober.Prober() as sender:
         for proto in ("icmp", "udp", "tcp", "arp"):
             from_ghost = sender.exchange(ghost, src, proto)
             assert not from_ghost.answered
@@ -121,7 +124,6 @@ def test_a_namespace_gone_mid_run_is_that_flows_failure(make_cluster):
 def test_nothing_to_verify_is_a_usage_error(tmp_path):
     one_node = tmp_path / "one.toml"
     one_node.write_text('[cluster]\nname = "one"\nnodes = 1\n')
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", str(one_node),
-                           "--pairs", "cross-node"], cwd=ROOT, capture_output=True, text=True)
+    done = dp("verify", str(one_node), "--pairs", "cross-node")
     assert done.returncode == 2, done.stderr
     assert "selects no pod pair" in done.stderr and len(done.stderr.splitlines()) == 1

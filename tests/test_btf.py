@@ -4,7 +4,7 @@ import struct
 
 import pytest
 
-from dataplane import btf
+from dataplane.bpf import btf
 
 
 class Blob:

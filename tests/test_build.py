@@ -16,8 +16,8 @@ def link(netns, name):
     return found
 
 
-def test_vtep_as_flannel_makes_it(default_cluster):
-    plan = default_cluster.plan
+def test_vtep_as_flannel_makes_it(dataplane_cluster):
+    plan = dataplane_cluster.plan
     for node in plan.nodes:
         vtep = link(node.netns, "flannel.1")
         data = vtep["linkinfo"]["info_data"]
@@ -30,8 +30,8 @@ def test_vtep_as_flannel_makes_it(default_cluster):
         assert [(a["local"], a["prefixlen"]) for a in addrs] == [(str(node.vtep_ip), 32)]
 
 
-def test_per_peer_route_neighbour_fdb(default_cluster):
-    n0, n1 = default_cluster.plan.nodes
+def test_per_peer_route_neighbour_fdb(dataplane_cluster):
+    n0, n1 = dataplane_cluster.plan.nodes
     (route,) = ip_json(n0.netns, "route", "show", str(n1.pod_cidr))
     assert route["gateway"] == str(n1.vtep_ip) and route["dev"] == "flannel.1"
     assert "onlink" in route["flags"]
@@ -42,8 +42,8 @@ def test_per_peer_route_neighbour_fdb(default_cluster):
     assert f"{n1.vtep_mac} dst {n1.underlay_ip} self permanent" in out
 
 
-def test_node_basics(default_cluster):
-    for node in default_cluster.plan.nodes:
+def test_node_basics(dataplane_cluster):
+    for node in dataplane_cluster.plan.nodes:
         eth0 = link(node.netns, "eth0")
         assert eth0["mtu"] == 1500 and eth0["address"] == node.eth0_mac
         addrs = ip_json(node.netns, "addr", "show", "dev", "eth0")[0]["addr_info"]
@@ -55,14 +55,14 @@ def test_node_basics(default_cluster):
         assert ports == {p.host_veth for p in node.pods}
 
 
-def test_underlay_bridge_joins_every_node(default_cluster):
-    plan = default_cluster.plan
+def test_underlay_bridge_joins_every_node(dataplane_cluster):
+    plan = dataplane_cluster.plan
     ports = {p["ifname"] for p in ip_json(plan.underlay_netns, "link", "show", "master", "br0")}
     assert ports == {n.name for n in plan.nodes}
 
 
-def test_pods(default_cluster):
-    for pod in default_cluster.plan.pods():
+def test_pods(dataplane_cluster):
+    for pod in dataplane_cluster.plan.pods():
         eth0 = link(pod.netns, "eth0")
         assert eth0["mtu"] == 1450 and eth0["address"] == pod.mac and "UP" in eth0["flags"]
         addrs = ip_json(pod.netns, "addr", "show", "dev", "eth0")[0]["addr_info"]
@@ -72,17 +72,17 @@ def test_pods(default_cluster):
         assert "UP" in link(pod.netns, "lo")["flags"]
 
 
-def test_node_files_written(default_cluster):
-    base = default_cluster.record.dir / "nodes" / "node-0"
+def test_node_files_written(dataplane_cluster):
+    base = dataplane_cluster.record.dir / "nodes" / "node-0"
     assert "FLANNEL_SUBNET=10.244.0.1/24" in (base / "run/flannel/subnet.env").read_text()
     records = base / "var/lib/cni/networks/cbr0"
     assert sorted(p.name for p in records.iterdir()) == ["10.244.0.2", "10.244.0.3",
                                                          "last_reserved_ip.0"]
 
 
-def test_cross_node_ping_is_vxlan_on_the_underlay(default_cluster):
+def test_cross_node_ping_is_vxlan_on_the_underlay(dataplane_cluster):
     """tcpdump-style check: a cross-node ping crosses br0 as UDP/8472 with VNI 1."""
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
     cap = subprocess.Popen(["ip", "netns", "exec", plan.underlay_netns, "tshark", "-l", "-i",
                             "br0", "-c", "1", "-a", "duration:10", "-f", "udp port 8472",
@@ -110,6 +110,6 @@ def test_cross_node_ping_is_vxlan_on_the_underlay(default_cluster):
 
 
 @pytest.mark.parametrize("topology", [DEFAULT, BIG], ids=["2x2", "4x8"])
-def test_every_pod_pair_pings(make_cluster, topology):
-    made = make_cluster(topology)
+def test_every_pod_pair_pings(dataplane_clusters, topology):
+    made = dataplane_clusters(topology)
     assert ping_all(made.plan) == []

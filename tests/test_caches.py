@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from dataplane import caches, faults
+from dataplane.cluster import faults
+from dataplane.verify import caches
 
 from .conftest import ip_json, sh
 
@@ -32,8 +33,8 @@ def learnt_fdb(netns: str) -> list:
             if e.get("master") and e.get("state") != "permanent"]
 
 
-def test_reset_forgets_pmtu_neighbours_fdb_and_conntrack(make_cluster):
-    plan = make_cluster(tag="k").plan
+def test_reset_forgets_pmtu_neighbours_fdb_and_conntrack(dataplane_clusters):
+    plan = dataplane_clusters().plan
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0")
     node = plan.node("node-0").netns
     # conntrack tracks forwarded flows once a rule uses it

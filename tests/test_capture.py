@@ -1,16 +1,14 @@
 """pcapng output, read back by tshark, and the capture filter."""
 
 import subprocess
-import sys
 
 import pytest
 
-from dataplane import capture
+from dataplane.bpf import capture
 from dataplane.errors import UsageError
-from dataplane.packet import Frame
-from dataplane.tracer import Hop
+from dataplane.records import Frame, Hop
 
-from .conftest import ROOT, sh
+from .conftest import dp, dp_start, sh
 
 
 def hop(at="node-0", device="eth0", **frame):
@@ -44,11 +42,11 @@ def tshark(path, *fields):
 
 
 @pytest.mark.needs_root
-def test_verify_pcap_has_one_interface_per_hop(default_cluster, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_verify_pcap_has_one_interface_per_hop(dataplane_cluster, tmp_path):
     out = tmp_path / "verify.pcapng"
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running",
-                           default_cluster.name, "--pairs", "cross-node", "--pcap", str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = dp("verify", "--running", dataplane_cluster.name, "--pairs", "cross-node", "--pcap",
+              str(out))
     assert done.returncode == 0, done.stderr
     rows = tshark(out, "frame.interface_name", "ip.src", "ip.dst", "vxlan.vni")
     names = {row[0] for row in rows}
@@ -64,15 +62,15 @@ def test_verify_pcap_has_one_interface_per_hop(default_cluster, probes_ready, tm
 
 
 @pytest.mark.needs_root
-def test_capture_command(default_cluster, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_capture_command(dataplane_cluster, tmp_path):
     out = tmp_path / "capture.pcapng"
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "capture", "--running",
-                             default_cluster.name, "--duration", "3", "--filter", "icmp",
-                             "-o", str(out)], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    proc = dp_start("capture", "--running", dataplane_cluster.name, "--duration", "3",
+                    "--filter", "icmp", "-o", str(out), stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
     assert "recording" in proc.stderr.readline()  # the probes are attached
-    pod = default_cluster.plan.pod("node-1/pod-1")
-    sh(default_cluster.plan.pod("node-0/pod-0").netns, "ping", "-c2", "-i", "0.2", str(pod.ip))
+    pod = dataplane_cluster.plan.pod("node-1/pod-1")
+    sh(dataplane_cluster.plan.pod("node-0/pod-0").netns, "ping", "-c2", "-i", "0.2", str(pod.ip))
     stdout, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0, stderr
     rows = tshark(out, "frame.interface_name", "icmp.type")

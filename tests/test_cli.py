@@ -8,7 +8,7 @@ import zipfile
 
 import pytest
 
-from dataplane import netns, state
+from dataplane.cluster import netns, state
 
 from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error, unique_name
 
@@ -119,7 +119,8 @@ def test_shipped_topology_by_name_from_anywhere(tmp_path):
 
 
 @pytest.mark.needs_root
-def test_verify_without_argument_outside_the_repository(tmp_path, probes_ready):
+@pytest.mark.needs_probes
+def test_verify_without_argument_outside_the_repository(tmp_path):
     done = dp("verify", "--proto", "icmp", "--no-mtu", cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     assert "12 flows: 12 passed" in done.stdout
@@ -153,7 +154,7 @@ def test_wheel_carries_the_probes(tmp_path):
 
 
 def test_probe_sources_found_from_anywhere(tmp_path):
-    done = subprocess.run([sys.executable, "-c", "from dataplane import probes; "
-                           "print(probes.source('hops.c')[:2])"],
+    done = subprocess.run([sys.executable, "-c", "from dataplane.bpf import loader; "
+                           "print(loader.source('hops.c')[:2])"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("//"), done.stderr

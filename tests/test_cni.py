@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import cluster, flannel, nodefiles, spec, wiring
+from dataplane.cluster import lifecycle, nodefiles, spec
+from dataplane.cluster.cni import flannel, wiring
+from dataplane.cluster.plan import make_plan
 from dataplane.errors import UsageError
-from dataplane.plan import make_plan
 
 from .conftest import (BIG, DEFAULT, ROOT, TOPOLOGIES, dp, ip_json, leftovers, one_line_error,
                        sh, unique_name)
@@ -97,26 +98,11 @@ def test_the_delegate_is_what_flannels_plugin_renders(tmp_path):
 needs_root = pytest.mark.needs_root
 
 
-@pytest.fixture
-def plugin_cluster():
-    """Plugin-wired clusters, each taken down after the test (DEL first)."""
-    made: list[cluster.Cluster] = []
-
-    def make(topology: Path = CNI, tag: str = "w", cni_mode: str | None = None):
-        made.append(cluster.up(topology, name=unique_name(tag), cni_mode=cni_mode))
-        return made[-1]
-
-    yield make
-    for c in made:
-        if c.record.dir.exists():
-            cluster.down(c.name)
-
-
-def node_links(c: cluster.Cluster, node) -> dict[str, dict]:
+def node_links(c: lifecycle.Cluster, node) -> dict[str, dict]:
     return {link["ifname"]: link for link in ip_json(node.netns, "-d", "link")}
 
 
-def assert_wired_as_planned(c: cluster.Cluster) -> None:
+def assert_wired_as_planned(c: lifecycle.Cluster) -> None:
     """host-local's records are the plan's; every pod is as its ADD result says."""
     for node in c.plan.nodes:
         d = wiring.dirs(c.record.dir, node)
@@ -137,8 +123,9 @@ def assert_wired_as_planned(c: cluster.Cluster) -> None:
 
 
 @needs_root
-def test_2x2_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
-    c = plugin_cluster()
+@pytest.mark.needs_probes
+def test_2x2_plugin_wired_verifies_with_no_drift(dataplane_clusters):
+    c = dataplane_clusters(CNI)
     assert_wired_as_planned(c)
     done = dp("verify", "--running", c.name)
     assert done.returncode == 0, failures(done)
@@ -151,9 +138,10 @@ def test_2x2_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
 
 
 @needs_root
-def test_4x8_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
-    c = plugin_cluster(BIG, cni_mode="plugins")
-    assert c.record.cni_mode == "plugins" and cluster.attach(c.name).plan == c.plan
+@pytest.mark.needs_probes
+def test_4x8_plugin_wired_verifies_with_no_drift(dataplane_clusters):
+    c = dataplane_clusters(BIG, cni_mode="plugins")
+    assert c.record.cni_mode == "plugins" and lifecycle.attach(c.name).plan == c.plan
     assert_wired_as_planned(c)
     done = dp("verify", "--running", c.name)  # every pair, every protocol, the MTU probes
     assert done.returncode == 0, failures(done)
@@ -162,8 +150,8 @@ def test_4x8_plugin_wired_verifies_with_no_drift(plugin_cluster, probes_ready):
 
 
 @needs_root
-def test_check_passes_then_fails_when_a_host_veth_leaves_cni0(plugin_cluster):
-    c = plugin_cluster()
+def test_check_passes_then_fails_when_a_host_veth_leaves_cni0(dataplane_clusters):
+    c = dataplane_clusters(CNI)
     assert wiring.check(c.plan, c.record.dir) == []
     pod = c.plan.pod("node-0/pod-1")
     sh(c.plan.node("node-0").netns, "ip", "link", "set", pod.host_veth, "nomaster")
@@ -176,8 +164,8 @@ def test_check_passes_then_fails_when_a_host_veth_leaves_cni0(plugin_cluster):
 
 
 @needs_root
-def test_del_leaves_no_allocation_veth_or_namespace(plugin_cluster):
-    c = plugin_cluster()
+def test_del_leaves_no_allocation_veth_or_namespace(dataplane_clusters):
+    c = dataplane_clusters(CNI)
     assert wiring.delete(c.plan, c.record.dir) == []
     for node in c.plan.nodes:
         d = wiring.dirs(c.record.dir, node)
@@ -187,7 +175,7 @@ def test_del_leaves_no_allocation_veth_or_namespace(plugin_cluster):
         for pod in node.pods:
             assert [link["ifname"] for link in ip_json(pod.netns, "link")] == ["lo"]
     assert wiring.delete(c.plan, c.record.dir) == []  # DEL again: nothing left to remove
-    cluster.down(c.name)
+    lifecycle.down(c.name)
     assert leftovers(c.name) == []
 
 
@@ -271,13 +259,13 @@ def test_a_real_flannel_plugin_in_the_path_runs_instead(tmp_path):
 
 @needs_root
 def test_missing_plugins_refused_before_anything_is_made(tmp_path, monkeypatch):
-    from dataplane import cni
+    from dataplane.cluster.cni import plugins
 
-    monkeypatch.setattr(cni, "SYSTEM_PATH", tmp_path / "none")
+    monkeypatch.setattr(plugins, "SYSTEM_PATH", tmp_path / "none")
     name = unique_name("miss")
     with pytest.raises(UsageError, match="CNI plugin loopback is in none of .*; install Debian's "
                                          "containernetworking-plugins"):
-        cluster.up(CNI, name=name)
+        lifecycle.up(CNI, name=name)
     assert leftovers(name) == []
 
 
@@ -292,16 +280,17 @@ def root_state() -> dict[str, str]:
 
 
 @needs_root
-def test_the_plugins_touch_nothing_outside_the_cluster(plugin_cluster):
+def test_the_plugins_touch_nothing_outside_the_cluster(dataplane_clusters):
     before = root_state()
-    c = plugin_cluster()
+    c = dataplane_clusters(CNI)
     assert root_state() == before
-    cluster.down(c.name)
+    lifecycle.down(c.name)
     assert root_state() == before
 
 
 @needs_root
-def test_the_pytest_plugin_builds_a_plugin_wired_cluster(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_the_pytest_plugin_builds_a_plugin_wired_cluster(pytester):
     pytester.makepyfile(test_user=f'''
 import json, subprocess
 import pytest
@@ -321,8 +310,9 @@ def test_wired_by_the_plugins(dataplane_cluster, dataplane_verify):
 # the user's own node configuration
 
 @needs_root
-def test_the_docker_forward_example_verifies_clean(plugin_cluster, probes_ready):
-    c = plugin_cluster(EXAMPLE)
+@pytest.mark.needs_probes
+def test_the_docker_forward_example_verifies_clean(dataplane_clusters):
+    c = dataplane_clusters(EXAMPLE)
     for node in c.plan.nodes:
         assert "policy drop" in sh(node.netns, "nft", "list", "chain", "ip", "filter", "FORWARD")
         assert sh(node.netns, "sysctl", "-n", "net.ipv4.conf.all.log_martians").strip() == "1"
@@ -338,7 +328,8 @@ def test_the_docker_forward_example_verifies_clean(plugin_cluster, probes_ready)
 
 
 @needs_root
-def test_without_flannels_accept_rules_flows_between_nodes_fail(tmp_path, probes_ready):
+@pytest.mark.needs_probes
+def test_without_flannels_accept_rules_flows_between_nodes_fail(tmp_path):
     ruleset = (EXAMPLE.parent / "docker-forward.nft").read_text()
     (tmp_path / "docker-forward.nft").write_text(
         "\n".join(line for line in ruleset.splitlines() if not line.strip().endswith("accept")))

@@ -14,12 +14,12 @@ from ipaddress import IPv4Address
 
 import pytest
 
-from dataplane import cluster, discover, netns, state
-from dataplane.nodefiles import NODES_DIR
+from dataplane.cluster import discover, lifecycle, netns, state
+from dataplane.cluster.nodefiles import NODES_DIR
 
-from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error
+from .conftest import DEFAULT, ROOT, dp, one_line_error
 
-pytestmark = pytest.mark.skipif(not is_root(), reason="namespaces need root")
+pytestmark = pytest.mark.needs_root
 
 RUN = f"dsc{os.getpid()}"
 _serial = itertools.count()
@@ -187,7 +187,7 @@ def test_a_cluster_made_by_up_is_discovered_as_the_plan_up_recorded():
     done = dp("up", str(DEFAULT), "--name", name)
     assert done.returncode == 0, done.stderr
     try:
-        made = cluster.attach(name)
+        made = lifecycle.attach(name)
         found = discover.discover(netns.listed(f"{made.plan.prefix}."), name=name,
                                   node_files=made.record.dir / NODES_DIR)
         assert found.unplaced == [] and found.broken == []

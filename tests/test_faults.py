@@ -3,14 +3,13 @@ touches FAIL with a cause naming the broken node and device, every other flow PA
 five runs in a row give the same verdicts, and `status` shows the drift."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from dataplane import faults, verify
+from dataplane.cluster import faults
+from dataplane.verify import verifier
 
-from .conftest import ROOT
+from .conftest import dp
 
 pytestmark = pytest.mark.needs_root
 
@@ -52,8 +51,9 @@ def touched(flow, breaks_pod: bool) -> bool:
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_fault_fails_its_flows_with_the_right_cause(make_cluster, probes_ready, name):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_fault_fails_its_flows_with_the_right_cause(dataplane_clusters, name):
+    made = dataplane_clusters()
     plan = made.plan
     place, breaks_pod = CASES[name]
     where = place(plan)
@@ -61,7 +61,7 @@ def test_fault_fails_its_flows_with_the_right_cause(make_cluster, probes_ready, 
         {"pod": POD} if breaks_pod else {"node": NODE}
     faults.inject(plan, name, **options)
 
-    runs = [verify.run(plan) for _ in range(5)]
+    runs = [verifier.run(plan) for _ in range(5)]
     verdicts = [{(f.src, f.dst, f.proto, f.size): (f.verdict, f.rule) for f in r.flows}
                 for r in runs]
     assert all(v == verdicts[0] for v in verdicts), f"{name}: verdicts changed between runs"
@@ -77,13 +77,11 @@ def test_fault_fails_its_flows_with_the_right_cause(make_cluster, probes_ready, 
             assert flow.verdict == "FAIL", f"{label}: {flow.diagnosis}"
             assert where in {(c.at, c.device) for c in flow.cause}, f"{label}: {flow.cause}"
 
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", made.name,
-                           "--json"], cwd=ROOT, capture_output=True, text=True)
+    done = dp("verify", "--running", made.name, "--json")
     assert done.returncode == 1, done.stderr
     shown = json.loads(done.stdout)
     assert shown["summary"]["fail"] == len(failed)
     assert all(f["cause"] for f in shown["flows"] if f["verdict"] == "FAIL")
-    status = subprocess.run([sys.executable, "-m", "dataplane", "status", made.name, "--json"],
-                            cwd=ROOT, capture_output=True, text=True)
+    status = dp("status", made.name, "--json")
     assert status.returncode == 1
     assert [where[0], where[1]] in [[d["at"], d["device"]] for d in json.loads(status.stdout)["drift"]]

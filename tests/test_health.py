@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from dataplane import netns, state
+from dataplane.cluster import netns, state
 
 from .conftest import dp, leftovers, one_line_error, sh, up_orphaned, up_released, unique_name
 

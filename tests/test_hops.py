@@ -2,10 +2,9 @@
 
 import pytest
 
-from dataplane.hops import hop_table
-from dataplane.packet import Frame
-from dataplane.traffic import SERVICE_PORT
-from dataplane.tracer import Hop
+from dataplane.records import Frame, Hop
+from dataplane.report.hoptable import hop_table
+from dataplane.traffic.prober import SERVICE_PORT
 
 POD = "10.244.0.2"
 

@@ -3,7 +3,6 @@
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from ipaddress import IPv4Address, IPv4Network
@@ -11,14 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import build, cluster, netns, state
+from dataplane.cluster import build, lifecycle, netns, state
 from dataplane.errors import UsageError
 
-from .conftest import BIG, DEFAULT, ROOT, dp, leftovers, one_line_error, sh, unique_name
+from .conftest import BIG, DEFAULT, dp, dp_start, leftovers, one_line_error, sh, unique_name
 from .pingall import ping_all
 
 pytestmark = pytest.mark.needs_root
-DP = [sys.executable, "-m", "dataplane"]
 
 
 def root_snapshot() -> dict[str, str]:
@@ -35,19 +33,19 @@ def root_snapshot() -> dict[str, str]:
 def test_root_namespace_untouched_by_up_and_down():
     before = root_snapshot()
     name = unique_name("root")
-    made = cluster.up(BIG, name=name)
+    made = lifecycle.up(BIG, name=name)
     during = root_snapshot()
-    cluster.down(made.name)
+    lifecycle.down(made.name)
     after = root_snapshot()
     assert during == before and after == before
     assert leftovers(name) == []
 
 
-def test_two_clusters_side_by_side(make_cluster):
-    first, second = make_cluster(DEFAULT, "a"), make_cluster(DEFAULT, "b")
+def test_two_clusters_side_by_side(dataplane_clusters):
+    first, second = dataplane_clusters(DEFAULT), dataplane_clusters(DEFAULT)
     assert not set(first.plan.namespaces()) & set(second.plan.namespaces())
     assert ping_all(first.plan) == [] and ping_all(second.plan) == []
-    cluster.down(first.name)
+    lifecycle.down(first.name)
     assert ping_all(second.plan) == []
 
 
@@ -62,7 +60,7 @@ def test_exception_mid_build_tears_down(monkeypatch):
 
     monkeypatch.setattr(build, "_node", failing_node)
     with pytest.raises(RuntimeError, match="injected"):
-        cluster.up(BIG, name=name)
+        lifecycle.up(BIG, name=name)
     assert leftovers(name) == []
 
 
@@ -86,24 +84,24 @@ def test_kernel_refusal_mid_build_names_it_and_tears_down(monkeypatch):
     fds, threads = open_fds(), threading.active_count()
     with pytest.raises(OSError, match=rf"route add 192.0.2.0/24 via 198.51.100.1 in "
                                       rf"dp-{name}.node-0 failed"):
-        cluster.up(BIG, name=name)
+        lifecycle.up(BIG, name=name)
     assert leftovers(name) == []
     assert open_fds() == fds and threading.active_count() == threads
 
 
 def test_build_leaves_no_fd_or_thread_behind():
     fds, threads = open_fds(), threading.active_count()
-    made = cluster.up(BIG, name=unique_name("fds"))
+    made = lifecycle.up(BIG, name=unique_name("fds"))
     try:
         assert open_fds() == fds and threading.active_count() == threads
     finally:
-        cluster.down(made.name)
+        lifecycle.down(made.name)
 
 
-def test_same_name_twice_refused(make_cluster):
-    made = make_cluster(DEFAULT)
+def test_same_name_twice_refused(dataplane_clusters):
+    made = dataplane_clusters(DEFAULT)
     with pytest.raises(UsageError, match="already up"):
-        cluster.up(DEFAULT, name=made.name)
+        lifecycle.up(DEFAULT, name=made.name)
     assert ping_all(made.plan) == []  # the first one is untouched
 
 
@@ -112,7 +110,7 @@ def test_leftover_namespace_refused_and_kept():
     sh(None, "ip", "netns", "add", f"dp-{name}.node-1")
     try:
         with pytest.raises(UsageError, match="already exists"):
-            cluster.up(DEFAULT, name=name)
+            lifecycle.up(DEFAULT, name=name)
         assert netns.exists(f"dp-{name}.node-1")  # not ours: left alone
         assert not (state.STATE_ROOT / name).exists()
     finally:
@@ -129,8 +127,8 @@ def huge_topology(tmp_path) -> Path:
 
 def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Popen:
     """Start `dataplane up` and return once it has made some namespaces, still building."""
-    proc = subprocess.Popen([*DP, "up", str(topology), "--name", name], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = dp_start("up", str(topology), "--name", name, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20
     while time.monotonic() < deadline:
         made = [p for p in netns.NETNS_RUN.glob(f"dp-{name}.*")]
@@ -173,8 +171,8 @@ def test_signal_mid_up_tears_down(tmp_path, sig, code):
     assert leftovers(name) == []
 
 
-def test_clean_spares_clusters_with_a_live_owner(private_state, make_cluster):
-    mine = make_cluster(DEFAULT)  # owned by this pytest process
+def test_clean_spares_clusters_with_a_live_owner(private_state, dataplane_clusters):
+    mine = dataplane_clusters(DEFAULT)  # owned by this pytest process
     done = dp("clean")
     assert done.returncode == 0, done.stderr
     assert f"left {mine.name}: in use by pid {os.getpid()}" in done.stdout

@@ -3,8 +3,8 @@
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane import msgtemplate, rtnl
-from dataplane.msgtemplate import Mac
+from dataplane.cluster import msgtemplate, rtnl
+from dataplane.cluster.msgtemplate import Mac
 
 
 def direct(build, values, sequence=1):

@@ -4,9 +4,9 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from dataplane import nodefiles, spec
+from dataplane.cluster import nodefiles, spec
+from dataplane.cluster.plan import make_plan
 from dataplane.errors import UsageError
-from dataplane.plan import make_plan
 
 from .conftest import BIG, DEFAULT
 

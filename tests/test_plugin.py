@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import netns
+from dataplane.cluster import netns
 
-from .conftest import BIG, ROOT
+from .conftest import BIG, ROOT, dp
 
 PASSING = '''
 def test_cross_node_udp(dataplane_verify):
@@ -22,14 +22,14 @@ def test_same_node(dataplane_verify):
     assert dataplane_verify("node-0/pod-0", "node-0/pod-1").passed
 
 def test_tracer_sees_traffic(dataplane_cluster, dataplane_tracer):
-    from dataplane import traffic
+    from dataplane.traffic import prober
     plan = dataplane_cluster.plan
-    assert traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0"), "icmp").answered
+    assert prober.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0"), "icmp").answered
     assert any(h.at == "node-1/pod-0" for h in dataplane_tracer.take(50))
 '''
 
 FAILING = '''
-from dataplane import faults
+from dataplane.cluster import faults
 
 def test_broken(dataplane_cluster, dataplane_verify):
     faults.inject(dataplane_cluster.plan, "missing-fdb", node="node-0", peer="node-1")
@@ -39,13 +39,15 @@ def test_broken(dataplane_cluster, dataplane_verify):
 
 
 @pytest.mark.needs_root
-def test_passing_checks(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_passing_checks(pytester):
     pytester.makepyfile(test_user=PASSING)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=3)
 
 
 @pytest.mark.needs_root
-def test_failure_shows_hops_diagnosis_and_pcap(pytester, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_failure_shows_hops_diagnosis_and_pcap(pytester, tmp_path):
     pytester.makepyfile(test_user=FAILING)
     result = pytester.runpytest("-p", "no:cacheprovider", f"--dataplane-pcap={tmp_path}")
     result.assert_outcomes(failed=1)
@@ -56,7 +58,8 @@ def test_failure_shows_hops_diagnosis_and_pcap(pytester, probes_ready, tmp_path)
 
 
 @pytest.mark.needs_root
-def test_keep_leaves_the_failed_cluster_up(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_keep_leaves_the_failed_cluster_up(pytester):
     pytester.makepyfile(test_user=FAILING)
     result = pytester.runpytest("-p", "no:cacheprovider", "--dataplane-keep", "-s")
     result.assert_outcomes(failed=1)
@@ -65,11 +68,12 @@ def test_keep_leaves_the_failed_cluster_up(pytester, probes_ready):
     try:
         assert netns.exists(f"dp-{kept[0]}.node-0")
     finally:
-        subprocess.run([sys.executable, "-m", "dataplane", "down", kept[0]], cwd=ROOT)
+        dp("down", kept[0])
 
 
 @pytest.mark.needs_root
-def test_topology_marker(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_topology_marker(pytester):
     pytester.makepyfile(test_user=f'''
 import pytest
 pytestmark = pytest.mark.dataplane_topology({str(BIG)!r})
@@ -93,7 +97,8 @@ def test_cross_node_udp(dataplane_verify):
 
 
 @pytest.mark.needs_root
-def test_the_readme_example_runs_outside_the_repository(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_the_readme_example_runs_outside_the_repository(pytester):
     assert ROOT not in pytester.path.parents
     pytester.makepyfile(test_user=README_EXAMPLE)
     pytester.runpytest("-p", "no:cacheprovider").assert_outcomes(passed=1)
@@ -134,8 +139,7 @@ def test_a_bad_topology_is_reported_once(pytester):
 
 def test_failed_hop_comparisons_show_a_hop_table(pytester):
     pytester.makepyfile(test_user='''
-from dataplane.packet import Frame
-from dataplane.tracer import Hop
+from dataplane.records import Frame, Hop
 
 def test_hops():
     frame = Frame(eth_src="", eth_dst="", ethertype=0x800, src="10.244.0.2",
@@ -167,7 +171,7 @@ def test_btf():
     pass
 ''')
     result = pytester.runpytest("-p", "no:cacheprovider", "-rs")
-    from dataplane import btf, kernel
+    from dataplane.bpf import btf, kernel
     kprobes, has_btf = kernel.kprobes_available(), btf.VMLINUX.exists()
     result.assert_outcomes(passed=kprobes + has_btf, skipped=2 - kprobes - has_btf)
     if not kprobes:
@@ -191,7 +195,8 @@ def test_without_root_the_fixtures_skip():
 
 
 @pytest.mark.needs_root
-def test_the_shipped_example_passes(probes_ready):
+@pytest.mark.needs_probes
+def test_the_shipped_example_passes():
     done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-q",
                            "examples/test_my_network.py"], cwd=ROOT, capture_output=True,
                           text=True)

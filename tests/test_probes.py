@@ -6,12 +6,15 @@ import textwrap
 
 import pytest
 
-from dataplane import btf, kernel, netns, probes, trace, traffic, verify
-from dataplane import tracer as tracer_module
+from dataplane.bpf import btf, kernel, loader, tracer as tracer_module
+from dataplane.bpf.tracer import Tracer
+from dataplane.cluster import netns
 from dataplane.errors import UsageError
-from dataplane.tracer import Tracer
+from dataplane.report.hoptable import trace_text
+from dataplane.traffic import prober
+from dataplane.verify import verifier
 
-from .conftest import sh
+from .conftest import seen_in_order, sh
 
 
 def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
@@ -21,19 +24,19 @@ def test_btf_offsets_match_bpftool_and_a_compiler(tmp_path):
     header = tmp_path / "vmlinux.h"
     header.write_text(sh(None, "bpftool", "btf", "dump", "file", str(btf.VMLINUX), "format", "c"))
     lines = [f'printf("{macro} %lu\\n", (unsigned long)__builtin_offsetof(struct {struct}, {path}));'
-             for macro, struct, path in probes.OFFSETS]
+             for macro, struct, path in loader.OFFSETS]
     (tmp_path / "off.c").write_text('#include "vmlinux.h"\nint printf(const char *, ...);\n'
                                     "int main(void) {\n" + "\n".join(lines) + "\nreturn 0;\n}\n")
     sh(None, "gcc", "-w", "-o", str(tmp_path / "off"), "-I", str(tmp_path), str(tmp_path / "off.c"))
     compiled = dict(line.split() for line in sh(None, str(tmp_path / "off")).splitlines())
-    ours = probes.offsets(btf.BTF.load())
-    assert probes.layout().offsets == ours  # the cached layout too
+    ours = loader.offsets(btf.BTF.load())
+    assert loader.layout().offsets == ours  # the cached layout too
     assert {k: int(v) for k, v in compiled.items()} == ours
 
 
 def test_ring_buffer_from_5_8():
-    assert not probes.ring_buffer_supported("5.4.0-150-generic")
-    assert probes.ring_buffer_supported("5.8.0") and probes.ring_buffer_supported("6.18.44-fc")
+    assert not loader.ring_buffer_supported("5.4.0-150-generic")
+    assert loader.ring_buffer_supported("5.8.0") and loader.ring_buffer_supported("6.18.44-fc")
 
 
 def test_drop_reasons_named_from_btf():
@@ -46,14 +49,10 @@ def hops_of(result):
     return [(h.at, h.device, h.dir) for h in result.hops]
 
 
-def is_subsequence(wanted, seen):
-    it = iter(seen)
-    return all(any(w == s for s in it) for w in wanted)
-
-
-def test_cross_node_hops(default_cluster, probes_ready):
-    plan = default_cluster.plan
-    result = trace.run(plan, "node-0/pod-0", "node-1/pod-1", "udp")
+@pytest.mark.needs_probes
+def test_cross_node_hops(dataplane_cluster):
+    plan = dataplane_cluster.plan
+    result = verifier.trace(plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert result.exchange.answered and result.lost_events == 0
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
     n0, n1 = plan.nodes
@@ -65,7 +64,7 @@ def test_cross_node_hops(default_cluster, probes_ready):
     ]
     reply = [("node-1/pod-1", "eth0", "tx"), ("node-1", "flannel.1", "tx"),
              ("node-1", "eth0", "tx"), ("node-0", "flannel.1", "rx"), ("node-0/pod-0", "eth0", "rx")]
-    assert is_subsequence(request + reply, hops_of(result)), trace.as_text(result)
+    assert seen_in_order(request + reply, hops_of(result)), trace_text(result)
     (encap,) = [h for h in result.hops if (h.at, h.device, h.dir) == ("node-0", "eth0", "tx")]
     f = encap.frame
     assert (f.proto, f.dport, f.vni) == ("udp", 8472, 1)
@@ -75,42 +74,46 @@ def test_cross_node_hops(default_cluster, probes_ready):
     assert encap.length == inner.length + 50
 
 
-def test_same_node_hops(default_cluster, probes_ready):
-    plan = default_cluster.plan
-    result = trace.run(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
+@pytest.mark.needs_probes
+def test_same_node_hops(dataplane_cluster):
+    plan = dataplane_cluster.plan
+    result = verifier.trace(plan, "node-0/pod-0", "node-0/pod-1", "icmp")
     assert result.exchange.answered
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     assert hops_of(result) == [
         ("node-0/pod-0", "eth0", "tx"), ("node-0", a.host_veth, "rx"), ("node-0", b.host_veth, "tx"),
         ("node-0/pod-1", "eth0", "rx"),
         ("node-0/pod-1", "eth0", "tx"), ("node-0", b.host_veth, "rx"), ("node-0", a.host_veth, "tx"),
-        ("node-0/pod-0", "eth0", "rx")], trace.as_text(result)
+        ("node-0/pod-0", "eth0", "rx")], trace_text(result)
 
 
 @pytest.mark.needs_root
-def test_drop_has_its_reason(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_drop_has_its_reason(dataplane_clusters):
+    made = dataplane_clusters()
     sh(None, "ip", "-n", made.plan.nodes[0].netns, "link", "set", "flannel.1", "down")
-    result = trace.run(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
+    result = verifier.trace(made.plan, "node-0/pod-0", "node-1/pod-1", "udp")
     assert not result.exchange.answered
     drops = [h for h in result.hops if h.dir == "drop"]
     assert drops and drops[-1].at == "node-0" and drops[-1].device == "cni0"
     assert drops[-1].drop_reason == "SKB_DROP_REASON_IP_INNOROUTES"
 
 
-def test_root_namespace_traffic_is_not_recorded(default_cluster, probes_ready):
-    plan = default_cluster.plan
+@pytest.mark.needs_probes
+def test_root_namespace_traffic_is_not_recorded(dataplane_cluster):
+    plan = dataplane_cluster.plan
     with Tracer(plan) as tracer:
         tracer.take()
         sh(None, "ping", "-c", "3", "-i", "0.2", "-q", "127.0.0.1")
         assert tracer.take(50) == []
 
 
-def test_loader_reports_backends(probes_ready):
-    loaded = probes.load()
+@pytest.mark.needs_probes
+def test_loader_reports_backends():
+    loaded = loader.load()
     try:
         assert loaded.attached[:6] == [f"raw_tracepoint:{tp}"
-                                       for tp in probes.TRACEPOINTS + probes.FDB_TRACEPOINTS]
+                                       for tp in loader.TRACEPOINTS + loader.FDB_TRACEPOINTS]
         assert "tracepoints" in loaded.backends
         assert loaded.seconds < 5
         if not kernel.kprobes_available():
@@ -131,9 +134,10 @@ def refuse(monkeypatch, tracepoint: str) -> None:
     monkeypatch.setattr(libbcc.lib, "bpf_attach_raw_tracepoint", attach)
 
 
-def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch):
+@pytest.mark.needs_probes
+def test_a_refused_tracepoint_is_skipped_not_attached(monkeypatch):
     refuse(monkeypatch, "netif_rx")
-    loaded = probes.load()
+    loaded = loader.load()
     try:
         assert "raw_tracepoint:netif_rx" not in loaded.attached
         assert "No such file or directory" in loaded.skipped["raw_tracepoint:netif_rx"]
@@ -143,11 +147,12 @@ def test_a_refused_tracepoint_is_skipped_not_attached(probes_ready, monkeypatch)
     assert loaded.attached == []  # closed: bcc holds no attachment any more
 
 
-def test_a_refused_needed_tracepoint_makes_flows_inconclusive(default_cluster, probes_ready,
+@pytest.mark.needs_probes
+def test_a_refused_needed_tracepoint_makes_flows_inconclusive(dataplane_cluster,
                                                               monkeypatch):
     refuse(monkeypatch, "net_dev_start_xmit")
-    with verify.Verifier(default_cluster.plan) as verifier:
-        flow = verifier.check("node-0/pod-0", "node-1/pod-1")
+    with verifier.Verifier(dataplane_cluster.plan) as probing:
+        flow = probing.check("node-0/pod-0", "node-1/pod-1")
     assert (flow.verdict, flow.rule) == ("INCONCLUSIVE", "probes"), flow.diagnosis
     assert "net_dev_start_xmit" in flow.diagnosis
 
@@ -158,33 +163,33 @@ def test_unreadable_kallsyms_is_said(monkeypatch):
 
     monkeypatch.setattr(kernel, "kprobes_available", lambda: True)
     monkeypatch.setattr(kernel, "kallsyms", unreadable)
-    functions, skipped = probes._kprobe_targets()
+    functions, skipped = loader._kprobe_targets()
     assert functions == []
     assert skipped["kprobe:vxlan_rcv"] == ("cannot tell whether the function exists: "
                                            "/proc/kallsyms is unreadable (Permission denied)")
 
 
-@pytest.mark.skipif(not kernel.kprobes_available(),
-                    reason="the kernel has no kprobes (CONFIG_KPROBES unset): the kprobe "
-                           "backend runs in the VM lane (make vm-test)")
-def test_kprobe_function_hops(default_cluster, probes_ready):
-    result = trace.run(default_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
+@pytest.mark.needs_kprobes  # the kprobe backend runs in the VM lane (make vm-test)
+@pytest.mark.needs_probes
+def test_kprobe_function_hops(dataplane_cluster):
+    result = verifier.trace(dataplane_cluster.plan, "node-0/pod-0", "node-1/pod-1", "icmp")
     funcs = {h.func for h in result.hops}
     assert {"br_forward", "vxlan_xmit", "vxlan_rcv"} <= funcs, textwrap.indent(
-        trace.as_text(result), "  ")
+        trace_text(result), "  ")
 
 
 @pytest.mark.parametrize("buffer", ["ring", "perf"])
-def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buffer):
+@pytest.mark.needs_probes
+def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
     """What trace and verify use: everything else is turned away in the kernel.
     Also with the perf buffer that kernels before 5.8 get."""
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     with Tracer(plan, record_all=False,
                 buffer=buffer) as tracer:
         assert tracer.loaded.buffer == buffer
-        other = traffic.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
-        mine = traffic.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
-                                watch=tracer.watch)
+        other = prober.exchange(plan.pod("node-1/pod-0"), plan.pod("node-0/pod-1"), "udp")
+        mine = prober.exchange(plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1"), "udp",
+                               watch=tracer.watch)
         hops = [h for h in tracer.take(50) if h.dir != "learn"]  # learning is always kept
     assert other.answered and mine.answered
     assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
@@ -192,12 +197,13 @@ def test_flow_mode_records_only_watched_flows(default_cluster, probes_ready, buf
     assert tracer.lost == 0
 
 
-def test_perf_buffer_losses_are_counted(default_cluster, probes_ready, monkeypatch):
+@pytest.mark.needs_probes
+def test_perf_buffer_losses_are_counted(dataplane_cluster, monkeypatch):
     """A one-page perf buffer read twice a second overflows: the kernel's lost records
     reach user space and `lost` accounts for them."""
     monkeypatch.setattr(tracer_module, "PERF_PAGES_PER_CPU", 1)
     monkeypatch.setattr(Tracer, "POLL_MS", 500)
-    plan = default_cluster.plan
+    plan = dataplane_cluster.plan
     src, dst = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
     with Tracer(plan, buffer="perf") as tracer, \
             netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sender:
@@ -212,11 +218,11 @@ def test_no_btf_and_portable_headers_is_a_refusal(monkeypatch, tmp_path):
     monkeypatch.setattr(btf, "VMLINUX", tmp_path / "no-btf")
     monkeypatch.setattr(kernel, "header_source", lambda: ("portable", tmp_path))
     with pytest.raises(UsageError, match="no BTF .* and no headers matching"):
-        probes.load()
+        loader.load()
 
 
 def test_without_btf_matching_headers_give_offsetof():
-    found = probes.layout_from_headers("x86_64")
+    found = loader.layout_from_headers("x86_64")
     assert found.offsets["OFF_SKB_HEAD"] == "offsetof(struct sk_buff, head)"
     assert found.offsets["OFF_NET_INUM"] == "offsetof(struct net, ns.inum)"
     assert found.arguments["OFF_REGS_ARG2"] == "offsetof(struct pt_regs, si)"
@@ -224,13 +230,14 @@ def test_without_btf_matching_headers_give_offsetof():
 
 
 @pytest.mark.needs_root
-def test_bridge_learning(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_bridge_learning(dataplane_clusters):
+    made = dataplane_clusters()
     plan = made.plan
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     with Tracer(plan) as tracer:
         assert "raw_tracepoint:br_fdb_update" in tracer.loaded.attached
-        assert traffic.exchange(a, b, "icmp").answered
+        assert prober.exchange(a, b, "icmp").answered
         learned = {(h.at, h.device, h.learned) for h in tracer.take(50) if h.dir == "learn"}
     assert ("node-0", a.host_veth, f"{a.mac} vlan 0") in learned
     assert ("node-0", b.host_veth, f"{b.mac} vlan 0") in learned

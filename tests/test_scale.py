@@ -4,8 +4,9 @@ buffer too small for the traffic giving INCONCLUSIVE, never PASS."""
 
 import pytest
 
-from dataplane import spec, verify
-from dataplane.plan import make_plan
+from dataplane.cluster import spec
+from dataplane.cluster.plan import make_plan
+from dataplane.verify import verifier
 
 
 def topology(tmp_path, nodes, pods):
@@ -17,10 +18,11 @@ def topology(tmp_path, nodes, pods):
 
 @pytest.mark.needs_root
 @pytest.mark.parametrize("nodes, pods", [(4, 16), (8, 16)])
-def test_every_pair_of_a_big_cluster_passes_without_lost_events(make_cluster, probes_ready,
+@pytest.mark.needs_probes
+def test_every_pair_of_a_big_cluster_passes_without_lost_events(dataplane_clusters,
                                                                tmp_path, nodes, pods):
-    plan = make_cluster(topology(tmp_path, nodes, pods)).plan
-    report = verify.run(plan, "all", ("icmp",), mtu=False, keep_hops=False)
+    plan = dataplane_clusters(topology(tmp_path, nodes, pods)).plan
+    report = verifier.run(plan, "all", ("icmp",), mtu=False, keep_hops=False)
     total = nodes * pods
     assert len(report.flows) == total * (total - 1)
     assert report.lost_events == 0
@@ -30,8 +32,9 @@ def test_every_pair_of_a_big_cluster_passes_without_lost_events(make_cluster, pr
 
 
 @pytest.mark.needs_root
-def test_a_ring_buffer_too_small_is_inconclusive_never_pass(default_cluster, probes_ready):
-    report = verify.run(default_cluster.plan, buffer_pages=1)
+@pytest.mark.needs_probes
+def test_a_ring_buffer_too_small_is_inconclusive_never_pass(dataplane_cluster):
+    report = verifier.run(dataplane_cluster.plan, buffer_pages=1)
     assert report.lost_events > 0
     assert {f.verdict for f in report.flows} == {"INCONCLUSIVE"}
     assert {f.rule for f in report.flows} == {"lost-events"}
@@ -39,8 +42,8 @@ def test_a_ring_buffer_too_small_is_inconclusive_never_pass(default_cluster, pro
 
 def test_the_sample_covers_every_node_pair_and_every_pod_both_ways():
     plan = make_plan(spec.parse('[cluster]\nname = "big"\nnodes = 16\npods_per_node = 32\n'))
-    chosen = verify.pairs(plan, "sample")
-    assert verify.default_pairs(plan) == "sample" and len(chosen) < 2000
+    chosen = verifier.pairs(plan, "sample")
+    assert verifier.default_pairs(plan) == "sample" and len(chosen) < 2000
     assert {(s.node, d.node) for s, d in chosen} == {(a.name, b.name) for a in plan.nodes
                                                      for b in plan.nodes}
     assert {s.ref for s, _ in chosen} == {p.ref for p in plan.pods()}

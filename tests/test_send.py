@@ -5,30 +5,20 @@ import json
 
 import pytest
 
-from dataplane import cluster, craft, send
-from dataplane.outcome import Drop, Place
+from dataplane.send import sending
+from dataplane.send.outcome import Drop, Place
+from dataplane.traffic import craft
 
-from .conftest import DEFAULT, dp, is_root, one_line_error, unique_name
+from .conftest import DEFAULT, dp, is_root, one_line_error, seen_in_order
 
-THREE_PODS = '[cluster]\nname = "three"\npods_per_node = 3\n'
-
-
-@pytest.fixture(scope="module")
-def three(tmp_path_factory):
-    """One cluster of 2 nodes x 3 pods for the module."""
-    if not is_root():
-        pytest.skip("needs root to create network namespaces: run sudo pytest")
-    topology = tmp_path_factory.mktemp("send") / "three.toml"
-    topology.write_text(THREE_PODS)
-    made = cluster.up(topology, name=unique_name("snd"))
-    yield made
-    cluster.down(made.name)
+# One cluster of 2 nodes x 3 pods for the module (dataplane_cluster, the plugin's).
+pytestmark = pytest.mark.dataplane_topology("three-pods.toml")
 
 
-def sent(plan, src: str, expression: str, **options) -> send.SendResult:
+def sent(plan, src: str, expression: str, **options) -> sending.SendResult:
     pod = plan.pod(src)
-    return send.run(plan, src, craft.evaluate(expression, plan, pod, craft.new_tag()),
-                    **options)
+    return sending.run(plan, src, craft.evaluate(expression, plan, pod, craft.new_tag()),
+                       **options)
 
 
 def legs(result, leg: str) -> list:
@@ -37,11 +27,6 @@ def legs(result, leg: str) -> list:
 
 def places(hops) -> list[tuple[str, str, str]]:
     return [(h.at, h.device, h.dir) for h in hops]
-
-
-def is_subsequence(wanted, seen) -> bool:
-    it = iter(seen)
-    return all(any(w == s for s in it) for w in wanted)
 
 
 def crossing(plan, src: str, dst: str) -> list[tuple[str, str, str]]:
@@ -53,31 +38,33 @@ def crossing(plan, src: str, dst: str) -> list[tuple[str, str, str]]:
             (b.node, "cni0", "tx"), (b.node, b.host_veth, "tx"), (dst, "eth0", "rx")]
 
 
-def test_a_syn_to_a_closed_port_is_answered_by_a_reset_across_nodes(three, probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_a_syn_to_a_closed_port_is_answered_by_a_reset_across_nodes(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = sent(plan, "node-0/pod-0", 'IP(dst=pod("node-1/pod-1"))/TCP(dport=80, flags="S")')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.outcome == "answered" and result.lost_events == 0, text
     assert result.delivered_to == [Place("node-1/pod-1", "eth0")], text
     syn = legs(result, "sent")
-    assert is_subsequence(crossing(plan, "node-0/pod-0", "node-1/pod-1"), places(syn)), text
+    assert seen_in_order(crossing(plan, "node-0/pod-0", "node-1/pod-1"), places(syn)), text
     (tunnel,) = [h for h in syn if (h.at, h.device, h.dir) == ("node-0", "eth0", "tx")]
     assert (tunnel.frame.dport, tunnel.frame.vni) == (8472, 1)
     first = syn[0].frame  # the fields the user left unset carry the send's tag
     assert first.tcp_flags == 0x02 and first.sport == first.ip_id
     back = legs(result, "answer")
-    assert is_subsequence(crossing(plan, "node-1/pod-1", "node-0/pod-0"), places(back)), text
+    assert seen_in_order(crossing(plan, "node-1/pod-1", "node-0/pod-0"), places(back)), text
     assert {h.frame.tcp_flags for h in back if h.frame.inner is None} == {0x14}  # RST, ACK
     (reset,) = result.answers
     assert reset["IP"].src == str(plan.pod("node-1/pod-1").ip) and reset["TCP"].flags == "RA"
     assert reset["TCP"].sport == 80 and reset["TCP"].dport == first.sport
 
 
-def test_fields_the_user_set_are_sent_as_written(three, probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_fields_the_user_set_are_sent_as_written(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = sent(plan, "node-1/pod-0", 'IP(dst=pod("node-1/pod-2"), id=7, ttl=9)'
                                         '/UDP(sport=5353, dport=9)', count=2)
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.in_kernel and result.outcome == "answered", text
     mine = [h.frame for h in legs(result, "sent") if h.dir != "drop"]
     assert {(f.ip_id, f.ttl, f.sport, f.dport) for f in mine} == {(7, 9, 5353, 9)}, text
@@ -85,16 +72,17 @@ def test_fields_the_user_set_are_sent_as_written(three, probes_ready):
     assert len(arrived) == 2 and len(result.answers) == 2, text  # sent twice, as asked
 
 
-def test_udp_to_an_unassigned_address_is_dropped_on_the_peer_node(three, probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_udp_to_an_unassigned_address_is_dropped_on_the_peer_node(dataplane_cluster):
+    plan = dataplane_cluster.plan
     nowhere = str(plan.node("node-1").pod_cidr.network_address + 200)
     result = sent(plan, "node-0/pod-1", f'IP(dst="{nowhere}")/UDP(dport=53)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert result.outcome == "dropped" and result.dropped and not result.delivered_to, text
     assert result.judged.drops == [Drop("node-1", "cni0", "SKB_DROP_REASON_NEIGH_FAILED")], text
     assert result.drop_reason == "SKB_DROP_REASON_NEIGH_FAILED"
     path = places(legs(result, "sent"))
-    assert is_subsequence(crossing(plan, "node-0/pod-1", "node-1/pod-0")[:9], path), text
+    assert seen_in_order(crossing(plan, "node-0/pod-1", "node-1/pod-0")[:9], path), text
     assert path[-1] == ("node-1", "cni0", "drop")
     assert not [at for at, _, _ in path if at.startswith("node-1/")]
     (error,) = result.answers  # the node's ICMP error is listed, but is not an answer
@@ -102,17 +90,18 @@ def test_udp_to_an_unassigned_address_is_dropped_on_the_peer_node(three, probes_
     assert "dropped at node-1 cni0: SKB_DROP_REASON_NEIGH_FAILED" in text
 
 
-def test_every_fragment_crosses_the_tunnel_and_is_delivered(three, probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_every_fragment_crosses_the_tunnel_and_is_delivered(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = sent(plan, "node-0/pod-2", 'fragment(IP(dst=pod("node-1/pod-0"))/UDP(dport=9)'
                                         '/Raw(b"x" * 3000), fragsize=1400)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert len(result.sent) == 3 and result.lost_events == 0, text
     assert result.delivered_to == [Place("node-1/pod-0", "eth0")], text
     for offset in (0, 1400, 2800):
         hops = [h for h in legs(result, "sent") if h.flow_frame().fragment
                 and h.flow_frame().frag_offset == offset]
-        assert is_subsequence(crossing(plan, "node-0/pod-2", "node-1/pod-0"), places(hops)), \
+        assert seen_in_order(crossing(plan, "node-0/pod-2", "node-1/pod-0"), places(hops)), \
             f"fragment at {offset}:\n{text}"
     (datagram,) = result.judged.fragments
     assert (datagram.sent, datagram.length) == (3, 3028)
@@ -123,12 +112,12 @@ def test_every_fragment_crosses_the_tunnel_and_is_delivered(three, probes_ready)
     assert result.outcome == "answered"
 
 
-def test_a_broadcast_frame_is_flooded_to_the_node_pods_and_stays_on_the_node(three,
-                                                                           probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_a_broadcast_frame_is_flooded_to_the_node_pods_and_stays_on_the_node(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = sent(plan, "node-0/pod-0",
                   'Ether(dst="ff:ff:ff:ff:ff:ff")/ARP(pdst=pod("node-0/pod-2"))')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     others = [pod for pod in plan.node("node-0").pods if pod.name != "pod-0"]
     assert set(result.delivered_to) == {Place("node-0", "cni0"),
                                         *(Place(pod.ref, "eth0") for pod in others)}, text
@@ -141,11 +130,12 @@ def test_a_broadcast_frame_is_flooded_to_the_node_pods_and_stays_on_the_node(thr
     assert result.outcome == "answered"
 
 
-def test_a_vlan_tagged_frame_is_bridged_and_dropped_by_the_pod(three, probes_ready):
-    plan = three.plan
+@pytest.mark.needs_probes
+def test_a_vlan_tagged_frame_is_bridged_and_dropped_by_the_pod(dataplane_cluster):
+    plan = dataplane_cluster.plan
     result = sent(plan, "node-0/pod-0", 'Ether(dst=mac("node-0/pod-1"))/Dot1Q(vlan=100)'
                                         '/IP(dst=pod("node-0/pod-1"))/UDP(dport=9)')
-    text = send.as_text(result)
+    text = sending.as_text(result)
     assert not result.in_kernel, text  # found by recording every packet for the send
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     hops = legs(result, "sent")
@@ -157,18 +147,20 @@ def test_a_vlan_tagged_frame_is_bridged_and_dropped_by_the_pod(three, probes_rea
     assert result.judged.drops == [Drop("node-0/pod-1", "eth0", "SKB_DROP_REASON_OTHERHOST")]
 
 
-def test_a_captured_packet_is_replayed_as_it_was(three, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_a_captured_packet_is_replayed_as_it_was(dataplane_cluster, tmp_path):
     from scapy.layers.inet import ICMP, IP
     from scapy.layers.l2 import Ether
     from scapy.utils import wrpcap
 
-    plan = three.plan
+    plan = dataplane_cluster.plan
     src, dst = plan.pod("node-1/pod-2"), plan.pod("node-0/pod-1")
     capture = tmp_path / "echo.pcap"
     wrpcap(str(capture), [Ether(src=src.mac, dst=plan.node("node-1").cni0_mac)
                           / IP(src=str(src.ip), dst=str(dst.ip), id=999)
                           / ICMP(id=4321, seq=7)])
-    argv = ["send", "--running", three.name, "--from", src.ref, "--from-pcap", str(capture)]
+    argv = ["send", "--running", dataplane_cluster.name, "--from", src.ref, "--from-pcap",
+            str(capture)]
     done = dp(*argv, "--expect", "answered", "--json")
     assert done.returncode == 0, done.stderr
     out = json.loads(done.stdout)
@@ -177,7 +169,7 @@ def test_a_captured_packet_is_replayed_as_it_was(three, probes_ready, tmp_path):
     assert [(a["src"], a["proto"]) for a in out["answers"]] == [(str(dst.ip), "icmp")]
     assert "echo-reply" in out["answers"][0]["summary"]
     path = [(h["at"], h["device"], h["dir"]) for h in out["hops"] if h["packet"] == "sent"]
-    assert is_subsequence(crossing(plan, src.ref, dst.ref), path), done.stdout
+    assert seen_in_order(crossing(plan, src.ref, dst.ref), path), done.stdout
     done = dp(*argv, "--expect", "dropped")
     assert done.returncode == 1 and "outcome: answered" in done.stdout
     assert f"sent: Ether / IP / ICMP {src.ip} > {dst.ip} echo-request 0" in done.stdout
@@ -215,7 +207,8 @@ def test_wrong_expectation(dataplane_send):
 '''
 
 
-def test_the_plugin_sends_and_reports_hops_of_a_failure(pytester, probes_ready):
+@pytest.mark.needs_probes
+def test_the_plugin_sends_and_reports_hops_of_a_failure(pytester):
     pytester.makepyfile(test_user=PLUGIN_TESTS)
     result = pytester.runpytest("-p", "no:cacheprovider")
     result.assert_outcomes(passed=1, failed=1)

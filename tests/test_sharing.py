@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from dataplane import netns, state
+from dataplane.cluster import netns, state
 
-from .conftest import ROOT, dp, leftovers, one_line_error, up_orphaned, up_released, \
-    unique_name
+from .conftest import (ROOT, dp, dp_start, leftovers, one_line_error, unique_name, up_orphaned,
+                       up_released)
 
 pytestmark = pytest.mark.needs_root
 
@@ -19,14 +19,15 @@ pytestmark = pytest.mark.needs_root
 # sends one exchange in it, so what it says after the cluster vanished can be seen.
 HOLDER = """
 import sys
-from dataplane import cluster, traffic
+from dataplane.cluster import lifecycle
+from dataplane.traffic import prober
 from dataplane.errors import UsageError
 
 try:
-    with cluster.using(sys.argv[1], "a test's holder") as made:
+    with lifecycle.using(sys.argv[1], "a test's holder") as made:
         print("holding", flush=True)
         sys.stdin.readline()
-        traffic.exchange(made.plan.pods()[0], made.plan.pods()[1], "udp")
+        prober.exchange(made.plan.pods()[0], made.plan.pods()[1], "udp")
 except UsageError as err:
     sys.exit(f"dataplane: {err}")
 """
@@ -75,32 +76,32 @@ def test_a_dead_holder_does_not_count(private_state):
     assert leftovers(name) == []
 
 
-def test_a_test_sessions_cluster_is_held_by_it(private_state, make_cluster):
-    mine = make_cluster()
+def test_a_test_sessions_cluster_is_held_by_it(private_state, dataplane_clusters):
+    mine = dataplane_clusters()
     line = one_line_error(dp("down", mine.name))
     assert f"in use by pid {os.getpid()} (the process that built it)" in line
     assert all(netns.exists(ns) for ns in mine.plan.namespaces())
 
 
-def test_the_owner_takes_down_what_it_made_even_while_held(private_state, make_cluster):
-    from dataplane import cluster
+def test_the_owner_takes_down_what_it_made_even_while_held(private_state, dataplane_clusters):
+    from dataplane.cluster import lifecycle
 
-    mine = make_cluster()
+    mine = dataplane_clusters()
     holder = start_holder(mine.name)
     try:
-        assert len(cluster.down(mine.name)) == 7
+        assert len(lifecycle.down(mine.name)) == 7
     finally:
         holder.kill()
         holder.wait()
 
 
-def test_clean_removes_only_what_dead_processes_left(private_state, make_cluster):
+def test_clean_removes_only_what_dead_processes_left(private_state, dataplane_clusters):
     finished, orphaned, unreadable = (unique_name(tag) for tag in ("fin", "orph", "unr"))
     up_released(finished)
     dead_pid = up_orphaned(orphaned)
     up_released(unreadable)
     (private_state / unreadable / state.STATE_FILE).write_text("{")
-    held = make_cluster()  # this live process holds it
+    held = dataplane_clusters()  # this live process holds it
 
     done = dp("clean")
     assert done.returncode == 0, done.stderr
@@ -130,13 +131,13 @@ def test_clean_removes_only_what_dead_processes_left(private_state, make_cluster
     assert "no cluster named" in one_line_error(dp("clean", "no-such-cluster"))
 
 
-def test_capture_says_when_its_cluster_is_taken_down(private_state, probes_ready, tmp_path):
+@pytest.mark.needs_probes
+def test_capture_says_when_its_cluster_is_taken_down(private_state, tmp_path):
     name = unique_name("capgone")
     up_released(name)
     out = tmp_path / "out.pcapng"
-    proc = subprocess.Popen([sys.executable, "-m", "dataplane", "capture", "--running", name,
-                             "--duration", "3", "-o", str(out)], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc = dp_start("capture", "--running", name, "--duration", "3", "-o", str(out), text=True,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 60
         while not state.read(name).users and time.monotonic() < deadline:

@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from dataplane import resources, spec
+from dataplane import resources
+from dataplane.cluster import spec
 from dataplane.errors import UsageError
 
 from .conftest import BIG, DEFAULT

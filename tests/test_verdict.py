@@ -10,12 +10,12 @@ from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
 
-from dataplane import packet, spec
-from dataplane.paths import legs
-from dataplane.plan import make_plan
-from dataplane.tracer import Hop
-from dataplane.traffic import Exchange
-from dataplane.verdict import FAIL, INCONCLUSIVE, PASS, judge
+from dataplane.bpf import packet
+from dataplane.cluster import spec
+from dataplane.cluster.plan import make_plan
+from dataplane.records import FAIL, INCONCLUSIVE, PASS, Exchange, Hop
+from dataplane.verify.paths import legs
+from dataplane.verify.verdict import judge
 
 from .conftest import DEFAULT
 
@@ -316,7 +316,7 @@ def test_a_failure_while_the_shared_arp_table_was_full_is_not_judged():
 
 def test_exchanges_whose_client_ports_collide_keep_their_own_packets():
     """A->B from port 40000 and B->A from port 40000: a packet is its exchange's only."""
-    from dataplane.verify import by_exchange
+    from dataplane.verify.verifier import by_exchange
 
     def udp(src, dst, sport, dport):
         return hop(src.ref, "eth0", "tx", bytes(Ether(src=src.mac, dst=dst.mac)
@@ -333,7 +333,7 @@ def test_exchanges_whose_client_ports_collide_keep_their_own_packets():
 
 
 def test_the_arp_probe_is_the_frame_scapy_would_build():
-    from dataplane.traffic import who_has
+    from dataplane.traffic.prober import who_has
 
     assert who_has(A.mac, str(A.ip), str(A.gateway)) == bytes(
         Ether(src=A.mac, dst=BROADCAST) / ARP(op=1, hwsrc=A.mac, psrc=str(A.ip),

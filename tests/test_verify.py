@@ -1,36 +1,37 @@
 """The verifier on live clusters: a healthy one passes, every fault fails at its place."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
-from dataplane import faults, verify
-from dataplane.report import as_text
+from dataplane.cluster import faults
+from dataplane.report.stream import as_text
+from dataplane.verify import verifier
 
-from .conftest import ROOT
+from .conftest import dp
 
 pytestmark = pytest.mark.needs_root
 
 
 def results(plan, **options):
-    report = verify.run(plan, **options)
+    report = verifier.run(plan, **options)
     assert report.lost_events == 0
     return {(f.src, f.dst, f.proto, f.size): f for f in report.flows}
 
 
-def test_healthy_cluster_passes_every_protocol_and_size(default_cluster, probes_ready):
-    flows = results(default_cluster.plan, protos=("icmp", "udp", "tcp", "arp"), mtu=True)
+@pytest.mark.needs_probes
+def test_healthy_cluster_passes_every_protocol_and_size(dataplane_cluster):
+    flows = results(dataplane_cluster.plan, protos=("icmp", "udp", "tcp", "arp"), mtu=True)
     assert len(flows) == 12 * 7
     failed = [f"{f.src}->{f.dst} {f.proto}/{f.size}: {f.diagnosis}" for f in flows.values()
               if not f.passed]
     assert failed == []
 
 
-def test_twenty_verifies_in_a_row_without_a_flake(default_cluster, probes_ready):
+@pytest.mark.needs_probes
+def test_twenty_verifies_in_a_row_without_a_flake(dataplane_cluster):
     for _ in range(20):
-        report = verify.run(default_cluster.plan)
+        report = verifier.run(dataplane_cluster.plan)
         assert len(report.flows) == 12 * 7 and report.passed, as_text(report)
 
 
@@ -47,8 +48,9 @@ def crosses(flow, node):
      {("node-0", "cni0"), ("node-0", "flannel.1")}),
     ("veth-detached", lambda f: "node-0/pod-0" in (f.src, f.dst), None),
 ])
-def test_fault_fails_where_it_is(make_cluster, probes_ready, fault, affected, where):
-    plan = make_cluster().plan
+@pytest.mark.needs_probes
+def test_fault_fails_where_it_is(dataplane_clusters, fault, affected, where):
+    plan = dataplane_clusters().plan
     faults.inject(plan, fault, node="node-0", pod="node-0/pod-0", peer="node-1")
     for flow in results(plan, protos=("icmp",), mtu=False).values():
         if not affected(flow):
@@ -61,8 +63,9 @@ def test_fault_fails_where_it_is(make_cluster, probes_ready, fault, affected, wh
             assert (flow.last_hop["at"], flow.last_hop["device"]) in where, flow.diagnosis
 
 
-def test_arp_stops_at_a_detached_veth(make_cluster, probes_ready):
-    plan = make_cluster().plan
+@pytest.mark.needs_probes
+def test_arp_stops_at_a_detached_veth(dataplane_clusters):
+    plan = dataplane_clusters().plan
     pod = plan.pod("node-0/pod-1")
     faults.inject(plan, "veth-detached", pod=pod.ref)
     for flow in results(plan, protos=("arp",), mtu=False).values():
@@ -74,16 +77,18 @@ def test_arp_stops_at_a_detached_veth(make_cluster, probes_ready):
             assert flow.passed, f"{flow.src}->{flow.dst}: {flow.diagnosis}"
 
 
-def test_vni_mismatch_is_named_at_the_sender(make_cluster, probes_ready):
-    plan = make_cluster().plan
+@pytest.mark.needs_probes
+def test_vni_mismatch_is_named_at_the_sender(dataplane_clusters):
+    plan = dataplane_clusters().plan
     faults.inject(plan, "vni-mismatch", node="node-0")
     flow = results(plan, protos=("icmp",), mtu=False)[("node-0/pod-0", "node-1/pod-1", "icmp", None)]
     assert (flow.rule, flow.last_hop) == ("vxlan-vni", {"at": "node-0", "device": "eth0"})
     assert "VNI 2, not 1" in flow.diagnosis
 
 
-def test_pod_mtu_fails_the_oversize_probe_of_that_pod_only(make_cluster, probes_ready):
-    plan = make_cluster().plan
+@pytest.mark.needs_probes
+def test_pod_mtu_fails_the_oversize_probe_of_that_pod_only(dataplane_clusters):
+    plan = dataplane_clusters().plan
     faults.inject(plan, "pod-mtu", pod="node-0/pod-0")
     for flow in results(plan, protos=("icmp",)).values():
         if flow.src == "node-0/pod-0" and flow.size == plan.spec.vtep_mtu + 1:
@@ -93,10 +98,9 @@ def test_pod_mtu_fails_the_oversize_probe_of_that_pod_only(make_cluster, probes_
             assert flow.passed, f"{flow.src}->{flow.dst} {flow.size}: {flow.diagnosis}"
 
 
-def test_verify_command_json(probes_ready):
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--pairs", "cross-node",
-                           "--proto", "icmp", "--no-mtu", "--json"],
-                          cwd=ROOT, capture_output=True, text=True)
+@pytest.mark.needs_probes
+def test_verify_command_json():
+    done = dp("verify", "--pairs", "cross-node", "--proto", "icmp", "--no-mtu", "--json")
     assert done.returncode == 0, done.stderr
     shown = json.loads(done.stdout)
     assert shown["summary"] == {"pass": 8, "fail": 0, "inconclusive": 0, "drift": 0}
@@ -107,21 +111,18 @@ def test_verify_command_json(probes_ready):
     assert encap and encap[0]["vxlan"]["vni"] == 1 and encap[0]["vxlan"]["port"] == 8472
 
 
-def test_verify_command_fails_with_exit_1(make_cluster, probes_ready):
-    made = make_cluster()
+@pytest.mark.needs_probes
+def test_verify_command_fails_with_exit_1(dataplane_clusters):
+    made = dataplane_clusters()
     faults.inject(made.plan, "no-ip-forward", node="node-1")
-    done = subprocess.run([sys.executable, "-m", "dataplane", "verify", "--running", made.name,
-                           "--proto", "icmp", "--no-mtu"],
-                          cwd=ROOT, capture_output=True, text=True)
+    done = dp("verify", "--running", made.name, "--proto", "icmp", "--no-mtu")
     assert done.returncode == 1, done.stderr
     assert "8 failed" in done.stdout.splitlines()[-2]  # the summary, above where time went
 
 
-def test_fault_list_and_bad_name(make_cluster):
-    done = subprocess.run([sys.executable, "-m", "dataplane", "fault", "list"], cwd=ROOT,
-                          capture_output=True, text=True)
+def test_fault_list_and_bad_name(dataplane_clusters):
+    done = dp("fault", "list")
     assert set(faults.FAULTS) <= set(line.split()[0] for line in done.stdout.splitlines())
-    made = make_cluster()
-    done = subprocess.run([sys.executable, "-m", "dataplane", "fault", "inject", "nope",
-                           "--running", made.name], cwd=ROOT, capture_output=True, text=True)
+    made = dataplane_clusters()
+    done = dp("fault", "inject", "nope", "--running", made.name)
     assert done.returncode == 2 and "fault list" in done.stderr

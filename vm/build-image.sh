@@ -31,7 +31,8 @@ chroot "$work/rootfs" depmod "$version"
 
 echo "vm: the project's PyPI dependency (pyroute2) from the host's venv"
 site=$(find "$work/rootfs/usr/lib/python3" -maxdepth 1 -name dist-packages | head -n1)
-cp -a "$project/.venv/lib/python3.11/site-packages/pyroute2" "$site/"
+venv_site=$("$project/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+cp -a "$venv_site/pyroute2" "$site/"
 install -m 755 "$here/guest-run" "$work/rootfs/usr/local/sbin/dataplane-guest-run"
 
 echo "vm: initramfs (busybox, virtio_pci, virtio_blk, crc32c, ext4)"

@@ -13,7 +13,9 @@ fail() { echo "vm-test: $*" >&2; exit 2; }
 command -v qemu-system-x86_64 >/dev/null || fail "qemu-system-x86_64 is missing: apt-get install qemu-system-x86 (make setup-vm)"
 command -v debootstrap >/dev/null || fail "debootstrap is missing: apt-get install debootstrap (make setup-vm)"
 [ -x /bin/busybox ] || fail "busybox is missing: apt-get install busybox-static (make setup-vm)"
-[ -d "$project/.venv/lib/python3.11/site-packages/pyroute2" ] || fail "no .venv: run make setup first"
+# The venv's site-packages, whatever its Python version
+venv_site=$("$project/.venv/bin/python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))' 2>/dev/null)
+[ -n "$venv_site" ] && [ -d "$venv_site/pyroute2" ] || fail "no .venv: run make setup first"
 
 inputs=$(cat "$here/build-image.sh" "$here/guest-run" "$project/pyproject.toml" | sha256sum | cut -c1-16)
 if [ "$(cat "$cache/inputs" 2>/dev/null)" != "$inputs" ]; then

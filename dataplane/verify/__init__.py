@@ -1,0 +1,9 @@
+"""Stage 4, verify: the expected hops of a flow (paths: same node, cross node, ARP), a
+flow's observed hops judged against them and the VXLAN rules (verdict), the live kernel
+state audited against the plan (audit), the drift that explains a failure (cause), the
+kernel caches an earlier run left reset (caches), and the run itself: pod pairs in waves,
+each flow judged and handed on (verifier).
+
+May import: dataplane.errors, dataplane.records, dataplane.cluster, dataplane.bpf,
+dataplane.traffic. Nothing from report or send.
+"""

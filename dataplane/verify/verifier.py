@@ -1,0 +1,354 @@
+"""`dataplane verify`: the cluster audited, earlier runs' caches reset, then exchanges for the
+chosen pod pairs in waves, each flow judged hop by hop, given its cause and handed on."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from dataplane.bpf.tracer import Tracer
+from dataplane.bpf.trails import trail
+from dataplane.cluster.plan import Plan, PodPlan
+from dataplane.errors import UsageError
+from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Pairs, Proto,
+                               frame_ends, frame_keys)
+from dataplane.traffic import prober
+from dataplane.verify import audit, caches, cause
+from dataplane.verify.verdict import judge
+
+# After a wave, the last of its events are in the ring buffer already (an answer reaches
+# its socket after its last hop); a few poll periods let the poller drain them.
+SETTLE_MS = 20
+# Ring buffer events one exchange costs, about (every hop of both legs; TCP's handshake
+# and close are four packets each way), and the events a wave may cost: well under the
+# ring buffer's room between two polls.
+EVENTS: dict[Proto, int] = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
+WAVE_EVENTS = 8000
+WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
+NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
+BLOCK_PODS = 16  # pods of a block of pairs (see blocked): 256 pairs, about a wave's worth
+NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
+
+
+@dataclass
+class Report:
+    flows: list[FlowResult]
+    backends: list[str]
+    lost_events: int
+    drift: list[Drift] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # probes not attached, and why
+    pairs: Pairs = "all"  # which pod pairs: all, same-node, cross-node or sample
+    seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
+    caches_reset: bool = True  # False on a network we did not build: it is never changed
+
+    def count(self, verdict: str) -> int:
+        return sum(f.verdict == verdict for f in self.flows)
+
+    @property
+    def latent(self) -> list[Drift]:
+        """Drift that no failing flow is explained by: a fault waiting for its traffic."""
+        explaining = {item for flow in self.flows for item in flow.cause}
+        return [item for item in self.drift if item not in explaining]
+
+    @property
+    def passed(self) -> bool:
+        """Every flow passed and the kernel holds what the plan defines."""
+        return bool(self.flows) and all(f.passed for f in self.flows) and not self.drift
+
+
+class Stream(Protocol):
+    """Where a run writes each flow as soon as it is judged (report/stream.py has them)."""
+
+    def start(self, drift: list[Drift], total: int) -> None: ...
+
+    def flow(self, flow: FlowResult) -> None: ...
+
+    def end(self, report: Report) -> None: ...
+
+
+SAMPLE_ABOVE = 64  # pods: bigger clusters are sampled unless --pairs all is asked for
+
+
+def default_pairs(plan: Plan) -> Pairs:
+    return "all" if len(plan.pods()) <= SAMPLE_ABOVE else "sample"
+
+
+def pairs(plan: Plan, which: Pairs = "all") -> list[tuple[PodPlan, PodPlan]]:
+    """Every ordered pod pair, or those on the same node, or those across nodes, or a
+    sample of them."""
+    if which == "sample":
+        return sample(plan)
+    chosen = []
+    for src in plan.pods():
+        for dst in plan.pods():
+            same = src.node == dst.node
+            if src != dst and (which == "all" or (which == "same-node") == same):
+                chosen.append((src, dst))
+    return chosen
+
+
+def some_pairs(plan: Plan, which: Pairs) -> list[tuple[PodPlan, PodPlan]]:
+    """pairs(), refusing a choice that leaves nothing to verify."""
+    chosen = pairs(plan, which)
+    if not chosen:
+        raise UsageError(f"--pairs {which} selects no pod pair in cluster {plan.name} "
+                         f"({len(plan.nodes)} nodes x {len(plan.nodes[0].pods)} pods): "
+                         "nothing to verify; pick other --pairs or a bigger topology")
+    return chosen
+
+
+def sample(plan: Plan) -> list[tuple[PodPlan, PodPlan]]:
+    """A pair for every ordered (source node, destination node), the same node included
+    where it has two pods, and every pod once as source and once as destination (pods
+    paired with the pod half the cluster away), pods taken in turn on each node."""
+    chosen: dict[tuple[str, str], tuple[PodPlan, PodPlan]] = {}
+    for i, a in enumerate(plan.nodes):
+        for j, b in enumerate(plan.nodes):
+            src, dst = a.pods[j % len(a.pods)], b.pods[i % len(b.pods)]
+            if src == dst:
+                dst = b.pods[(i + 1) % len(b.pods)]
+            if src != dst:
+                chosen[(src.ref, dst.ref)] = (src, dst)
+    pods = plan.pods()
+    shift = max(1, len(pods) // 2)
+    for k, src in enumerate(pods):
+        dst = pods[(k + shift) % len(pods)]
+        if src != dst:
+            chosen[(src.ref, dst.ref)] = (src, dst)
+    return list(chosen.values())
+
+
+def by_exchange(hops: list[Hop], exchanges: list[Exchange]) -> dict[tuple, list[Hop]]:
+    """Hops indexed by the exchange keys their packets could belong to; a packet of no
+    exchange's key (NATed on the way) is indexed by the exchange end it kept."""
+    keys = {ex.key for ex in exchanges}
+    index: dict[tuple, list[Hop]] = defaultdict(list)
+    found: dict[int, tuple] = {}  # by frame: hops of one capture share its decoded frame
+    for hop in hops:
+        frame = hop.flow_frame()
+        if frame is None:
+            continue
+        where = found.get(id(frame))
+        if where is None:
+            mine = tuple(key for key in frame_keys(frame) if key in keys)
+            where = found[id(frame)] = mine or frame_ends(frame)
+        for key in where:
+            index[key].append(hop)
+    return index
+
+
+def mtu_sizes(plan: Plan) -> tuple[int, int, int]:
+    """IP lengths around the pod MTU (flannel.1's): one under, at, and one over."""
+    mtu = plan.spec.vtep_mtu
+    return mtu - 1, mtu, mtu + 1
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One exchange to make: a pair, a protocol, and for a DF UDP probe its IP length."""
+
+    src: PodPlan
+    dst: PodPlan
+    proto: Proto
+    size: int | None = None
+
+
+def blocked(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]]) -> list[tuple[PodPlan, PodPlan]]:
+    """The pairs grouped by the blocks of BLOCK_PODS pods their source and destination
+    are in (in order of first appearance, each group in its own order): a wave of
+    --pairs all then involves a few blocks of pods, not a source and every pod it
+    probes, so it is cut by its events rather than by WAVE_PODS, and its pods and
+    nodes learn fewer neighbours."""
+    block = {pod.netns: k // BLOCK_PODS for k, pod in enumerate(plan.pods())}
+    groups: dict[tuple[int, int], list[tuple[PodPlan, PodPlan]]] = defaultdict(list)
+    for src, dst in chosen:
+        groups[block[src.netns], block[dst.netns]].append((src, dst))
+    return [pair for group in groups.values() for pair in group]
+
+
+def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Proto, ...],
+           mtu: bool) -> Iterator[Probe]:
+    """Every exchange of a run, protocol by protocol, then the DF probes size by size;
+    the pairs in blocks (see blocked())."""
+    chosen = blocked(plan, chosen)
+    for proto in protos:
+        yield from (Probe(src, dst, proto) for src, dst in chosen)
+    for size in mtu_sizes(plan) if mtu else ():
+        yield from (Probe(src, dst, "udp", size) for src, dst in chosen)
+
+
+def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
+    """Exchanges in waves whose probe events fit the ring buffer with room to spare, and
+    whose pods' neighbour entries fit the kernel's ARP table (a pod, its node and its
+    gateway learn each other: about three entries a pod)."""
+    wave: list[Probe] = []
+    pods: set[str] = set()
+    budget = WAVE_EVENTS
+    for probe in todo:
+        cost = EVENTS[probe.proto]
+        more = {probe.src.netns, probe.dst.netns} - pods
+        if wave and (cost > budget or len(pods) + len(more) > WAVE_PODS):
+            yield wave
+            wave, pods, budget = [], set(), WAVE_EVENTS
+            more = {probe.src.netns, probe.dst.netns}
+        wave.append(probe)
+        pods |= more
+        budget -= cost
+    if wave:
+        yield wave
+
+
+class Verifier:
+    """Probes loaded once and sockets kept, for any number of exchanges on one cluster."""
+
+    def __init__(self, plan: Plan, buffer_pages: int | None = None):
+        self.plan = plan
+        self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
+        self._prober = prober.Prober()
+        self._forgetter = caches.Forgetter()
+        self._lost_before = 0
+        self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
+
+    def __enter__(self) -> "Verifier":
+        if self.plan.built:  # no path MTU or neighbour an earlier run left may sway a verdict
+            with self._timed("caches"):
+                caches.reset(self.plan)
+        with self._timed("probes"):
+            self._tracer.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._prober.close()
+        self._forgetter.close()
+        self._tracer.__exit__(*exc)
+
+    @property
+    def backends(self) -> list[str]:
+        return self._tracer.loaded.backends
+
+    @property
+    def skipped(self) -> dict[str, str]:
+        return self._tracer.loaded.skipped
+
+    @property
+    def lost(self) -> int:
+        return self._tracer.lost
+
+    def send(self, src: PodPlan, dst: PodPlan, proto: Proto,
+             size: int | None = None) -> Exchange:
+        """An exchange (a DF UDP probe of IP length size, if given), recorded."""
+        return self._prober.exchange(src, dst, proto, self._tracer.watch, size)
+
+    def run(self, todo: Iterable[Probe]) -> Iterator[FlowResult]:
+        """Each wave of exchanges started together, finished together, judged and yielded."""
+        touched: set[str] = set()
+        for wave in waves(todo):
+            if self.plan.built:  # a network we did not build is never changed
+                with self._timed("neighbours"):
+                    self._make_neighbour_room(touched)
+            fulls = caches.neighbour_table_fulls()
+            with self._timed("send"):
+                pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
+                           for p in wave]
+            touched.update(ns for p in wave for pod in (p.src, p.dst)
+                           for ns in (pod.netns, self.plan.node(pod.node).netns))
+            with self._timed("answers"):
+                exchanges = self._prober.finish(pending)
+            yield from self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
+
+    @contextmanager
+    def _timed(self, phase: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - began
+
+    def _make_neighbour_room(self, touched: set[str]) -> None:
+        """Every namespace shares the kernel's ARP table: before a wave could fill it, the
+        pods and nodes of earlier waves forget their neighbours (our own traffic must not
+        be refused with ENOBUFS, nor an ARP request go unanswered)."""
+        if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
+            self._forgetter.forget(sorted(touched))
+            touched.clear()
+
+    def judge(self, exchanges: list[Exchange],
+              table_fulls: int = 0) -> list[FlowResult]:
+        """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
+        them INCONCLUSIVE, and so does a full neighbour table for those that failed.
+        Their flows are no longer watched afterwards."""
+        with self._timed("events"):
+            hops = self._tracer.take(SETTLE_MS)
+        with self._timed("judge"):
+            return self._judged(hops, exchanges, table_fulls)
+
+    def _judged(self, hops: list[Hop], exchanges: list[Exchange],
+                table_fulls: int) -> list[FlowResult]:
+        index = by_exchange(hops, exchanges)
+        self._tracer.unwatch()
+        total = self.lost
+        lost, self._lost_before = total - self._lost_before, total
+        attached = self._tracer.loaded.attached
+        missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
+        return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, [])),
+                      lost, missing_probes=missing or None, table_fulls=table_fulls)
+                for ex in exchanges]
+
+    def check(self, src: str, dst: str, proto: Proto = "icmp") -> FlowResult:
+        """One flow between pods addressed as NODE/POD, judged."""
+        return self.judge([self.send(self.plan.pod(src), self.plan.pod(dst), proto)])[0]
+
+
+
+@dataclass
+class TraceResult:
+    """`dataplane trace`: one exchange and every hop its packets made."""
+
+    exchange: Exchange
+    hops: list[Hop]
+    lost_events: int
+    backends: list[str]
+    skipped: dict[str, str]  # probes not attached, and why
+
+
+def trace(plan: Plan, src: str, dst: str, proto: Proto) -> TraceResult:
+    """One exchange between pods addressed as NODE/POD, with its hops (`dataplane trace`)."""
+    with Verifier(plan) as verifier:
+        exchange = verifier.send(plan.pod(src), plan.pod(dst), proto)
+        (flow,) = verifier.judge([exchange])
+        return TraceResult(exchange, flow.hops, verifier.lost, verifier.backends,
+                           verifier.skipped)
+
+def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
+        mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
+        buffer_pages: int | None = None) -> Report:
+    """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
+    live state is audited first; each failing flow is given its cause, then written to
+    stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
+    so that memory does not grow with the hops of every flow."""
+    chosen = some_pairs(plan, which)
+    began = time.perf_counter()
+    drift = audit.audit(plan)
+    audited = time.perf_counter() - began
+    known = cause.owners(plan)
+    if stream:
+        stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
+    flows = []
+    with Verifier(plan, buffer_pages) as verifier:
+        for flow in verifier.run(probes(plan, chosen, protos, mtu)):
+            flow.cause = cause.explain(plan, flow, drift, known)
+            if stream:
+                stream.flow(flow)
+            if not keep_hops:
+                flow.hops = []
+            flows.append(flow)
+        report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
+                        which, {"audit": audited, **verifier.seconds},
+                        caches_reset=plan.built)
+    if stream:
+        stream.end(report)
+    return report
