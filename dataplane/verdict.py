@@ -8,6 +8,7 @@ that cannot judge (an error in it) never lets a flow pass.
 
 from __future__ import annotations
 
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -34,7 +35,8 @@ class Problem:
     verdict: str = FAIL
 
 
-@dataclass(slots=True)  # a run keeps one per flow: no per-instance dict
+# A run keeps one per flow: no per-instance dict (slots came with Python 3.10).
+@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))
 class FlowResult:
     src: str
     dst: str
