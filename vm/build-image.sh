@@ -19,8 +19,12 @@ mkdir -p "$work/rootfs/etc/dpkg/dpkg.cfg.d"
 printf '%s\n' 'path-exclude=/usr/share/doc/*' 'path-exclude=/usr/share/man/*' \
   'path-exclude=/usr/share/locale/*' 'path-exclude=/usr/share/info/*' \
   >"$work/rootfs/etc/dpkg/dpkg.cfg.d/01-nodoc"
+# pytest: the release's own from 7 on (the plugin needs its stash); bullseye's 6.0 is
+# replaced by one from PyPI below.
+pytest=python3-pytest,
+[ "$release" = bullseye ] && pytest=
 debootstrap --variant=minbase \
-  --include=python3,python3-bpfcc,python3-pytest,iproute2,kmod,iputils-ping,procps \
+  --include=python3,python3-bpfcc,${pytest}iproute2,kmod,iputils-ping,procps \
   "$release" "$work/rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log"; exit 1; }
 
@@ -53,14 +57,24 @@ chroot "$work/rootfs" depmod "$version"
 echo "vm: the project's PyPI dependency (pyroute2) from the host's venv"
 site=$(find "$work/rootfs/usr/lib/python3" -maxdepth 1 -name dist-packages | head -n1)
 cp -a "$project/.venv/lib/python3.11/site-packages/pyroute2" "$site/"
-if ! chroot "$work/rootfs" python3 -c 'import tomllib' 2>/dev/null; then
-  echo "vm: tomli for the guest's Python (before 3.11: no tomllib)"
-  "$project/.venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
-    --target "$site" "tomli==2.0.1" >>"$work/apt.log" 2>&1 || { tail -5 "$work/apt.log"; exit 1; }
+if [ -z "$pytest" ]; then
+  # Debian 11's Python 3.9: tomli (no tomllib before 3.11) and a pytest the plugin runs on.
+  echo "vm: tomli and pytest 8.3 for the guest's Python $(chroot "$work/rootfs" python3 -c 'import platform; print(platform.python_version())')"
+  "$project/.venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
+    --target "$site" --python-version 3.9 --only-binary=:all: "tomli==2.0.1" "pytest==8.3.5" \
+    >>"$work/apt.log" 2>&1 || { tail -5 "$work/apt.log"; exit 1; }
 fi
 rm -rf "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/lib/apt/lists/"* \
   "$work/rootfs/usr/share/"{doc,man,locale,info}/*
-install -m 755 "$here/guest-run" "$work/rootfs/usr/local/sbin/dataplane-guest-run"
+# PID 1 after the initramfs: runs the checkout's vm/guest-run (the suite changes with the
+# checkout, the image does not).
+cat >"$work/rootfs/usr/local/sbin/dataplane-guest-run" <<'RUN'
+#!/bin/sh
+mount -o remount,rw /
+mkdir -p /src && mount -t ext4 /dev/vdb /src && exec /bin/sh /src/vm/guest-run
+echo "vm: cannot mount the checkout's disk"; echo o >/proc/sysrq-trigger; sleep 10
+RUN
+chmod 755 "$work/rootfs/usr/local/sbin/dataplane-guest-run"
 
 echo "vm: initramfs (busybox, virtio_pci, virtio_blk, crc32c, ext4)"
 ir=$work/initramfs
