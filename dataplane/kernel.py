@@ -109,9 +109,20 @@ def kprobe_functions() -> str:
         present = kallsyms()
     except OSError as err:
         return f"unknown (/proc/kallsyms is unreadable: {err.strerror})"
-    missing = [name for name in KPROBE_SYMBOLS if name not in present]
-    return (f"{len(KPROBE_SYMBOLS) - len(missing)} of {len(KPROBE_SYMBOLS)}"
-            + (f"; missing (renamed, inlined or not built): {', '.join(missing)}" if missing else ""))
+    absent = [name for name in KPROBE_SYMBOLS if name not in present]
+    unloaded = sorted({_module_of(name) for name in absent
+                       if not Path(f"/sys/module/{_module_of(name)}").exists()})
+    missing = [name for name in absent if _module_of(name) not in unloaded]
+    return (f"{len(KPROBE_SYMBOLS) - len(absent)} of {len(KPROBE_SYMBOLS)}"
+            + (f"; missing (renamed, inlined or not built): {', '.join(missing)}" if missing else "")
+            + (f"; modules not loaded yet (a cluster loads them): {', '.join(unloaded)}"
+               if unloaded else ""))
+
+
+def _module_of(function: str) -> str:
+    """The module (when not built in) that holds one of KPROBE_SYMBOLS."""
+    return "bridge" if function.startswith("br_") else \
+        "udp_tunnel" if function.startswith("udp_tunnel") else "vxlan"
 
 
 # The raw tracepoints every run attaches (probes.TRACEPOINTS), by their tracefs group.

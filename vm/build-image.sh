@@ -61,7 +61,8 @@ if [ -z "$pytest" ]; then
   # Debian 11's Python 3.9: tomli (no tomllib before 3.11) and a pytest the plugin runs on.
   echo "vm: tomli and pytest 8.3 for the guest's Python $(chroot "$work/rootfs" python3 -c 'import platform; print(platform.python_version())')"
   "$project/.venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
-    --target "$site" --python-version 3.9 --only-binary=:all: "tomli==2.0.1" "pytest==8.3.5" \
+    --target "$site" --python-version 3.9 --only-binary=:all: --no-deps "tomli==2.0.1" \
+    "pytest==8.3.5" "pluggy==1.6.0" "iniconfig==2.3.0" "packaging==26.3" "exceptiongroup==1.2.2" \
     >>"$work/apt.log" 2>&1 || { tail -5 "$work/apt.log"; exit 1; }
 fi
 rm -rf "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/lib/apt/lists/"* \
@@ -71,6 +72,7 @@ rm -rf "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/lib/apt/lists/"* \
 cat >"$work/rootfs/usr/local/sbin/dataplane-guest-run" <<'RUN'
 #!/bin/sh
 mount -o remount,rw /
+mount -t devtmpfs dev /dev 2>/dev/null
 mkdir -p /src && mount -t ext4 /dev/vdb /src && exec /bin/sh /src/vm/guest-run
 echo "vm: cannot mount the checkout's disk"; echo o >/proc/sysrq-trigger; sleep 10
 RUN
@@ -87,15 +89,23 @@ for mod in virtio_pci virtio_blk crc32c_generic ext4; do
     | awk '$1 == "insmod" {print $2}' | while read -r path; do
       # Where the initramfs's busybox looks, also when kmod names them under /usr/lib.
       at=${path#/usr}
-      mkdir -p "$ir$(dirname "$at")" && cp "$work/rootfs$path" "$ir$at"
+      mkdir -p "$ir$(dirname "$at")"
+      # busybox loads plain ELF only: trixie's modules are xz-compressed.
+      case $path in
+        *.ko.xz) xz -dc "$work/rootfs$path" >"$ir${at%.xz}" ;;
+        *) cp "$work/rootfs$path" "$ir$at" ;;
+      esac
     done
 done
-cp "$modules"/modules.dep "$modules"/modules.alias "$ir/lib/modules/$version/" 2>/dev/null || true
+for index in modules.dep modules.alias; do
+  sed 's/\.ko\.xz\b/.ko/g' "$modules/$index" >"$ir/lib/modules/$version/$index"
+done
 cat >"$ir/init" <<'INIT'
 #!/bin/sh
 mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
 # ext4 asks the crypto API for crc32c, which would need /sbin/modprobe: load it first.
-for mod in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $mod; done
+# Some are built in (trixie's virtio): modprobe says so, harmlessly.
+for mod in virtio_pci virtio_blk crc32c_generic ext4; do modprobe $mod 2>/dev/null; done
 for i in 1 2 3 4 5 6 7 8 9 10; do [ -b /dev/vda ] && break; sleep 0.2; done
 if ! mount -t ext4 /dev/vda /newroot; then
   echo "vm: cannot mount the root disk"; echo o >/proc/sysrq-trigger; sleep 10

@@ -81,6 +81,15 @@ def compare(results: dict[str, dict]) -> tuple[list[str], list[str], int]:
     return differ, unjudged, len(verdicts)
 
 
+def kprobes(r: dict) -> str:
+    if "attached" not in r:
+        return "?"
+    if "kprobes" in r.get("skipped", {}):
+        return "none (no kprobes)"
+    missing = [s for s in r.get("skipped", {}) if s.startswith("kprobe:")]
+    return f"{len(r['attached'])} of {len(r['attached']) + len(missing)}"
+
+
 def row(release: str, r: dict) -> list[str]:
     facts = r.get("doctor", {}).get("facts", {})
     runs = r.get("runs", [])
@@ -91,8 +100,7 @@ def row(release: str, r: dict) -> list[str]:
     return [
         f"{r.get('kernel', '?')} ({release})",
         r.get("python", "?"), r.get("bcc", "?"),
-        f"{len(r['attached'])} of {len(r['attached']) + len([s for s in r.get('skipped', {}) if s.startswith('kprobe:')])}"
-        if "attached" in r else "?",
+        kprobes(r),
         ", ".join(skipped) or "none",
         "+".join(r.get("backends", [])) or "?",
         r.get("buffer", "?"),
@@ -124,8 +132,9 @@ def main() -> int:
     for release, r in results.items():
         for probe, why in sorted(r.get("skipped", {}).items()):
             print(f"{release}: skipped {probe}: {why}")
-        for name in ("kprobe functions", "tracepoints"):
-            value = r.get("doctor", {}).get("facts", {}).get(name)
+        for name, value in (("tracepoints", r.get("doctor", {}).get("facts", {})
+                             .get("tracepoints")),
+                            ("kprobe functions", r.get("kprobe_functions"))):
             if value and "missing" in value:
                 print(f"{release}: doctor: {name}: {value}")
     failed = [p for release, r in results.items() for p in problems(release, r)]

@@ -67,11 +67,15 @@ def doctor():
 def tests():
     """The kprobe tests, on the console; a skip here is a failure (this kernel has kprobes)."""
     began = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
-                           "-rs", *TESTS], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
-    print(done.stdout, end="", flush=True)
-    summary = (done.stdout.strip().splitlines() or [""])[-1]
+    lines = []
+    with subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-v",
+                           "-rs", "--durations=0", *TESTS], stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True) as pytest:
+        for line in pytest.stdout:  # on the console as it comes: the host follows it
+            print(line, end="", flush=True)
+            lines.append(line.strip())
+    done = pytest
+    summary = ([line for line in lines if line] or [""])[-1]
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)",
                                                         summary)}
     return {"rc": done.returncode, "summary": summary.strip("= "), "counts": counts,
@@ -125,6 +129,10 @@ def main():
             loading = time.monotonic()
             with verify.Verifier(made.plan) as verifier:
                 result["load_seconds"] = round(time.monotonic() - loading, 1)
+                # with the cluster up, its bridge and VXLAN modules are loaded
+                result["kprobe_functions"] = kernel.kprobe_functions()
+                print(f"kprobe functions with a cluster up: {result['kprobe_functions']}",
+                      flush=True)
                 result["backends"] = verifier.backends
                 result["skipped"] = verifier.skipped
                 result["attached"] = [n for n in kernel.KPROBE_SYMBOLS
