@@ -62,7 +62,7 @@ if [ -z "$pytest" ]; then
   echo "vm: tomli and pytest 8.3 for the guest's Python $(chroot "$work/rootfs" python3 -c 'import platform; print(platform.python_version())')"
   "$project/.venv/bin/python" -m pip install -q --disable-pip-version-check --no-compile \
     --target "$site" --python-version 3.9 --only-binary=:all: --no-deps "tomli==2.0.1" \
-    "pytest==8.3.5" "pluggy==1.6.0" "iniconfig==2.3.0" "packaging==26.3" "exceptiongroup==1.2.2" \
+    "pytest==8.3.5" "pluggy==1.6.0" "iniconfig==2.0.0" "packaging==26.3" "exceptiongroup==1.2.2" \
     >>"$work/apt.log" 2>&1 || { tail -5 "$work/apt.log"; exit 1; }
 fi
 rm -rf "$work/rootfs/var/cache/apt/"*.bin "$work/rootfs/var/lib/apt/lists/"* \

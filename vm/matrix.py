@@ -47,6 +47,15 @@ def problems(release: str, r: dict) -> list[str]:
                          f"passed, drift {run['drift']}")
         elif run["fault"] != "healthy" and not run["failed"]:
             found.append(f"{release}: fault {run['fault']} not caught: no flow failed")
+    # test_kprobes' fault check, which the guest leaves to these runs: the flow across the
+    # missing FDB entry fails on the node that lacks it.
+    fdb = next((run for run in runs if run["fault"] == "missing-fdb"), None)
+    flow = next((f for f in fdb["flows"] if (f["src"], f["dst"], f["proto"], f["size"])
+                 == ("node-0/pod-0", "node-1/pod-1", "icmp", None)), None) if fdb else None
+    if fdb and "error" not in fdb and (flow is None or flow["verdict"] != "FAIL"
+                                       or flow.get("last_at") != "node-0"):
+        found.append(f"{release}: missing-fdb: icmp node-0/pod-0 -> node-1/pod-1 did not fail "
+                     f"at node-0: {flow}")
     if r.get("doctor") and len(runs) < 2:
         found.append(f"{release}: verify ran {len(runs)} of the runs")
     return found

@@ -63,7 +63,7 @@ tar -C "$project" --exclude=./.venv --exclude=./.git --exclude='*/__pycache__' \
 # One guest: boots it, brings its results back; its console lines carry its release.
 guest() {
   local release=$1 image=$cache/$1 started=$SECONDS
-  mke2fs -q -t ext4 -d "$work/src" "$work/src-$release.ext4" 256M
+  mke2fs -q -t ext4 -d "$work/src" "$work/src-$release.ext4" 256M >/dev/null
   echo "vm-test: [$release] booting $(cat "$image/kernel-version") under QEMU (TCG), at most ${timeout_s} s"
   timeout --kill-after=10 "$timeout_s" qemu-system-x86_64 -accel tcg,thread=multi -cpu max \
     -smp 2 -m 3072 -nographic -no-reboot -nic none \
