@@ -95,7 +95,9 @@ done
 wait
 echo "vm-test: guests done in $((SECONDS - started)) s"
 
-echo "vm-test: the kernel matrix ($((SECONDS - began)) s in all)"
+# Kept for a look after the run: each guest's results and console.
+rm -rf "$cache/last" && mkdir -p "$cache/last" && cp "$work"/results/* "$work"/console-*.log "$cache/last/" 2>/dev/null
+echo "vm-test: the kernel matrix ($((SECONDS - began)) s in all; results and consoles in $cache/last)"
 python3 "$here/matrix.py" "$work/results" "${releases[@]}"
 rc=$?
 echo "vm-test: $([ $rc = 0 ] && echo passed || echo FAILED) in $((SECONDS - began)) s"
