@@ -114,7 +114,8 @@ def kprobe_functions() -> str:
                        if not Path(f"/sys/module/{_module_of(name)}").exists()})
     missing = [name for name in absent if _module_of(name) not in unloaded]
     return (f"{len(KPROBE_SYMBOLS) - len(absent)} of {len(KPROBE_SYMBOLS)}"
-            + (f"; missing (renamed, inlined or not built): {', '.join(missing)}" if missing else "")
+            + (f"; missing (renamed, inlined or not built): {', '.join(missing)}"
+               if missing else "")
             + (f"; modules not loaded yet (a cluster loads them): {', '.join(unloaded)}"
                if unloaded else ""))
 
