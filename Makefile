@@ -59,12 +59,14 @@ verify: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q -p no:cacheprovider
 
-# The VM lane: the kprobe backend for real, in Debian's stock kernel under QEMU.
+# The VM lane: the kprobe backend for real, in Debian's stock kernels under QEMU, a guest per
+# release (bullseye: Linux 5.10, bookworm: 6.1, trixie: 6.12), the verdicts compared.
+KERNELS ?= bullseye bookworm trixie
 setup-vm: setup
-	$(call ensure_packages,qemu-system-x86 debootstrap busybox-static cpio)
+	$(call ensure_packages,qemu-system-x86 debootstrap busybox-static cpio e2fsprogs)
 
 vm-test: setup-vm
-	bash vm/run.sh
+	bash vm/run.sh $(KERNELS)
 
 # Each benchmark prints its figures, then exits 1 if it missed a target: all of them run.
 bench: setup

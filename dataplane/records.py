@@ -14,8 +14,9 @@ namespace (a sysctl, a firewall chain).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict, dataclass, field
-from enum import StrEnum
+from enum import Enum
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal, get_args
 
@@ -41,8 +42,12 @@ ECHO_REPLY, ECHO = 0, 8  # ICMP types
 ARP_REQUEST, ARP_REPLY = 1, 2  # ARP operations
 
 
-class Verdict(StrEnum):
-    """A flow's verdict; written as its value (PASS) in text and JSON."""
+class Verdict(str, Enum):
+    """A flow's verdict; written as its value (PASS) in text and JSON (StrEnum's behaviour,
+    which came with Python 3.11)."""
+
+    __str__ = str.__str__
+    __format__ = str.__format__
 
     PASS = "PASS"
     FAIL = "FAIL"
@@ -237,7 +242,8 @@ def frame_ends(frame: Frame) -> tuple[tuple[str, str, int], ...]:
     return tuple((address, proto, tag) for address in (frame.src, frame.dst) for tag in tags)
 
 
-@dataclass(slots=True)  # a run keeps one per flow: no per-instance dict
+# A run keeps one per flow: no per-instance dict (slots came with Python 3.10).
+@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))
 class FlowResult:
     """A flow's verdict, with what broke, where, and why (verify/verdict.py judges it)."""
 

@@ -297,5 +297,9 @@ TP(netif_rx)
 
 TP(kfree_skb)
 {
+#ifdef KFREE_SKB_NO_REASON  // before Linux 5.17: (skb, location), the kernel refuses args[2]
+    return emit(ctx, (void *)ctx->args[0], 0, HOP_DROP, 0);
+#else
     return emit(ctx, (void *)ctx->args[0], 0, HOP_DROP, (u32)ctx->args[2]);
+#endif
 }

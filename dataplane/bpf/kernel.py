@@ -102,6 +102,55 @@ def kallsyms(names: tuple[str, ...] = KPROBE_SYMBOLS) -> set[str]:
     return found
 
 
+def kprobe_functions() -> str:
+    """How many of the functions the kprobes want the kernel has, naming those it lacks
+    (renamed, inlined or not built on this kernel)."""
+    try:
+        present = kallsyms()
+    except OSError as err:
+        return f"unknown (/proc/kallsyms is unreadable: {err.strerror})"
+    absent = [name for name in KPROBE_SYMBOLS if name not in present]
+    unloaded = sorted({_module_of(name) for name in absent
+                       if not Path(f"/sys/module/{_module_of(name)}").exists()})
+    missing = [name for name in absent if _module_of(name) not in unloaded]
+    return (f"{len(KPROBE_SYMBOLS) - len(absent)} of {len(KPROBE_SYMBOLS)}"
+            + (f"; missing (renamed, inlined or not built): {', '.join(missing)}"
+               if missing else "")
+            + (f"; modules not loaded yet (a cluster loads them): {', '.join(unloaded)}"
+               if unloaded else ""))
+
+
+def _module_of(function: str) -> str:
+    """The module (when not built in) that holds one of KPROBE_SYMBOLS."""
+    return "bridge" if function.startswith("br_") else \
+        "udp_tunnel" if function.startswith("udp_tunnel") else "vxlan"
+
+
+# The raw tracepoints every run attaches (probes.TRACEPOINTS), by their tracefs group.
+TRACEPOINT_GROUPS = {"net_dev_start_xmit": "net", "netif_receive_skb": "net", "netif_rx": "net",
+                     "kfree_skb": "skb"}
+
+
+def tracepoints() -> str:
+    """Which of the tracepoints the probes attach to the kernel has, naming those it lacks."""
+    if not mount_tracefs():
+        return "unknown (no tracefs)"
+    missing = [tp for tp, group in TRACEPOINT_GROUPS.items()
+               if not (TRACEFS / "events" / group / tp).is_dir()]
+    return f"{len(TRACEPOINT_GROUPS) - len(missing)} of {len(TRACEPOINT_GROUPS)}" \
+        + (f"; missing: {', '.join(missing)}" if missing else "")
+
+
+def kfree_skb_has_reason() -> bool | None:
+    """Whether the kfree_skb tracepoint passes a drop reason (Linux 5.17 on); None when
+    its format cannot be read (no tracefs)."""
+    try:
+        mount_tracefs()
+        return " reason;" in (TRACEFS / "events/skb/kfree_skb/format").read_text()
+    except OSError:
+        return None
+
+
 def bcc_version() -> str | None:
     try:
         import bcc
@@ -131,4 +180,9 @@ def facts() -> list[Fact]:
         Fact("kernel headers", f"{headers}" + (f" ({tree})" if tree else ""), headers != "none",
              "install linux-headers-$(uname -r), or run make setup for a portable tree"),
         Fact("backends", "kprobes + tracepoints" if kprobes else "tracepoints", True),
+        Fact("tracepoints", tracepoints(), True),
+    ] + ([Fact("kprobe functions", kprobe_functions(), True)] if kprobes else []) + [
+        Fact("drop reasons", {True: "yes (kfree_skb passes them)", None: "unknown (no tracefs)",
+                              False: "no (kfree_skb has none before Linux 5.17): drops are "
+                                     "shown without a reason"}[kfree_skb_has_reason()], True),
     ]

@@ -13,7 +13,7 @@ import os
 import platform
 import re
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -100,7 +100,11 @@ def layout_from(types: btf.BTF, machine: str) -> Layout:
         arguments = argument_offsets(types, machine)
     except btf.BTFError:
         arguments = {}
-    return Layout(offsets(types), arguments, fdb_offsets(types), types.enum("skb_drop_reason"))
+    try:
+        reasons = types.enum("skb_drop_reason")
+    except btf.BTFError:  # before Linux 5.17: drops have no reason
+        reasons = {}
+    return Layout(offsets(types), arguments, fdb_offsets(types), reasons)
 
 
 def fdb_offsets(types: btf.BTF) -> dict[str, int]:
@@ -214,6 +218,9 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     buffer = buffer or ("ring" if ring_buffer_supported(kernel.release()) else "perf")
     if buffer == "perf":
         macros["USE_PERF_BUFFER"] = 1
+    if kernel.kfree_skb_has_reason() is False:  # (skb, location): reading a reason is refused
+        macros["KFREE_SKB_NO_REASON"] = 1
+        kernel_layout = replace(kernel_layout, drop_reasons={0: "no reason (before Linux 5.17)"})
     functions, skipped = _kprobe_targets()
     if functions and not kernel_layout.arguments:
         functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}

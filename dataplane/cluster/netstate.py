@@ -15,8 +15,9 @@ MAC), and a kernel may lack an attribute altogether.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Optional
 
-Key = tuple[str | None, str]
+Key = tuple[Optional[str], str]  # Optional: a runtime alias, `X | None` needs 3.10
 LINK = "link"  # the item naming a device: its value is the kind
 SYSCTL = "sysctl "
 OFFLOAD = "offload "

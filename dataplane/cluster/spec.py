@@ -8,13 +8,18 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
+import sys
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Any
 
 from dataplane.errors import UsageError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Debian 11's Python 3.9 (the VM lane's bullseye guest): the same parser from PyPI
+    import tomli as tomllib
 
 IFNAMSIZ = 15  # bytes usable in a Linux interface name
 VNI_MAX = 16777215

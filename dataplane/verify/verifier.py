@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -325,11 +325,12 @@ def trace(plan: Plan, src: str, dst: str, proto: Proto) -> TraceResult:
 
 def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
-        buffer_pages: int | None = None) -> Report:
+        buffer_pages: int | None = None, verifier: Verifier | None = None) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
     live state is audited first; each failing flow is given its cause, then written to
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
-    so that memory does not grow with the hops of every flow."""
+    so that memory does not grow with the hops of every flow. verifier: one already
+    entered (its probes loaded once for several runs; its caller resets the caches)."""
     chosen = some_pairs(plan, which)
     began = time.perf_counter()
     drift = audit.audit(plan)
@@ -338,7 +339,7 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     if stream:
         stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
     flows = []
-    with Verifier(plan, buffer_pages) as verifier:
+    with nullcontext(verifier) if verifier else Verifier(plan, buffer_pages) as verifier:
         for flow in verifier.run(probes(plan, chosen, protos, mtu)):
             flow.cause = cause.explain(plan, flow, drift, known)
             if stream:
