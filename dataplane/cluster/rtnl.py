@@ -337,28 +337,39 @@ class Batch:
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
 
 
-def dump(sock: socket.socket, msg, kind: int) -> list:
-    """Every entry a dump request of kind gets, decoded with msg's own class (the
-    request's fields and attributes filter the dump where the kernel allows it)."""
-    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST | NLM_F_DUMP
-    msg["header"]["sequence_number"] = 1
-    msg.encode()
-    sock.sendall(bytes(msg.data))
-    decode, entries = type(msg), []
+def _replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
+    """(buffer, offset, length) of each message a dump request gets, until its end."""
     while True:
         data = sock.recv(1 << 20)
         offset = 0
         while offset < len(data):
             length, got, _, _, _ = _HEADER.unpack_from(data, offset)
             if got == NLMSG_DONE:
-                return entries
+                return
             if got == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
-                raise NetlinkError(code, f"dump {kind}: {os.strerror(code)}")
-            entry = decode(data[offset:offset + length])
-            entry.decode()
-            entries.append(entry)
+                raise NetlinkError(code, f"dump {what}: {os.strerror(code)}")
+            yield data, offset, length
             offset += (length + 3) & ~3
+
+
+def _request_dump(sock: socket.socket, msg, kind: int) -> None:
+    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST | NLM_F_DUMP
+    msg["header"]["sequence_number"] = 1
+    msg.encode()
+    sock.sendall(bytes(msg.data))
+
+
+def dump(sock: socket.socket, msg, kind: int) -> list:
+    """Every entry a dump request of kind gets, decoded with msg's own class (the
+    request's fields and attributes filter the dump where the kernel allows it)."""
+    _request_dump(sock, msg, kind)
+    entries = []
+    for data, offset, length in _replies(sock, str(kind)):
+        entry = type(msg)(data[offset:offset + length])
+        entry.decode()
+        entries.append(entry)
+    return entries
 
 
 _NDMSG = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, ifindex, state, flags, type
@@ -371,27 +382,15 @@ def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
     each entry in full, for a caller that asks again and again."""
     request = ndmsg()
     request["family"] = socket.AF_INET
-    request["header"]["type"], request["header"]["flags"] = RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP
-    request["header"]["sequence_number"] = 1
-    request.encode()
-    sock.sendall(bytes(request.data))
+    _request_dump(sock, request, RTM_GETNEIGH)
     entries = []
-    while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset < len(data):
-            length, got, _, _, _ = _HEADER.unpack_from(data, offset)
-            if got == NLMSG_DONE:
-                return entries
-            if got == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
-                raise NetlinkError(code, f"dump neighbours: {os.strerror(code)}")
-            body = offset + _HEADER.size
-            family, ifindex, state, _, _ = _NDMSG.unpack_from(data, body)
-            dst = _attribute(data, body + _NDMSG.size, offset + length, NDA_DST)
-            if family == socket.AF_INET and dst is not None and len(dst) == 4:
-                entries.append((ifindex, state, IPv4Address(dst)))
-            offset += (length + 3) & ~3
+    for data, offset, length in _replies(sock, "neighbours"):
+        body = offset + _HEADER.size
+        family, ifindex, state, _, _ = _NDMSG.unpack_from(data, body)
+        dst = _attribute(data, body + _NDMSG.size, offset + length, NDA_DST)
+        if family == socket.AF_INET and dst is not None and len(dst) == 4:
+            entries.append((ifindex, state, IPv4Address(dst)))
+    return entries
 
 
 def _attribute(data: bytes, start: int, end: int, kind: int) -> bytes | None:
