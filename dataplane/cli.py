@@ -136,12 +136,16 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("fault", help="inject a fault into a running cluster")
     faults = p.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
     faults.add_parser("list", help="the faults there are")
-    p = faults.add_parser("inject", help="inject one fault")
-    p.add_argument("fault", metavar="NAME")
-    p.add_argument("--running", metavar="N", required=True, help="the running cluster")
-    p.add_argument("--node", help="the node to break (default: the first)")
-    p.add_argument("--pod", metavar="[NODE/]POD", help="the pod to break (default: the node's first)")
-    p.add_argument("--peer", help="missing-fdb: the peer whose entry goes (default: the next node)")
+    for action, what in (("inject", "inject one fault"),
+                         ("repair", "undo one fault: put back what the plan says")):
+        p = faults.add_parser(action, help=what)
+        p.add_argument("fault", metavar="NAME")
+        p.add_argument("--running", metavar="N", required=True, help="the running cluster")
+        p.add_argument("--node", help="the node to break (default: the first)")
+        p.add_argument("--pod", metavar="[NODE/]POD",
+                       help="the pod to break (default: the node's first)")
+        p.add_argument("--peer",
+                       help="missing-fdb: the peer whose entry goes (default: the next node)")
     p = sub.add_parser("discover", help="infer a pod network dataplane did not build from the "
                        "live kernel, and audit it against flannel's rules")
     where = p.add_mutually_exclusive_group(required=True)
@@ -401,12 +405,14 @@ def cmd_fault(args: argparse.Namespace) -> int:
             print(f"{fault.name:<14} {fault.summary}")
         return 0
     faults.check_options(args.fault, args.node, args.pod, args.peer)
-    _need_root("fault inject")
-    with lifecycle.using(args.running, "dataplane fault inject") as made:
+    command = f"fault {args.fault_command}"
+    _need_root(command)
+    with lifecycle.using(args.running, f"dataplane {command}") as made:
         if made.record.attached:
             raise UsageError(f"cluster {made.name} is attached (discovered, not built): "
-                             "dataplane never changes it; break it by hand instead")
-        print(faults.inject(made.plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
+                             "dataplane never changes it; break or mend it by hand instead")
+        act = faults.inject if args.fault_command == "inject" else faults.repair
+        print(act(made.plan, args.fault, node=args.node, pod=args.pod, peer=args.peer))
     return 0
 
 

@@ -244,6 +244,13 @@ def test_status_exit_code_and_json(dataplane_clusters):
     text = dataplane("status", made.name)
     assert text.returncode == 1
     assert "node-1/pod-1 eth0: route default: expected via 10.244.1.1, found missing" in text.stdout
+    repaired = dataplane("fault", "repair", "pod-no-route", "--running", made.name,
+                         "--pod", "node-1/pod-1")
+    assert repaired.returncode == 0 and "route via 10.244.1.1 back" in repaired.stdout
+    assert dataplane("status", made.name).returncode == 0
+    again = dataplane("fault", "repair", "pod-no-route", "--running", made.name,
+                      "--pod", "node-1/pod-1")
+    assert again.returncode == 0 and "not in place" in again.stdout
 
 
 @pytest.mark.needs_root

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from dataplane.cluster import faults
-from dataplane.verify import verifier
+from dataplane.verify import audit, verifier
 
 from .conftest import dp
 
@@ -85,3 +85,15 @@ def test_fault_fails_its_flows_with_the_right_cause(dataplane_clusters, name):
     status = dp("status", made.name, "--json")
     assert status.returncode == 1
     assert [where[0], where[1]] in [[d["at"], d["device"]] for d in json.loads(status.stdout)["drift"]]
+
+
+def test_repair_undoes_every_fault_on_one_cluster(dataplane_clusters):
+    """As the VM lane uses it: one cluster, each fault injected then repaired, and the
+    audit (an independent read of the kernel's state) clean again before the next."""
+    plan = dataplane_clusters().plan
+    assert "not in place" in faults.repair(plan, "missing-fdb")
+    for name in faults.FAULTS:
+        faults.inject(plan, name)
+        assert audit.audit(plan), f"{name}: the audit saw no drift"
+        faults.repair(plan, name)
+        assert audit.audit(plan) == [], f"{name}: drift left after the repair"

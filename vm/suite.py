@@ -18,9 +18,8 @@ import time
 
 from dataplane.bpf import kernel
 from dataplane.bpf import loader as probes
-from dataplane.cluster import build, faults, netns
+from dataplane.cluster import faults
 from dataplane.cluster import lifecycle as cluster
-from dataplane.cluster.plan import NODE_IFNAME, POD_IFNAME
 from dataplane.verify import audit, caches
 from dataplane.verify import verifier as verify
 
@@ -30,40 +29,6 @@ from dataplane.verify import verifier as verify
 # (two minutes under TCG).
 TESTS = ["tests/test_kprobes.py", "tests/test_plugin.py::test_capability_markers_skip_with_the_fix",
          "--deselect", "tests/test_kprobes.py::test_verify_passes_then_fails_at_the_fault"]
-
-
-def _in(name, edit):
-    """edit(batch) sent in namespace name."""
-    b = faults._batch(name)
-    edit(b)
-    faults._send(b)
-
-
-def _remake_vtep(plan, t):
-    faults._remake_vtep(plan, t.node, plan.spec.vni)
-
-
-def _peer_fdb(plan, t):
-    peer = faults._peer(t)
-    _in(t.node.netns, lambda b: b.fdb_append(build.VTEP, peer.vtep_mac, peer.underlay_ip))
-
-
-# How to undo each public fault on its default target (faults.target with no options).
-REPAIRS = {
-    "vni-mismatch": _remake_vtep,
-    "missing-fdb": _peer_fdb,
-    "veth-detached": lambda plan, t: _in(t.node.netns, lambda b: b.link_set(
-        t.pod.host_veth, master=build.CNI0)),
-    "no-ip-forward": lambda plan, t: netns.run_in(
-        t.node.netns, lambda: netns.write_sysctl("net.ipv4.ip_forward", "1")),
-    "pod-mtu": lambda plan, t: _in(t.pod.netns, lambda b: b.link_set(POD_IFNAME, mtu=t.pod.mtu)),
-    "vtep-local": _remake_vtep,
-    "stale-vtep-mac": _remake_vtep,
-    "underlay-mtu": lambda plan, t: _in(t.node.netns, lambda b: b.link_set(
-        NODE_IFNAME, mtu=plan.spec.underlay_mtu)),
-    "pod-no-route": lambda plan, t: _in(t.pod.netns, lambda b: b.route_add(
-        build.DEFAULT_ROUTE, t.pod.gateway, build.ETH0)),
-}
 
 
 def doctor():
@@ -112,7 +77,7 @@ def verify_runs(plan, verifier):
                "passed": report.count("PASS"), "failed": report.count("FAIL"),
                "inconclusive": report.count("INCONCLUSIVE")}
         if name:
-            REPAIRS[name](plan, faults.target(plan, None, None, None))
+            faults.repair(plan, name)
             left = audit.audit(plan)
             if left:
                 run["error"] = f"the repair left drift: {'; '.join(map(str, left))}"

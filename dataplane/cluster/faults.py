@@ -38,6 +38,7 @@ class Fault:
     on_pod: bool  # it breaks the pod's namespace, else the node's
     inject: Callable[[Plan, Target], str]  # returns what was done, for the user
     in_place: Callable[[Plan, Target, NetState], bool]  # on that namespace's live state
+    repair: Callable[[Plan, Target], str]  # puts back what the plan says, returns what it did
 
     def netns(self, t: Target) -> str:
         return t.pod.netns if self.on_pod else t.node.netns
@@ -53,6 +54,12 @@ def _send(b: Batch) -> None:
         b.send()
     finally:
         b.sock.close()
+
+
+def _edit(netns_name: str, edit: Callable[[Batch], object]) -> None:
+    b = _batch(netns_name)
+    edit(b)
+    _send(b)
 
 
 def _remake_vtep(plan: Plan, node: NodePlan, vni: int) -> None:
@@ -153,36 +160,79 @@ def pod_no_route(plan: Plan, t: Target) -> str:
     return f"removed {t.pod.ref}'s default route via {t.pod.gateway}"
 
 
-def _fault(name: str, summary: str, takes: tuple[str, ...], inject, in_place,
+def _planned_vtep(plan: Plan, t: Target) -> str:
+    _remake_vtep(plan, t.node, plan.spec.vni)
+    return f"made {t.node.name}'s {plan.spec.vtep_name} again as planned"
+
+
+def _planned_fdb(plan: Plan, t: Target) -> str:
+    peer = _peer(t)
+    _edit(t.node.netns, lambda b: b.fdb_append(build.VTEP, peer.vtep_mac, peer.underlay_ip))
+    return f"put {t.node.name}'s FDB entry {peer.vtep_mac} dst {peer.underlay_ip} back"
+
+
+def _planned_master(plan: Plan, t: Target) -> str:
+    _edit(t.node.netns, lambda b: b.link_set(t.pod.host_veth, master=build.CNI0))
+    return f"put {t.pod.ref}'s host veth {t.pod.host_veth} back into cni0"
+
+
+def _planned_forwarding(plan: Plan, t: Target) -> str:
+    netns.run_in(t.node.netns, lambda: netns.write_sysctl("net.ipv4.ip_forward", "1"))
+    return f"net.ipv4.ip_forward=1 on {t.node.name}"
+
+
+def _planned_pod_mtu(plan: Plan, t: Target) -> str:
+    _edit(t.pod.netns, lambda b: b.link_set(POD_IFNAME, mtu=t.pod.mtu))
+    return f"{t.pod.ref}'s eth0 MTU is {t.pod.mtu} again"
+
+
+def _planned_underlay_mtu(plan: Plan, t: Target) -> str:
+    _edit(t.node.netns, lambda b: b.link_set(NODE_IFNAME, mtu=plan.spec.underlay_mtu))
+    return f"{t.node.name}'s eth0 MTU is {plan.spec.underlay_mtu} again"
+
+
+def _planned_route(plan: Plan, t: Target) -> str:
+    _edit(t.pod.netns, lambda b: b.route_add(build.DEFAULT_ROUTE, t.pod.gateway, build.ETH0))
+    return f"put {t.pod.ref}'s default route via {t.pod.gateway} back"
+
+
+def _fault(name: str, summary: str, takes: tuple[str, ...], inject, in_place, repair,
            breaks: str = NODE) -> Fault:
     """breaks: the namespace the fault changes, the node's or the pod's."""
-    return Fault(name, summary, frozenset(takes), breaks == POD, inject, in_place)
+    return Fault(name, summary, frozenset(takes), breaks == POD, inject, in_place, repair)
 
 
 FAULTS = {f.name: f for f in (
     _fault("vni-mismatch", "one node's flannel.1 uses another VNI (--node)", (NODE,),
            vni_mismatch,
-           lambda p, t, s: _vtep_attr(p, s, "vxlan vni") == str(_other_vni(p))),
+           lambda p, t, s: _vtep_attr(p, s, "vxlan vni") == str(_other_vni(p)),
+           _planned_vtep),
     _fault("missing-fdb", "a node's FDB entry for a peer removed (--node, --peer)",
            (NODE, PEER), missing_fdb,
-           lambda p, t, s: (p.spec.vtep_name, f"fdb {_peer(t).vtep_mac}") not in s.items),
+           lambda p, t, s: (p.spec.vtep_name, f"fdb {_peer(t).vtep_mac}") not in s.items,
+           _planned_fdb),
     _fault("veth-detached", "a pod's host veth taken out of cni0 (--pod)", (NODE, POD),
-           veth_detached, lambda p, t, s: s.attrs.get((t.pod.host_veth, "master")) == "none"),
+           veth_detached, lambda p, t, s: s.attrs.get((t.pod.host_veth, "master")) == "none",
+           _planned_master),
     _fault("no-ip-forward", "net.ipv4.ip_forward=0 on a node (--node)", (NODE,), no_ip_forward,
-           lambda p, t, s: s.attrs.get((None, "sysctl net.ipv4.ip_forward")) == "0"),
+           lambda p, t, s: s.attrs.get((None, "sysctl net.ipv4.ip_forward")) == "0",
+           _planned_forwarding),
     _fault("pod-mtu", "a pod's MTU above flannel.1's (--pod)", (NODE, POD), pod_mtu,
-           lambda p, t, s: s.attrs.get((POD_IFNAME, "mtu")) == str(p.spec.underlay_mtu), POD),
+           lambda p, t, s: s.attrs.get((POD_IFNAME, "mtu")) == str(p.spec.underlay_mtu),
+           _planned_pod_mtu, POD),
     _fault("vtep-local", "a node's flannel.1 sends from another of its addresses (--node)",
            (NODE,), vtep_local,
-           lambda p, t, s: _vtep_attr(p, s, "vxlan local") == str(t.node.gateway)),
+           lambda p, t, s: _vtep_attr(p, s, "vxlan local") == str(t.node.gateway), _planned_vtep),
     _fault("stale-vtep-mac", "a node's flannel.1 has a new MAC its peers do not know (--node)",
            (NODE,), stale_vtep_mac,
-           lambda p, t, s: _vtep_attr(p, s, "mac") == _stale_mac(t.node)),
+           lambda p, t, s: _vtep_attr(p, s, "mac") == _stale_mac(t.node), _planned_vtep),
     _fault("underlay-mtu", "a node's underlay eth0 MTU below flannel.1's + 50 (--node)",
            (NODE,), underlay_mtu,
-           lambda p, t, s: s.attrs.get((NODE_IFNAME, "mtu")) == str(_short_mtu(p))),
+           lambda p, t, s: s.attrs.get((NODE_IFNAME, "mtu")) == str(_short_mtu(p)),
+           _planned_underlay_mtu),
     _fault("pod-no-route", "a pod's default route removed (--pod)", (NODE, POD), pod_no_route,
-           lambda p, t, s: (POD_IFNAME, "route default") not in s.items, POD),
+           lambda p, t, s: (POD_IFNAME, "route default") not in s.items, _planned_route,
+           POD),
 )}
 
 
@@ -221,16 +271,30 @@ def target(plan: Plan, node: str | None, pod: str | None, peer: str | None) -> T
     return Target(chosen_node, chosen_pod, chosen_peer)
 
 
+def _in_place(plan: Plan, f: Fault, t: Target) -> bool:
+    where = f.netns(t)
+    state = live.snapshot({where: expected.state(plan)[where]})[where]
+    if state is None:
+        raise UsageError(f"namespace {where} is gone; `dataplane down {plan.name}` and up again")
+    return f.in_place(plan, t, state)
+
+
 def inject(plan: Plan, name: str, node: str | None = None, pod: str | None = None,
            peer: str | None = None) -> str:
     """Inject fault name (options it does not take are ignored here: check_options
     refuses them for the command line); say so if it is already in place."""
     f, t = fault(name), target(plan, node, pod, peer)
-    where = f.netns(t)
-    state = live.snapshot({where: expected.state(plan)[where]})[where]
-    if state is None:
-        raise UsageError(f"namespace {where} is gone; `dataplane down {plan.name}` and up again")
-    if f.in_place(plan, t, state):
+    if _in_place(plan, f, t):
         return (f"{name} is already in place on {t.pod.ref if f.on_pod else t.node.name}: "
                 "nothing to do")
     return f.inject(plan, t)
+
+
+def repair(plan: Plan, name: str, node: str | None = None, pod: str | None = None,
+           peer: str | None = None) -> str:
+    """Undo fault name on the same target (as inject chooses it), so one cluster can be
+    verified under one fault after another; say so if it is not in place."""
+    f, t = fault(name), target(plan, node, pod, peer)
+    if not _in_place(plan, f, t):
+        return f"{name} is not in place on {t.pod.ref if f.on_pod else t.node.name}: nothing to do"
+    return f.repair(plan, t)
