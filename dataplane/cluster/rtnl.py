@@ -172,8 +172,7 @@ class Batch:
     _fds: list[int] = field(default_factory=list)  # namespace files the requests name
 
     def _add(self, msg, kind: int, flags: int, what: str) -> None:
-        msg["header"]["type"] = kind
-        msg["header"]["flags"] = flags
+        _request(msg, kind, flags)
         msg["header"]["sequence_number"] = len(self._messages) + 1
         msg.encode()
         self._messages.append(bytes(msg.data))
@@ -353,9 +352,9 @@ def _replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]
             offset += (length + 3) & ~3
 
 
-def _request_dump(sock: socket.socket, msg, kind: int) -> None:
-    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST | NLM_F_DUMP
-    msg["header"]["sequence_number"] = 1
+def _ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
+    """Send one request of kind (a dump or a get), not batched."""
+    _request(msg, kind, flags)["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))
 
@@ -363,7 +362,7 @@ def _request_dump(sock: socket.socket, msg, kind: int) -> None:
 def dump(sock: socket.socket, msg, kind: int) -> list:
     """Every entry a dump request of kind gets, decoded with msg's own class (the
     request's fields and attributes filter the dump where the kernel allows it)."""
-    _request_dump(sock, msg, kind)
+    _ask(sock, msg, kind, NLM_F_REQUEST | NLM_F_DUMP)
     entries = []
     for data, offset, length in _replies(sock, str(kind)):
         entry = type(msg)(data[offset:offset + length])
@@ -382,7 +381,7 @@ def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
     each entry in full, for a caller that asks again and again."""
     request = ndmsg()
     request["family"] = socket.AF_INET
-    _request_dump(sock, request, RTM_GETNEIGH)
+    _ask(sock, request, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP)
     entries = []
     for data, offset, length in _replies(sock, "neighbours"):
         body = offset + _HEADER.size
@@ -408,10 +407,7 @@ def _attribute(data: bytes, start: int, end: int, kind: int) -> bytes | None:
 def get(sock: socket.socket, msg, kind: int):
     """The one entry a get request of kind answers (a route lookup, a neighbour),
     decoded with msg's own class; the kernel's refusal is raised."""
-    msg["header"]["type"], msg["header"]["flags"] = kind, NLM_F_REQUEST
-    msg["header"]["sequence_number"] = 1
-    msg.encode()
-    sock.sendall(bytes(msg.data))
+    _ask(sock, msg, kind, NLM_F_REQUEST)
     data = sock.recv(1 << 16)
     length, got = _HEADER.unpack_from(data)[:2]
     if got == NLMSG_ERROR:
