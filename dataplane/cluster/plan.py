@@ -99,6 +99,11 @@ class Plan:
     # firewall, expected by the audit (dataplane/cluster/nodeconfig.py records it)
     firewall: tuple[tuple[str, str, str], ...] = ()
 
+    @cached_property  # verdicts ask about every hop
+    def beyond_bridges(self) -> frozenset[tuple[str, str]]:
+        """(node, device) of each node's VTEP and eth0: the places beyond its pod bridge."""
+        return frozenset((n.name, device) for n in self.nodes for device in (n.vtep, n.ifname))
+
     def namespaces(self) -> list[str]:
         """Every namespace of the cluster, in creation order: each one's veth
         peers live in namespaces made before it or right after it."""

@@ -78,15 +78,9 @@ def arp_legs(plan: Plan, src: PodPlan, dst: PodPlan) -> ArpLegs:
         answerer=f"{node.name} {node.bridge}", mac=node.cni0_mac)
 
 
-class OffBridge:
-    """Whether a place lies beyond a node's pod bridge: its VTEP, its eth0, the underlay.
-    Made once per flow judged: it is asked about every hop."""
-
-    def __init__(self, plan: Plan):
-        self._places = {(n.name, device) for n in plan.nodes for device in (n.vtep, n.ifname)}
-
-    def __call__(self, at: str, device: str) -> bool:
-        return at == "underlay" or (at, device) in self._places
+def off_bridge(plan: Plan, at: str, device: str) -> bool:
+    """Whether a place lies beyond a node's pod bridge: its VTEP, its eth0, the underlay."""
+    return at == "underlay" or (at, device) in plan.beyond_bridges
 
 
 def places(plan: Plan, src: PodPlan, dst: PodPlan, proto: Proto) -> set[tuple[str, str]]:

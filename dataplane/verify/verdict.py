@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace
 from dataplane.cluster.plan import Plan
 from dataplane.cluster.spec import VXLAN_OVERHEAD
 from dataplane.records import FAIL, INCONCLUSIVE, PASS, Exchange, FlowResult, Hop, Verdict
-from dataplane.verify.paths import Leg, OffBridge, Step, arp_legs, in_order, legs
+from dataplane.verify.paths import Leg, Step, arp_legs, in_order, legs, off_bridge
 
 OUTER_TTL = 64  # flannel leaves flannel.1's TTL unset: the kernel's default, IPDEFTTL
 PLACED = ("tx", "rx")  # hops at a device; drops, kprobe functions and FDB events are not
@@ -135,9 +135,8 @@ def _bridged(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Pr
     if leg.encapsulated:
         return None
     bridge = plan.node(leg.sender.node).bridge
-    off_bridge = OffBridge(plan)
     for hop in mine:
-        if off_bridge(hop.at, hop.device) or \
+        if off_bridge(plan, hop.at, hop.device) or \
                 (hop.at == leg.sender.node and hop.device == bridge):
             how = "routed through" if hop.device == bridge else "left the bridge: seen at"
             return Problem("bridged", f"same-node {_name(leg)} {how} {hop.at} {hop.device}", hop)
@@ -292,9 +291,9 @@ def _arp(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
     """A who-has from a pod, answered by the right MAC only, never leaving the node."""
     src, target = exchange.src, exchange.target
     arp = arp_legs(plan, src, exchange.dst)
-    node, off_bridge = src.node, OffBridge(plan)
+    node = src.node
     for hop in hops:
-        if hop.dir in PLACED and off_bridge(hop.at, hop.device):
+        if hop.dir in PLACED and off_bridge(plan, hop.at, hop.device):
             yield Problem("arp-scope", f"ARP for {target} left {node}'s bridge: seen at "
                           f"{hop.at} {hop.device}", hop)
     label = f"ARP {src.ref} -> {target}"
