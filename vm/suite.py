@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import time
+import traceback
 
 from dataplane.bpf import kernel
 from dataplane.bpf import loader as probes
@@ -49,11 +50,10 @@ def tests():
         for line in pytest.stdout:  # on the console as it comes: the host follows it
             print(line, end="", flush=True)
             lines.append(line.strip())
-    done = pytest
     summary = ([line for line in lines if line] or [""])[-1]
     counts = {word: int(n) for n, word in re.findall(r"(\d+) (passed|failed|skipped|error)",
                                                         summary)}
-    return {"rc": done.returncode, "summary": summary.strip("= "), "counts": counts,
+    return {"rc": pytest.returncode, "summary": summary.strip("= "), "counts": counts,
             "seconds": round(time.monotonic() - began, 1)}
 
 
@@ -118,7 +118,6 @@ def main():
                                     else "perf")
                 result["runs"] = verify_runs(made.plan, verifier)
     except Exception as err:  # reported to the host, which fails the lane
-        import traceback
         traceback.print_exc()
         result["error"] = repr(err)
     result["seconds"] = round(time.monotonic() - began, 1)
