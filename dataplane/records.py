@@ -175,6 +175,10 @@ class Exchange:
     refused_mtu: int | None = None  # the MTU the sender's kernel refused it with
     answer_mac: str | None = None  # an ARP probe's: who answered
     error: str | None = None  # what the kernel refused while preparing, sending or receiving
+    # False: the kernel refused the request before it left the socket (no route, no
+    # address, no buffer space); an error that came back later (a failed handshake) is
+    # the network's answer, not a probe that could not be sent
+    sent: bool = True
 
     @cached_property
     def target(self) -> str:

@@ -77,6 +77,29 @@ def test_pod_mtu_gives_the_same_verdicts_five_runs_in_a_row(dataplane_clusters):
 
 
 @pytest.mark.needs_probes
+def test_a_fault_names_the_same_rule_however_fast_an_arp_fails(dataplane_clusters):
+    """A detached pod's neighbours never answer. Whether their ARP fails (3 s) before a
+    flow is judged decides what the broken path has left behind (connect's EHOSTUNREACH, an
+    ICMP error over lo): as on a slow VM, where the rule used to change with it."""
+    from dataplane.cluster import faults
+
+    made = dataplane_clusters()
+    faults.inject(made.plan, "veth-detached", pod="node-0/pod-0")
+    runs = []
+    for retrans_ms in (None, 20):
+        if retrans_ms:  # every neighbour of the cluster gives up after 3 x 20 ms
+            for ns in made.plan.namespaces():
+                sh(ns, "sh", "-c", f"for f in /proc/sys/net/ipv4/neigh/*/retrans_time_ms; "
+                   f"do echo {retrans_ms} > $f; done")
+        report = verifier.run(made.plan)
+        runs.append({(f.src, f.dst, f.proto, f.size): (f.verdict, f.rule)
+                     for f in report.flows})
+    assert runs[0] == runs[1], {k: (v, runs[1][k]) for k, v in runs[0].items() if v != runs[1][k]}
+    failed = {key for key, (verdict, _) in runs[0].items() if verdict == "FAIL"}
+    assert failed and {runs[0][key] for key in failed} == {("FAIL", "path")}
+
+
+@pytest.mark.needs_probes
 def test_plain_verify_checks_every_protocol_and_the_mtu(dataplane_clusters):
     from dataplane.cluster import faults
 

@@ -14,6 +14,7 @@ from dataplane.bpf import packet
 from dataplane.cluster import spec
 from dataplane.cluster.plan import make_plan
 from dataplane.records import FAIL, INCONCLUSIVE, PASS, Exchange, Hop
+from dataplane.verify import cause
 from dataplane.verify.paths import legs
 from dataplane.verify.verdict import judge
 
@@ -138,10 +139,56 @@ def test_no_answer_at_the_socket_fails():
 
 
 def test_a_probe_the_kernel_refused_fails_as_send():
-    result = judge(PLAN, ex(answered=False, error="send from node-0/pod-0: [Errno 101] "
-                            "Network is unreachable"), [])
+    result = judge(PLAN, ex(answered=False, sent=False, error="send from node-0/pod-0: "
+                            "[Errno 101] Network is unreachable"), [])
     assert (result.verdict, result.rule) == (FAIL, "send")
     assert "node-0/pod-0" in result.diagnosis and "Errno 101" in result.diagnosis
+
+
+def test_an_error_the_network_sent_back_is_where_the_path_broke():
+    """A handshake that failed after it was sent (the pod's neighbour never answered:
+    EHOSTUNREACH, 3 s later) is judged by its hops, as when it was judged before then."""
+    error = "connect from node-0/pod-0: [Errno 113] No route to host"
+    syn = bytes(wire(A, A2, (A.ref, "eth0", "tx")))
+    for hops in ([], [hop(A.ref, "lo", "drop", syn, drop="SKB_DROP_REASON_QUEUE_PURGE")]):
+        result = judge(PLAN, ex(A, A2, answered=False, error=error), hops)
+        assert (result.verdict, result.rule) == (FAIL, "path")
+        assert "no hop at node-0/pod-0 eth0 tx" in result.diagnosis
+        assert "the kernel said: " + error in result.diagnosis
+
+
+def unreachable(sender, quoted_from, place, ts):
+    """An ICMP host unreachable from sender quoting the echo quoted_from sent to B."""
+    quoted = IP(src=str(quoted_from.ip), dst=str(B.ip)) / ICMP(type=8, id=7, seq=1)
+    frame = Ether() / IP(src=str(sender), dst=str(quoted_from.ip)) / ICMP(type=3, code=1) \
+        / bytes(quoted)[:28]
+    return hop(*place, bytes(frame), ts=ts, skb=9)
+
+
+def test_an_icmp_error_quoting_the_packet_is_not_a_copy_of_it():
+    """The pod's own stack reports its failed neighbour over lo: whether that comes
+    within the answer timeout is timing; the verdict is the same either way."""
+    error = unreachable(A.ip, A, (A.ref, "lo", "tx"), ts=5)
+    for hops in ([], [error]):  # A's ARP for its gateway failed: nothing left it
+        result = judge(PLAN, ex(answered=False), hops)
+        assert (result.verdict, result.rule) == (FAIL, "path")
+        assert "no hop at node-0/pod-0 eth0 tx" in result.diagnosis
+
+
+def test_a_flooded_copy_beside_a_broken_path_is_told_but_the_rule_is_path():
+    """Node-1 still knew B's MAC and sent the packet on, cni0 no longer knew B's port and
+    flooded it to node-1/pod-0: the same break as when node-1's neighbour failed first."""
+    request = trail(A, B)
+    stray = PLAN.pod("node-1/pod-0")
+    at_cni0 = next(i for i, h in enumerate(request) if (h.at, h.device) == ("node-1", "cni0"))
+    flooded = request[:at_cni0 + 1] + [hop(stray.ref, "eth0", "rx", request[-1].raw,
+                                          ts=at_cni0 + 1)]
+    neighbour_failed = request[:at_cni0] + [hop("node-1", "cni0", "drop", request[at_cni0].raw,
+                                                 ts=at_cni0, drop="SKB_DROP_REASON_NEIGH_FAILED")]
+    for hops in (flooded, neighbour_failed):
+        result = judge(PLAN, ex(answered=False), hops)
+        assert (result.verdict, result.rule) == (FAIL, "path"), result.diagnosis
+    assert "delivered to node-1/pod-0" in judge(PLAN, ex(answered=False), flooded).diagnosis
 
 
 OUTER = ("node-0", "eth0", "tx")
@@ -187,6 +234,8 @@ def test_delivery_to_the_wrong_pod_fails():
     result = judge(PLAN, ex(), hops)
     assert (result.verdict, result.rule) == (FAIL, "wrong-pod")
     assert "node-1/pod-0" in result.diagnosis
+    [evidence] = cause.explain(PLAN, result, [], cause.owners(PLAN))
+    assert (evidence.at, evidence.device) == ("node-1", "cni0")  # the bridge that leaked it
 
 
 def test_a_copy_off_the_path_fails():

@@ -4,9 +4,7 @@ per kernel) and compares the verdicts of every flow, healthy and under each faul
 the kernels. Exits 1 when a guest failed or did not finish, a kprobe test failed or
 skipped, a fault was not caught, a healthy flow did not pass, or a flow's verdict, rule or
 cause differs between two kernels (a kernel that lacks a probe may say INCONCLUSIVE, with
-the reason, where another says PASS or FAIL: that is listed, not failed; so is a FAIL whose
-cause is the same but whose first rule differs: what a broken path leaves behind, a flooded
-copy or a failed neighbour, can depend on timing as much as on the kernel).
+the reason, where another says PASS or FAIL: that is listed, not failed).
   python3 vm/matrix.py DIR RELEASE...
 """
 
@@ -63,16 +61,16 @@ def problems(release: str, r: dict) -> list[str]:
     return found
 
 
-def compare(results: dict[str, dict]) -> tuple[list[str], list[str], list[str], int]:
-    """(differences that fail the lane, INCONCLUSIVE where another kernel judged, FAILs
-    that differ only in their rule, flows compared)."""
+def compare(results: dict[str, dict]) -> tuple[list[str], list[str], int]:
+    """(differences that fail the lane, INCONCLUSIVE where another kernel judged, flows
+    compared)."""
     verdicts: dict[tuple, dict[str, dict]] = {}
     for release, r in results.items():
         for run in r.get("runs", []):
             for f in run["flows"]:
                 key = (run["fault"], f["proto"], f["size"], f["src"], f["dst"])
                 verdicts.setdefault(key, {})[release] = f
-    differ, unjudged, rules = [], [], []
+    differ, unjudged = [], []
     for key, by in verdicts.items():
         fault, proto, size, src, dst = key
         what = f"{fault}: {proto}{'/' + str(size) if size else ''} {src} -> {dst}"
@@ -83,16 +81,13 @@ def compare(results: dict[str, dict]) -> tuple[list[str], list[str], list[str], 
                 unjudged.append(f"{what}: INCONCLUSIVE on {rel} ({f['rule']}: "
                                 f"{f['diagnosis']})")
         if len(set(judged.values())) > 1:
-            only_rule = {(v[0], v[2]) for v in judged.values()} == {("FAIL", v[2])
-                                                                    for v in judged.values()}
-            only_rule = only_rule and len({v[2] for v in judged.values()}) == 1
-            (rules if only_rule else differ).append(f"{what}: " + "; ".join(
+            differ.append(f"{what}: " + "; ".join(
                 f"{rel} {v[0]} [{v[1]}]" + (f" cause: {' | '.join(v[2])}" if v[2] else "")
                 for rel, v in judged.items()))
         missing = set(results) - set(by)
         if missing and all("runs" in results[m] for m in missing):
             differ.append(f"{what}: not verified on {', '.join(sorted(missing))}")
-    return differ, unjudged, rules, len(verdicts)
+    return differ, unjudged, len(verdicts)
 
 
 def kprobes(r: dict) -> str:
@@ -152,11 +147,9 @@ def main() -> int:
             if value and "missing" in value:
                 print(f"{release}: doctor: {name}: {value}")
     failed = [p for release, r in results.items() for p in problems(release, r)]
-    differ, unjudged, rules, compared = compare(results)
+    differ, unjudged, compared = compare(results)
     for line in unjudged:
         print(f"inconclusive: {line}")
-    for line in rules:
-        print(f"same FAIL and cause, another first rule: {line}")
     if len(results) > 1:
         runs = max((len(r.get("runs", [])) for r in results.values()), default=0)
         if differ:
@@ -167,7 +160,7 @@ def main() -> int:
                 print(f"  ... and {len(differ) - 30} more")
         else:
             print(f"verdicts: the same on every kernel ({compared} flows in {runs} runs: "
-                  f"verdict and cause; the rule too but for {len(rules)})")
+                  f"verdict, rule and cause)")
     for line in failed:
         print(f"FAILED: {line}")
     return 1 if failed or differ else 0

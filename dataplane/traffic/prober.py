@@ -101,13 +101,15 @@ class Pending:
     refused_mtu: int | None = None
     answer_mac: str | None = None
     error: str | None = None
+    sent: bool = True
 
     def exchange(self) -> Exchange:
         return Exchange(self.src, self.dst, self.proto, self.tag, self.answered, self.size,
-                        self.refused_mtu, self.answer_mac, self.error)
+                        self.refused_mtu, self.answer_mac, self.error, self.sent)
 
-    def close(self, answered: bool = False, error: str | None = None) -> None:
-        self.done, self.answered, self.error = True, answered, error
+    def close(self, answered: bool = False, error: str | None = None,
+              sent: bool = True) -> None:
+        self.done, self.answered, self.error, self.sent = True, answered, error, sent
         if self.client is not None:
             self.client.close()
             self.client = None
@@ -159,7 +161,7 @@ class Prober:
         except OSError as err:
             what = _describe(err) if isinstance(err, ProbeError) \
                 else f"{src.ref} -> {dst.ref}: {_describe(err)}"
-            pending.close(error=what)
+            pending.close(error=what, sent=False)
         return pending
 
     def finish(self, pending: list[Pending]) -> list[Exchange]:
@@ -245,7 +247,7 @@ class Prober:
             if err.errno != errno.EMSGSIZE:
                 raise
             p.refused_mtu = _route_mtu(p.src, p.dst)
-            p.close()
+            p.close(sent=False)
 
     def _tcp(self, p: Pending, watch: Watch) -> None:
         """A handshake from a socket of its own (its port is the tag), connecting in the

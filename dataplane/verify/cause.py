@@ -72,10 +72,11 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
         return Drift(src.ref, src.ifname, "probe refused by the kernel", "sent", flow.error or "")
     if flow.rule == "mtu":
         return Drift(src.ref, src.ifname, "mtu", f"at most {plan.spec.vtep_mtu}", flow.diagnosis)
-    if flow.rule == "wrong-pod":  # flooded: the bridge does not know the receiver's port
-        bridge = plan.node(dst.node).bridge
-        return Drift(dst.ref, dst.ifname, f"not reachable through its node's {bridge}",
-                     f"{bridge} forwards to its port", flow.diagnosis)
+    if flow.rule == "wrong-pod" and flow.last_hop:  # delivered, and a copy to another pod
+        stray = plan.pod(flow.last_hop["at"])
+        bridge = plan.node(stray.node).bridge
+        return Drift(stray.node, bridge, f"a copy forwarded to {stray.ref}",
+                     f"{dst.ref}'s packets to its port only", flow.diagnosis)
     if drops and drops[-1].drop_reason == NEIGH_FAILED:
         neighbour = _neighbour(plan, drops[-1], known)
         if neighbour:

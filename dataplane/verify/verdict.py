@@ -63,8 +63,8 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
     if lost:
         yield Problem("lost-events", f"{lost} events were lost: the trail may be incomplete",
                       verdict=INCONCLUSIVE)
-    sent = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, src.ifname, "tx")]
-    if exchange.error and not sent:
+    left = any((h.at, h.device, h.dir) == (src.ref, src.ifname, "tx") for h in hops)
+    if exchange.error and not exchange.sent and not left:
         yield Problem("send", f"{src.ref} could not probe {dst.ref}: {exchange.error}")
     if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
         yield from _oversize(plan, exchange, hops)
@@ -101,18 +101,24 @@ def _key(hop: Hop) -> tuple[str, str, str]:
 
 
 def _sent_by(hop: Hop, sender_ip: str) -> bool:
+    """A copy of a packet sender_ip sent; an ICMP error quoting it is not one (a pod's
+    own stack sends one over lo when its neighbour fails: a consequence, not a copy)."""
     frame = hop.flow_frame()
-    return frame is not None and frame.src == sender_ip and hop.dir in PLACED
+    return frame is not None and frame.src == sender_ip and frame.quoted is None \
+        and hop.dir in PLACED
 
 
 def _leg(plan: Plan, leg: Leg, hops: list[Hop], label: str) -> Iterator[Problem]:
     sender_ip = str(leg.sender.ip)
     mine = [h for h in hops if _sent_by(h, sender_ip)]
-    # What was sent wrongly is named before what then went missing.
-    checks = (_wrong_pod, _bridged, _vxlan, _extra, _missing_hop, _macs, _ttl)
-    for check in checks:
+    for check in LEG_CHECKS:
         problem = check(plan, leg, mine, hops)
         if problem:
+            if problem.rule == "path":
+                stray = _wrong_pod(plan, leg, mine, hops) or _extra(plan, leg, mine, hops)
+                if stray:
+                    problem = replace(problem, diagnosis=f"{problem.diagnosis}; besides, "
+                                      f"{stray.diagnosis}")
             yield replace(problem, diagnosis=label + problem.diagnosis)
             return
 
@@ -269,6 +275,14 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
             if not ok:
                 return Problem(rule, f"{_name(leg)} at {hop.at} {hop.device}: {why()}", hop)
     return None
+
+
+# What was sent wrongly (bridged or encapsulated against the rules) is named first; then
+# where the packet stopped short of its receiver, if it did: copies strayed on the way
+# (flooded by a bridge that no longer knew the receiver) come with it or not depending on
+# what the kernel still knew then, so they are told beside it, not instead; then what
+# reached the receiver besides or wrongly.
+LEG_CHECKS = (_bridged, _vxlan, _missing_hop, _wrong_pod, _extra, _macs, _ttl)
 
 
 def _oversize(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
