@@ -12,8 +12,13 @@ Then, once each: the default `dataplane verify` of the 2x2 topology as `make ver
 runs it (build, every protocol and the MTU probes, teardown), and the same all-protocol
 verify of the 4x8 topology, with its peak RSS.
 
-Targets: verify at least as fast as the fping sweep (median of the runs' ratios), the
-default 2x2 verify < 3 s, peak RSS < 300 MB; exit 1 when one is missed.
+The verify runs load the probes compiled by an earlier run (bpf/compiled.py), as every run
+after a machine's first does; one more run compiles them (DATAPLANE_PROBE_CACHE=0), for
+what the first run costs.
+
+Targets: verify at least as fast as the fping sweep (median of the runs' ratios; issue 11),
+within 4x of it (issue 16), the default 2x2 verify < 3 s, peak RSS < 300 MB; exit 1 when
+one is missed.
 Run as root: `make bench`.
 """
 
@@ -102,6 +107,8 @@ def main() -> int:
             times["fping"].append(fping_sweep(made.plan))
             times["exchanges"].append(timed([sys.executable, __file__, "--exchanges-only",
                                              name]).seconds)
+        cold = timed([*DP, "verify", "--running", name, "--proto", "icmp", "--no-mtu"],
+                     DATAPLANE_PROBE_CACHE="0")
     finally:
         lifecycle.down(name)
     with tempfile.TemporaryDirectory() as folder:  # a failing flow is a figure too
@@ -115,11 +122,14 @@ def main() -> int:
     print(f"  dataplane verify --running --proto icmp --no-mtu, whole process "
           f"{statistics.median(times['verify']):6.2f} s")
     print(f"    {summary}")
+    print(f"  the same, probes compiled (no cache: a machine's first run) {cold.seconds:6.2f} s")
+    print(f"    {summary_line(cold.stdout)}")
     print(f"  fping -c1 -i1 sweep, one per pod, all at once (baseline) "
           f"{statistics.median(times['fping']):6.2f} s")
     print(f"  the same exchanges without the tracer, whole process (baseline) "
           f"{statistics.median(times['exchanges']):6.2f} s")
     targets.ratio("fping sweep / verify", times["fping"], times["verify"], 1)
+    targets.ratio("fping sweep / verify, within 4x", times["fping"], times["verify"], 0.25)
     print(f"  ratio untraced exchanges / verify = "
           f"{median_ratio(times['exchanges'], times['verify']):.2f}x (what tracing and "
           "judging cost; no target)")

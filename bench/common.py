@@ -24,10 +24,10 @@ class Run:
     stdout: str
 
 
-def timed(argv: list[str], check: bool = True) -> Run:
-    """Wall time, peak RSS and output of one whole process."""
+def timed(argv: list[str], check: bool = True, **env: str) -> Run:
+    """Wall time, peak RSS and output of one whole process (env: variables to add)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env={**ENV, **env})
     out = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
     elapsed = time.perf_counter() - start

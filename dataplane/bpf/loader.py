@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dataplane import resources
-from dataplane.bpf import btf, kernel
+from dataplane.bpf import btf, compiled, kernel
 from dataplane.errors import UsageError
 
 if TYPE_CHECKING:  # bcc is imported when the probes are loaded, not with this module
@@ -28,6 +28,7 @@ TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb
 FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
 CACHE_DIR = Path("/var/cache/dataplane")
 Buffer = Literal["ring", "perf"]  # how events reach user space: BPF ring buffer, perf buffer
+Origin = Literal["compiled", "cached"]  # the probes compiled by this load, or by an earlier one
 RINGBUF_PAGES = 1024  # 4 MiB: a burst of ~22000 events between two polls
 
 # (macro, struct, member path) for every offset the programs read
@@ -145,13 +146,14 @@ def layout() -> Layout:
 class Loaded:
     """A loaded program, what was skipped (with why) and the backends chosen."""
 
-    bpf: BPF
+    bpf: BPF | compiled.Programs
     skipped: dict[str, str] = field(default_factory=dict)
     backends: list[str] = field(default_factory=list)
     headers: str = ""
     buffer: Buffer = "ring"
     seconds: float = 0.0
     layout: Layout | None = None
+    origin: Origin = "compiled"
 
     @property
     def attached(self) -> list[str]:
@@ -237,9 +239,11 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
         macros.update(kernel_layout.arguments)
         macros.update({f"FNID_{name}": i for i, name in enumerate(kernel.KPROBE_SYMBOLS)})
         text += source("fn_hops.c")
-    program = BPF(text=text.encode(), cflags=[f"-D{k}={v}" for k, v in macros.items()])
+    cflags = [f"-D{k}={v}" for k, v in macros.items()]
+    names = [f"tp_{tp}" for tp in tracepoints] + [f"fn_{fn}" for fn in functions]
+    program, origin = _program(BPF, text, cflags, buffer, names)
     loaded = Loaded(bpf=program, skipped=skipped, backends=["tracepoints"], headers=headers,
-                    buffer=buffer, layout=kernel_layout)
+                    buffer=buffer, layout=kernel_layout, origin=origin)
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
     for probe in wanted:
         try:
@@ -250,6 +254,28 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
         loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started
     return loaded
+
+
+def _program(bpf_class: type[BPF], text: str, cflags: list[str], buffer: Buffer,
+             names: list[str]) -> tuple[BPF | compiled.Programs, Origin]:
+    """The probes: kept from an earlier compile of the same source for this kernel, else
+    compiled (and kept for the next run). DATAPLANE_PROBE_CACHE=0 always compiles."""
+    import bcc
+
+    kept = compiled.cache_file(CACHE_DIR, text, [*cflags, *names], bcc.__version__)
+    use_cache = buffer == "ring" and os.environ.get("DATAPLANE_PROBE_CACHE", "1") != "0" \
+        and compiled.usable()
+    if use_cache:
+        programs = compiled.load(kept)
+        if programs is not None:
+            return programs, "cached"
+    program = bpf_class(text=text.encode(), cflags=cflags)
+    if use_cache:
+        try:
+            compiled.save(kept, program, names)
+        except Exception:  # bcc raises plain Exception; a cache never fails a load
+            pass
+    return program, "compiled"
 
 
 def _kernel_layout(headers: str) -> Layout:

@@ -78,7 +78,8 @@ class Text:
         counts = summary(report)
         self.out.write(f"{len(report.flows)} flows: {counts['pass']} passed, {counts['fail']} "
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
-                       f"pairs {report.pairs}; backends {', '.join(report.backends)}{skipped}; "
+                       f"pairs {report.pairs}; backends {', '.join(report.backends)} (probes "
+                       f"{report.probes}){skipped}; "
                        f"lost events {report.lost_events}\n")
         if report.seconds:
             self.out.write("time: " + ", ".join(f"{phase} {t:.2f} s" for phase, t
@@ -104,7 +105,8 @@ class Json:
     def end(self, report: Report) -> None:
         tail = {"summary": summary(report), "pairs": report.pairs,
                 "latent": [d.as_dict() for d in report.latent],
-                "backends": report.backends, "skipped_probes": report.skipped,
+                "backends": report.backends, "probes": report.probes,
+                "skipped_probes": report.skipped,
                 "lost_events": report.lost_events, "caches_reset": report.caches_reset,
                 "seconds": {phase: round(t, 3) for phase, t in report.seconds.items()}}
         body = json.dumps(tail, indent=2)[1:-1].rstrip()

@@ -44,6 +44,7 @@ class Report:
     pairs: Pairs = "all"  # which pod pairs: all, same-node, cross-node or sample
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
     caches_reset: bool = True  # False on a network we did not build: it is never changed
+    probes: str = "compiled"  # or "cached": loaded from an earlier run's compile
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -235,6 +236,10 @@ class Verifier:
         return self._tracer.loaded.skipped
 
     @property
+    def origin(self) -> str:
+        return self._tracer.loaded.origin
+
+    @property
     def lost(self) -> int:
         return self._tracer.lost
 
@@ -349,7 +354,7 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
             flows.append(flow)
         report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
                         which, {"audit": audited, **verifier.seconds},
-                        caches_reset=plan.built)
+                        caches_reset=plan.built, probes=verifier.origin)
     if stream:
         stream.end(report)
     return report

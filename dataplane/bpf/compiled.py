@@ -1,0 +1,307 @@
+"""Compiled probes kept between runs, so that bcc's clang step (most of a load) is paid
+once per kernel and probe source, not by every `verify`, `trace` or `capture`.
+
+After bcc compiled the probes, save() writes each program's instructions and each map's
+shape to CACHE_DIR, under a key of everything the compile depended on (the source with
+its -D macros, the kernel, bcc's version). A later load() with the same key creates fresh
+maps (every run its own: runs on other clusters may be going on), puts their fds where
+the instructions refer to maps, and hands the programs to the kernel, which verifies them
+as it would bcc's: no clang. A cache that cannot be read or that the kernel refuses is
+compiled again (and rewritten).
+
+Programs offers the part of bcc's BPF object the loader and the tracer use: maps by name
+(typed keys and values from bcc's own descriptions), the ring buffer, attaching raw
+tracepoints and kprobes. Ring buffers only: a perf buffer's per-CPU set-up stays bcc's.
+"""
+
+from __future__ import annotations
+
+import base64
+import ctypes
+import errno
+import hashlib
+import json
+import os
+import struct
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dataplane.bpf import btf, kernel
+
+PROG_TYPES = {"tp_": 17, "fn_": 2}  # BPF_PROG_TYPE_RAW_TRACEPOINT, _KPROBE, by name prefix
+LD_IMM64 = 0x18
+PSEUDO_MAP_FD = 1  # the src_reg of an ld_imm64 whose immediate is a map's fd
+PERCPU_TYPES = (5, 6)  # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY
+RINGBUF_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
+
+
+def _libbcc() -> ctypes.CDLL:
+    """Our own handle on libbcc, its functions declared here (bcc's Python declares only
+    some, and per version)."""
+    lib = ctypes.CDLL("libbcc.so.0", use_errno=True)
+    c = ctypes
+    for name, restype, argtypes in (
+            ("bpf_num_tables", c.c_ulonglong, [c.c_void_p]),
+            ("bpf_table_name", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_fd_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_type_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_max_entries_id", c.c_ulonglong, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_flags_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_key_size_id", c.c_size_t, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_leaf_size_id", c.c_size_t, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_key_desc_id", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_table_leaf_desc_id", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
+            ("bpf_module_license", c.c_char_p, [c.c_void_p]),
+            ("bpf_module_kern_version", c.c_uint, [c.c_void_p]),
+            ("bcc_create_map", c.c_int, [c.c_int, c.c_char_p, c.c_int, c.c_int, c.c_int,
+                                         c.c_int]),
+            ("bcc_prog_load", c.c_int, [c.c_int, c.c_char_p, c.c_void_p, c.c_int, c.c_char_p,
+                                        c.c_uint, c.c_int, c.c_char_p, c.c_uint]),
+            ("bpf_attach_raw_tracepoint", c.c_int, [c.c_int, c.c_char_p]),
+            ("bpf_attach_kprobe", c.c_int, [c.c_int, c.c_int, c.c_char_p, c.c_char_p,
+                                            c.c_uint64, c.c_int]),
+            ("bpf_detach_kprobe", c.c_int, [c.c_char_p]),
+            ("bpf_close_perf_event_fd", c.c_int, [c.c_int]),
+            ("bpf_lookup_elem", c.c_int, [c.c_int, c.c_void_p, c.c_void_p]),
+            ("bpf_update_elem", c.c_int, [c.c_int, c.c_void_p, c.c_void_p, c.c_ulonglong]),
+            ("bpf_delete_elem", c.c_int, [c.c_int, c.c_void_p]),
+            ("bpf_new_ringbuf", c.c_void_p, [c.c_int, RINGBUF_CALLBACK, c.c_void_p]),
+            ("bpf_poll_ringbuf", c.c_int, [c.c_void_p, c.c_int]),
+            ("bpf_consume_ringbuf", c.c_int, [c.c_void_p]),
+            ("bpf_free_ringbuf", None, [c.c_void_p])):
+        function = getattr(lib, name)
+        function.restype, function.argtypes = restype, argtypes
+    return lib
+
+
+_lib: ctypes.CDLL | None = None
+
+
+def lib() -> ctypes.CDLL:
+    global _lib
+    if _lib is None:
+        _lib = _libbcc()
+    return _lib
+
+
+def usable() -> bool:
+    """Whether this bcc's library has every function the cache needs (else: compile)."""
+    try:
+        lib()
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
+def cache_file(directory: Path, text: str, cflags: list[str], bcc_version: str) -> Path:
+    """Where the compile of text with cflags is kept: named by everything it depended on."""
+    stat = btf.VMLINUX.stat() if btf.VMLINUX.exists() else None
+    what = json.dumps([text, cflags, kernel.release(), bcc_version,
+                       [stat.st_size, stat.st_mtime_ns] if stat else None])
+    return directory / f"probes-{hashlib.sha256(what.encode()).hexdigest()[:32]}.json"
+
+
+def save(where: Path, bpf: Any, functions: list[str]) -> None:
+    """Keep bpf's (a compiled bcc BPF) maps and the named functions' instructions.
+    Nothing is kept when an instruction refers to something other than one of its maps."""
+    lib_, module = lib(), bpf.module
+    maps = []
+    for i in range(lib_.bpf_num_tables(module)):
+        maps.append({"name": lib_.bpf_table_name(module, i).decode(),
+                     "fd": lib_.bpf_table_fd_id(module, i),
+                     "type": lib_.bpf_table_type_id(module, i),
+                     "key_size": lib_.bpf_table_key_size_id(module, i),
+                     "leaf_size": lib_.bpf_table_leaf_size_id(module, i),
+                     "max_entries": lib_.bpf_table_max_entries_id(module, i),
+                     "flags": lib_.bpf_table_flags_id(module, i),
+                     "key_desc": (lib_.bpf_table_key_desc_id(module, i) or b"").decode(),
+                     "leaf_desc": (lib_.bpf_table_leaf_desc_id(module, i) or b"").decode()})
+    fds = {m["fd"] for m in maps}
+    programs = {}
+    for name in functions:
+        insns = bpf.dump_func(name.encode())
+        if any(src != PSEUDO_MAP_FD or imm not in fds for src, imm in _map_refs(insns)):
+            return
+        programs[name] = base64.b64encode(insns).decode()
+    data = {"license": lib_.bpf_module_license(module).decode(),
+            "kern_version": lib_.bpf_module_kern_version(module), "maps": maps,
+            "programs": programs}
+    try:
+        where.parent.mkdir(parents=True, exist_ok=True)
+        tmp = where.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        tmp.rename(where)
+    except OSError:
+        pass  # not root: the next load compiles again
+
+
+def _map_refs(insns: bytes) -> list[tuple[int, int]]:
+    """(src_reg, immediate) of every ld_imm64 that loads something other than a number."""
+    refs = []
+    for offset in range(0, len(insns) - 8, 8):
+        code, regs, _, imm = struct.unpack_from("<BBhi", insns, offset)
+        if code == LD_IMM64 and regs >> 4:
+            refs.append((regs >> 4, imm))
+    return refs
+
+
+def patched(insns: bytes, fds: dict[int, int]) -> bytes:
+    """insns with each map fd of the compiling process replaced by this one's."""
+    out = bytearray(insns)
+    for offset in range(0, len(insns) - 8, 8):
+        code, regs, _, imm = struct.unpack_from("<BBhi", insns, offset)
+        if code == LD_IMM64 and regs >> 4 == PSEUDO_MAP_FD:
+            struct.pack_into("<i", out, offset + 4, fds[imm])
+    return bytes(out)
+
+
+def load(where: Path) -> "Programs | None":
+    """The probes kept at where, with maps of their own; None when there are none there
+    or they cannot be used (the caller compiles)."""
+    try:
+        data = json.loads(where.read_text())
+    except (OSError, ValueError):
+        return None
+    programs = Programs(data)
+    try:
+        programs.create()
+    except Exception:  # any entry we cannot use (bcc's decoder raises plain Exception)
+        programs.cleanup()
+        return None
+    return programs
+
+
+class Map:
+    """One map by fd, with bcc's typed Key and Leaf."""
+
+    def __init__(self, fd: int, kind: int, key: type, leaf: type, cpus: int,
+                 owner: "Programs"):
+        self.fd, self.kind, self.Key, self.Leaf, self._cpus = fd, kind, key, leaf, cpus
+        self._owner = owner
+
+    def open_ring_buffer(self, callback: Callable[[Any, int, int], Any]) -> None:
+        self._owner.open_ring_buffer(self.fd, callback)
+
+    def __getitem__(self, key: Any) -> Any:
+        leaf = self.Leaf()
+        if lib().bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(leaf)) < 0:
+            raise KeyError(key)
+        return leaf
+
+    def __setitem__(self, key: Any, leaf: Any) -> None:
+        if self.kind in PERCPU_TYPES:
+            raise TypeError("per-CPU maps are only read here")
+        if lib().bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(leaf), 0) < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"map update: {os.strerror(err)}")
+
+    def __delitem__(self, key: Any) -> None:
+        if lib().bpf_delete_elem(self.fd, ctypes.byref(key)) < 0:
+            raise KeyError(key)
+
+    def getvalue(self, key: Any) -> list[int]:
+        """A per-CPU map's values for key, one per possible CPU."""
+        step = (ctypes.sizeof(self.Leaf) + 7) // 8 * 8
+        raw = (ctypes.c_char * (step * self._cpus))()
+        if lib().bpf_lookup_elem(self.fd, ctypes.byref(key), raw) < 0:
+            raise KeyError(key)
+        return [self.Leaf.from_buffer_copy(raw, i * step).value for i in range(self._cpus)]
+
+
+class Programs:
+    """Maps and programs loaded from a cache entry: what the probes need of bcc's BPF."""
+
+    def __init__(self, data: dict):
+        self._data = data
+        self._maps: dict[str, Map] = {}
+        self._fds: dict[int, int] = {}  # the compiling process's map fd -> ours
+        self._programs: dict[str, int] = {}
+        self.raw_tracepoint_fds: dict[bytes, int] = {}
+        self.kprobe_fds: dict[bytes, int] = {}
+        self._ringbuf: int | None = None
+        self._callback: Any = None  # kept alive while the kernel's buffer may call it
+
+    def create(self) -> None:
+        from bcc import BPF  # its decoder of bcc's type descriptions
+        from bcc.utils import get_possible_cpus
+
+        cpus = len(get_possible_cpus())
+        for m in self._data["maps"]:
+            fd = lib().bcc_create_map(m["type"], m["name"].encode()[:15], m["key_size"],
+                                      m["leaf_size"], m["max_entries"], m["flags"])
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), f"map {m['name']}")
+            self._fds[m["fd"]] = fd
+            key, leaf = (BPF._decode_table_type(json.loads(d)) if d else ctypes.c_int
+                         for d in (m["key_desc"], m["leaf_desc"]))
+            self._maps[m["name"]] = Map(fd, m["type"], key, leaf, cpus, self)
+        for name in self._data["programs"]:  # all now: a refusal means compile, not skip
+            self._program(name)
+
+    def _program(self, name: str) -> int:
+        if name not in self._programs:
+            insns = patched(base64.b64decode(self._data["programs"][name]), self._fds)
+            kind = next(t for prefix, t in PROG_TYPES.items() if name.startswith(prefix))
+            fd = lib().bcc_prog_load(kind, name.encode()[:15], insns, len(insns),
+                                     self._data["license"].encode(), self._data["kern_version"],
+                                     0, None, 0)
+            if fd < 0:
+                raise OSError(ctypes.get_errno(), f"program {name}")
+            self._programs[name] = fd
+        return self._programs[name]
+
+    def __getitem__(self, name: bytes) -> Map:
+        return self._maps[name.decode()]
+
+    def attach_raw_tracepoint(self, tp: bytes, fn_name: bytes) -> None:
+        fd = lib().bpf_attach_raw_tracepoint(self._program(fn_name.decode()), tp)
+        if fd < 0:
+            raise Exception(f"failed to attach BPF to raw tracepoint {tp.decode()}")
+        self.raw_tracepoint_fds[tp] = fd
+
+    def detach_raw_tracepoint(self, tp: bytes) -> None:
+        os.close(self.raw_tracepoint_fds.pop(tp))
+
+    def attach_kprobe(self, event: bytes, fn_name: bytes) -> None:
+        ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")  # as bcc names it
+        fd = lib().bpf_attach_kprobe(self._program(fn_name.decode()), 0, ev_name, event, 0, 0)
+        if fd < 0:
+            raise Exception(f"failed to attach BPF to kprobe {event.decode()}")
+        self.kprobe_fds[ev_name] = fd
+
+    def detach_kprobe(self, event: bytes) -> None:
+        ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")
+        lib().bpf_close_perf_event_fd(self.kprobe_fds.pop(ev_name))
+        lib().bpf_detach_kprobe(ev_name)
+
+    def open_ring_buffer(self, fd: int, callback: Callable[[Any, int, int], Any]) -> None:
+        def call(ctx: Any, data: int, size: int) -> int:
+            callback(ctx, data, size)
+            return 0
+
+        self._callback = RINGBUF_CALLBACK(call)
+        manager = lib().bpf_new_ringbuf(fd, self._callback, None)
+        if not manager:
+            raise OSError(ctypes.get_errno() or errno.EINVAL, "cannot open the ring buffer")
+        self._ringbuf = manager
+
+    def ring_buffer_poll(self, timeout: int = -1) -> None:
+        lib().bpf_poll_ringbuf(self._ringbuf, timeout)
+
+    def ring_buffer_consume(self) -> None:
+        lib().bpf_consume_ringbuf(self._ringbuf)
+
+    def cleanup(self) -> None:
+        """Detach everything and free the maps, as bcc's cleanup() does."""
+        for tp in list(self.raw_tracepoint_fds):
+            self.detach_raw_tracepoint(tp)
+        for ev_name in list(self.kprobe_fds):
+            self.detach_kprobe(ev_name[2:])
+        if self._ringbuf:
+            lib().bpf_free_ringbuf(self._ringbuf)
+            self._ringbuf = None
+        for fd in [*self._programs.values(), *self._fds.values()]:
+            os.close(fd)
+        self._programs.clear()
+        self._fds.clear()
