@@ -1,5 +1,6 @@
 """The eBPF hop probes on a live cluster, and the BTF offsets they are built from."""
 
+import json
 import socket
 import subprocess
 import textwrap
@@ -144,9 +145,14 @@ def refuse(monkeypatch, tracepoint: str) -> None:
 def test_probes_are_compiled_once_then_loaded_from_the_cache(monkeypatch, tmp_path):
     monkeypatch.setattr(loader, "CACHE_DIR", tmp_path)
     origins = []
-    for step in ("first", "again", "corrupt", "off"):
-        if step == "corrupt":
-            for kept in tmp_path.glob("probes-*.json"):
+    for step in ("first", "again", "altered", "corrupt", "off"):
+        for kept in tmp_path.glob("probes-*.json"):
+            if step == "altered":  # still JSON, the events map made tiny: not used
+                entry = json.loads(kept.read_text())
+                [events] = [m for m in entry["payload"]["maps"] if m["name"] == "events"]
+                events["max_entries"] = 4096
+                kept.write_text(json.dumps(entry))
+            if step == "corrupt":
                 kept.write_text(kept.read_text()[:100])
         if step == "off":
             monkeypatch.setenv("DATAPLANE_PROBE_CACHE", "0")
@@ -157,7 +163,7 @@ def test_probes_are_compiled_once_then_loaded_from_the_cache(monkeypatch, tmp_pa
         finally:
             loaded.close()
         assert loaded.attached == []
-    assert origins == ["compiled", "cached", "compiled", "compiled"]
+    assert origins == ["compiled", "cached", "compiled", "compiled", "compiled"]
     assert len(list(tmp_path.glob("probes-*.json"))) == 1  # rewritten whole after "corrupt"
 
 
@@ -166,14 +172,14 @@ def test_cached_probes_see_what_compiled_ones_see(dataplane_cluster, monkeypatch
     """The same exchange traced by probes compiled now and by the same probes loaded from
     the cache: the same hops, in order, and the same flow filter (only its packets)."""
     monkeypatch.setattr(loader, "CACHE_DIR", tmp_path)
-    real, origins = loader._program, []
+    real, origins = loader.load, []
 
-    def program(*args):
-        made = real(*args)
-        origins.append(made[1])
-        return made
+    def load(*args):
+        loaded = real(*args)
+        origins.append(loaded.origin)
+        return loaded
 
-    monkeypatch.setattr(loader, "_program", program)
+    monkeypatch.setattr(loader, "load", load)
     seen = []
     for _ in range(2):
         result = verifier.trace(dataplane_cluster.plan, "node-0/pod-0", "node-1/pod-1", "udp")

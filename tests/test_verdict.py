@@ -173,6 +173,7 @@ def test_an_icmp_error_quoting_the_packet_is_not_a_copy_of_it():
         result = judge(PLAN, ex(answered=False), hops)
         assert (result.verdict, result.rule) == (FAIL, "path")
         assert "no hop at node-0/pod-0 eth0 tx" in result.diagnosis
+    assert f"ICMP host unreachable from {A.ip}, seen at node-0/pod-0 lo" in result.diagnosis
 
 
 def test_a_flooded_copy_beside_a_broken_path_is_told_but_the_rule_is_path():
@@ -236,6 +237,22 @@ def test_delivery_to_the_wrong_pod_fails():
     assert "node-1/pod-0" in result.diagnosis
     [evidence] = cause.explain(PLAN, result, [], cause.owners(PLAN))
     assert (evidence.at, evidence.device) == ("node-1", "cni0")  # the bridge that leaked it
+
+
+def test_a_packet_sent_to_another_pods_mac_is_wrong_pod_not_path():
+    """node-1 resolved B's address to node-1/pod-0's MAC (a stale or conflicting entry):
+    that pod got the packet, B never did. Named as such, and blamed on node-1's cni0
+    neighbour, not on B."""
+    stray = PLAN.pod("node-1/pod-0")
+    request = trail(A, B)
+    to_stray = bytes(Ether(src=N1.cni0_mac, dst=stray.mac) / Ether(request[-1].raw).payload)
+    hops = request[:-2] + [hop("node-1", stray.host_veth, "tx", to_stray, ts=10),
+                           hop(stray.ref, "eth0", "rx", to_stray, ts=11)]
+    result = judge(PLAN, ex(answered=False), hops)
+    assert (result.verdict, result.rule) == (FAIL, "wrong-pod"), result.diagnosis
+    [evidence] = cause.explain(PLAN, result, [], cause.owners(PLAN))
+    assert (evidence.at, evidence.device, evidence.found) == (
+        "node-1", "cni0", f"{stray.mac} ({stray.ref})")
 
 
 def test_a_copy_off_the_path_fails():

@@ -113,6 +113,7 @@ def row(release: str, r: dict) -> list[str]:
         ", ".join(skipped) or "none",
         "+".join(r.get("backends", [])) or "?",
         r.get("buffer", "?"),
+        f"{r['probes']} {r['load_seconds']} s" if "probes" in r else "?",
         "yes" if r.get("btf") else "no",
         facts.get("drop reasons", "?").split(" ")[0],
         " ".join(f"{n} {w}" for w, n in tests.items()) or "?",
@@ -124,7 +125,7 @@ def row(release: str, r: dict) -> list[str]:
 
 
 HEADER = ["kernel", "python", "bcc", "kprobes attached", "skipped", "backends", "buffer",
-          "BTF", "drop reasons", "kprobe tests", "flows passed", "faults caught",
+          "probes", "BTF", "drop reasons", "kprobe tests", "flows passed", "faults caught",
           "lost events", "guest time"]
 
 

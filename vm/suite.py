@@ -110,6 +110,7 @@ def main():
                 print(f"kprobe functions with a cluster up: {result['kprobe_functions']}",
                       flush=True)
                 result["backends"] = verifier.backends
+                result["probes"] = verifier.origin  # compiled by an earlier load: cached
                 result["skipped"] = verifier.skipped
                 result["attached"] = [n for n in kernel.KPROBE_SYMBOLS
                                       if f"kprobe:{n}" not in verifier.skipped

@@ -94,12 +94,34 @@ def usable() -> bool:
     return True
 
 
-def cache_file(directory: Path, text: str, cflags: list[str], bcc_version: str) -> Path:
-    """Where the compile of text with cflags is kept: named by everything it depended on."""
-    stat = btf.VMLINUX.stat() if btf.VMLINUX.exists() else None
-    what = json.dumps([text, cflags, kernel.release(), bcc_version,
-                       [stat.st_size, stat.st_mtime_ns] if stat else None])
+def cache_file(directory: Path, text: str, cflags: list[str], bcc_version: str,
+               headers: Path) -> Path:
+    """Where the compile of text with cflags is kept: named by everything it depended on
+    (the kernel and its BTF, bcc's library, whose helpers are built in, the header tree)."""
+    library = _library_path()
+    what = json.dumps([text, cflags, kernel.release(), bcc_version, str(headers),
+                       _stamp(btf.VMLINUX), str(library), _stamp(library)])
     return directory / f"probes-{hashlib.sha256(what.encode()).hexdigest()[:32]}.json"
+
+
+def _library_path() -> Path | None:
+    """The libbcc file this process loaded (a package upgrade may keep its version)."""
+    for line in Path("/proc/self/maps").read_text().splitlines():
+        if "libbcc.so" in line:
+            return Path(line.split()[-1])
+    return None
+
+
+def _stamp(path: Path | None) -> list[int] | None:
+    try:
+        stat = path.stat()  # type: ignore[union-attr]
+    except (OSError, AttributeError):
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def _digest(payload: dict) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
 def save(where: Path, bpf: Any, functions: list[str]) -> None:
@@ -124,16 +146,18 @@ def save(where: Path, bpf: Any, functions: list[str]) -> None:
         if any(src != PSEUDO_MAP_FD or imm not in fds for src, imm in _map_refs(insns)):
             return
         programs[name] = base64.b64encode(insns).decode()
-    data = {"license": lib_.bpf_module_license(module).decode(),
-            "kern_version": lib_.bpf_module_kern_version(module), "maps": maps,
-            "programs": programs}
+    payload = {"license": lib_.bpf_module_license(module).decode(),
+               "kern_version": lib_.bpf_module_kern_version(module), "maps": maps,
+               "programs": programs}
+    tmp = where.with_suffix(f".{os.getpid()}.tmp")
     try:
         where.parent.mkdir(parents=True, exist_ok=True)
-        tmp = where.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
+        tmp.write_text(json.dumps({"sha256": _digest(payload), "payload": payload}))
         tmp.rename(where)
     except OSError:
         pass  # not root: the next load compiles again
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def _map_refs(insns: bytes) -> list[tuple[int, int]]:
@@ -160,8 +184,11 @@ def load(where: Path) -> "Programs | None":
     """The probes kept at where, with maps of their own; None when there are none there
     or they cannot be used (the caller compiles)."""
     try:
-        data = json.loads(where.read_text())
-    except (OSError, ValueError):
+        kept = json.loads(where.read_text())
+        data = kept["payload"]
+        if kept["sha256"] != _digest(data):  # damaged on disk: compile again
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
         return None
     programs = Programs(data)
     try:
@@ -170,6 +197,24 @@ def load(where: Path) -> "Programs | None":
         programs.cleanup()
         return None
     return programs
+
+
+def _unlimit_locked_memory() -> None:
+    """As bcc does before it makes maps: before Linux 5.11 they count against
+    RLIMIT_MEMLOCK, which an 8 MiB ring buffer exceeds."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_MEMLOCK)
+    if limit != (resource.RLIM_INFINITY, resource.RLIM_INFINITY):
+        try:
+            resource.setrlimit(resource.RLIMIT_MEMLOCK,
+                               (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
+        except (ValueError, OSError):
+            pass  # not allowed: the map is refused and the probes compiled instead
+
+
+class MapError(Exception):
+    """A map the kernel would not update (full, or wrong): as bcc's tables raise."""
 
 
 class Map:
@@ -184,6 +229,8 @@ class Map:
         self._owner.open_ring_buffer(self.fd, callback)
 
     def __getitem__(self, key: Any) -> Any:
+        if self.kind in PERCPU_TYPES:  # the kernel writes a value per CPU: getvalue()
+            raise TypeError("read per-CPU maps with getvalue()")
         leaf = self.Leaf()
         if lib().bpf_lookup_elem(self.fd, ctypes.byref(key), ctypes.byref(leaf)) < 0:
             raise KeyError(key)
@@ -193,8 +240,8 @@ class Map:
         if self.kind in PERCPU_TYPES:
             raise TypeError("per-CPU maps are only read here")
         if lib().bpf_update_elem(self.fd, ctypes.byref(key), ctypes.byref(leaf), 0) < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"map update: {os.strerror(err)}")
+            # not an OSError: the probes' own failure, never a probe the network refused
+            raise MapError(f"map update: {os.strerror(ctypes.get_errno())}")
 
     def __delitem__(self, key: Any) -> None:
         if lib().bpf_delete_elem(self.fd, ctypes.byref(key)) < 0:
@@ -227,6 +274,7 @@ class Programs:
         from bcc.utils import get_possible_cpus
 
         cpus = len(get_possible_cpus())
+        _unlimit_locked_memory()
         for m in self._data["maps"]:
             fd = lib().bcc_create_map(m["type"], m["name"].encode()[:15], m["key_size"],
                                       m["leaf_size"], m["max_entries"], m["flags"])
@@ -265,6 +313,8 @@ class Programs:
 
     def attach_kprobe(self, event: bytes, fn_name: bytes) -> None:
         ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")  # as bcc names it
+        if ev_name in self.kprobe_fds:
+            raise Exception(f"kprobe {event.decode()} is already attached")
         fd = lib().bpf_attach_kprobe(self._program(fn_name.decode()), 0, ev_name, event, 0, 0)
         if fd < 0:
             raise Exception(f"failed to attach BPF to kprobe {event.decode()}")

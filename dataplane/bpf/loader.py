@@ -29,7 +29,7 @@ FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
 CACHE_DIR = Path("/var/cache/dataplane")
 Buffer = Literal["ring", "perf"]  # how events reach user space: BPF ring buffer, perf buffer
 Origin = Literal["compiled", "cached"]  # the probes compiled by this load, or by an earlier one
-RINGBUF_PAGES = 1024  # 4 MiB: a burst of ~22000 events between two polls
+RINGBUF_PAGES = 2048  # 8 MiB: a burst of ~43000 events between two polls
 
 # (macro, struct, member path) for every offset the programs read
 OFFSETS = (
@@ -241,41 +241,44 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
         text += source("fn_hops.c")
     cflags = [f"-D{k}={v}" for k, v in macros.items()]
     names = [f"tp_{tp}" for tp in tracepoints] + [f"fn_{fn}" for fn in functions]
-    program, origin = _program(BPF, text, cflags, buffer, names)
-    loaded = Loaded(bpf=program, skipped=skipped, backends=["tracepoints"], headers=headers,
-                    buffer=buffer, layout=kernel_layout, origin=origin)
+    kept = _cache_entry(text, [*cflags, *names], buffer, tree)
+    programs = compiled.load(kept) if kept else None
+    loaded = Loaded(bpf=programs or BPF(text=text.encode(), cflags=cflags), skipped=skipped,
+                    backends=["tracepoints"], headers=headers, buffer=buffer,
+                    layout=kernel_layout, origin="cached" if programs else "compiled")
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
     for probe in wanted:
         try:
             loaded.attach(probe)
         except ProbeRefused as err:
             loaded.skipped[probe] = str(err)
+    if kept and not programs:
+        _keep(kept, loaded.bpf, names)
     if any(a.startswith("kprobe:") for a in loaded.attached):
         loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started
     return loaded
 
 
-def _program(bpf_class: type[BPF], text: str, cflags: list[str], buffer: Buffer,
-             names: list[str]) -> tuple[BPF | compiled.Programs, Origin]:
-    """The probes: kept from an earlier compile of the same source for this kernel, else
-    compiled (and kept for the next run). DATAPLANE_PROBE_CACHE=0 always compiles."""
+def _cache_entry(text: str, inputs: list[str], buffer: Buffer, tree: Path) -> Path | None:
+    """Where the probes compiled from text are kept (see bpf/compiled.py), or None when
+    they are not: a perf buffer, DATAPLANE_PROBE_CACHE=0, a libbcc lacking a function."""
+    if buffer != "ring" or os.environ.get("DATAPLANE_PROBE_CACHE", "1") == "0" \
+            or not compiled.usable():
+        return None
     import bcc
 
-    kept = compiled.cache_file(CACHE_DIR, text, [*cflags, *names], bcc.__version__)
-    use_cache = buffer == "ring" and os.environ.get("DATAPLANE_PROBE_CACHE", "1") != "0" \
-        and compiled.usable()
-    if use_cache:
-        programs = compiled.load(kept)
-        if programs is not None:
-            return programs, "cached"
-    program = bpf_class(text=text.encode(), cflags=cflags)
-    if use_cache:
+    return compiled.cache_file(CACHE_DIR, text, inputs, bcc.__version__, tree)
+
+
+def _keep(kept: Path, program: BPF, names: list[str]) -> None:
+    """Keep a compile whose every program the kernel loaded (one it refused would be
+    refused again from the cache, every run)."""
+    if all(name.encode() in program.funcs for name in names):
         try:
             compiled.save(kept, program, names)
         except Exception:  # bcc raises plain Exception; a cache never fails a load
             pass
-    return program, "compiled"
 
 
 def _kernel_layout(headers: str) -> Layout:

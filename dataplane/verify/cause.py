@@ -72,11 +72,12 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
         return Drift(src.ref, src.ifname, "probe refused by the kernel", "sent", flow.error or "")
     if flow.rule == "mtu":
         return Drift(src.ref, src.ifname, "mtu", f"at most {plan.spec.vtep_mtu}", flow.diagnosis)
-    if flow.rule == "wrong-pod" and flow.last_hop:  # delivered, and a copy to another pod
+    if flow.rule == "wrong-pod" and flow.last_hop:
         stray = plan.pod(flow.last_hop["at"])
         bridge = plan.node(stray.node).bridge
-        return Drift(stray.node, bridge, f"a copy forwarded to {stray.ref}",
-                     f"{dst.ref}'s packets to its port only", flow.diagnosis)
+        return _misdelivery(plan, flow, stray, known) or Drift(
+            stray.node, bridge, f"a copy forwarded to {stray.ref}",
+            f"{dst.ref}'s packets to its port only", flow.diagnosis)
     if drops and drops[-1].drop_reason == NEIGH_FAILED:
         neighbour = _neighbour(plan, drops[-1], known)
         if neighbour:
@@ -103,6 +104,22 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
     where = flow.last_hop or {"at": src.ref, "device": src.ifname}
     return Drift(where["at"], where["device"], flow.rule or "failure", "flannel's rules hold",
                  why)
+
+
+def _misdelivery(plan: Plan, flow: FlowResult, stray: PodPlan, known: Owners) -> Drift | None:
+    """A packet sent to stray's MAC: the neighbour entry that named it, held by the
+    sending pod on stray's node, else by that node (it routed the packet to its bridge)."""
+    hop = next((h for h in flow.hops if (h.at, h.device, h.dir) == (stray.ref, stray.ifname, "rx")
+                and h.frame is not None and h.frame.eth_dst == stray.mac), None)
+    frame = hop.flow_frame() if hop else None
+    sender, meant = (known.pods.get(frame.src), known.pods.get(frame.dst)) if frame else (None,
+                                                                                          None)
+    if sender is None or meant is None:
+        return None
+    at, device = (sender.ref, sender.ifname) if sender.node == stray.node else \
+        (stray.node, plan.node(stray.node).bridge)
+    return Drift(at, device, f"neighbour {meant.ip}", f"{meant.mac} ({meant.ref})",
+                 f"{stray.mac} ({stray.ref})")
 
 
 def _neighbour(plan: Plan, drop: Hop, known: Owners) -> tuple[str, str, str] | None:

@@ -38,8 +38,10 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
     the machine's, not the network's, so it is INCONCLUSIVE."""
     result = FlowResult(exchange.src.ref, exchange.dst.ref, exchange.proto, INCONCLUSIVE,
                         rule="unjudged", hops=hops, size=exchange.size, error=exchange.error)
+    note = ""
     try:
         problem = next(_problems(plan, exchange, hops, lost, missing_probes), None)
+        note = _icmp_error(hops) if problem else ""
     except Exception as err:  # a check that breaks cannot vouch for the flow
         problem = Problem("judge", f"the verdict could not be reached: {err!r}",
                           verdict=INCONCLUSIVE)
@@ -50,7 +52,7 @@ def judge(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int = 0,
         problem = Problem("neighbour-table", f"{problem.rule}: {problem.diagnosis}; meanwhile "
                           f"the kernel's ARP table (gc_thresh3, shared by every namespace) was "
                           f"full {table_fulls} times: not judged", problem.hop, INCONCLUSIVE)
-    return _failed(result, problem, exchange)
+    return _failed(result, problem, exchange, note)
 
 
 def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
@@ -81,7 +83,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
                       hops[-1] if hops else None)
 
 
-def _failed(result: FlowResult, problem: Problem, exchange: Exchange) -> FlowResult:
+def _failed(result: FlowResult, problem: Problem, exchange: Exchange, note: str) -> FlowResult:
     result.verdict, result.rule, result.diagnosis = problem.verdict, problem.rule, \
         problem.diagnosis
     if problem.hop is not None:
@@ -93,7 +95,24 @@ def _failed(result: FlowResult, problem: Problem, exchange: Exchange) -> FlowRes
                             f"{drops[-1].drop_reason}"
     if exchange.error and problem.rule != "send":
         result.diagnosis += f"; the kernel said: {exchange.error}"
+    result.diagnosis += note
     return result
+
+
+def _icmp_error(hops: list[Hop]) -> str:
+    """The first ICMP error about the flow's packets, as a note to its diagnosis."""
+    error = next((h for h in hops if h.dir in PLACED and h.frame is not None
+                  and h.frame.quoted is not None), None)
+    if error is None:
+        return ""
+    f = error.frame
+    what = ICMP_ERRORS.get((f.icmp_type, f.icmp_code), f"type {f.icmp_type} code {f.icmp_code}")
+    return f"; ICMP {what} from {f.src}, seen at {error.at} {error.device}"
+
+
+ICMP_ERRORS = {(3, 0): "net unreachable", (3, 1): "host unreachable",
+               (3, 3): "port unreachable", (3, 4): "fragmentation needed",
+               (3, 13): "administratively prohibited", (11, 0): "TTL exceeded"}
 
 
 def _key(hop: Hop) -> tuple[str, str, str]:
@@ -127,10 +146,24 @@ def _name(leg: Leg) -> str:
     return f"{leg.sender.ref} -> {leg.receiver.ref}"
 
 
+def _at_other_pod(plan: Plan, leg: Leg, hop: Hop) -> bool:
+    return hop.dir == "rx" and "/" in hop.at and hop.at != leg.receiver.ref \
+        and hop.device == plan.pod(hop.at).ifname
+
+
+def _misdelivered(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Problem | None:
+    """Sent to another pod, to its MAC (a neighbour entry that names it, an address
+    conflict): not a copy that a bridge flooded."""
+    for hop in mine:
+        if _at_other_pod(plan, leg, hop) and hop.frame.eth_dst == plan.pod(hop.at).mac:
+            return Problem("wrong-pod", f"{_name(leg)} was delivered to {hop.at}, sent to "
+                           f"its MAC {hop.frame.eth_dst}", hop)
+    return None
+
+
 def _wrong_pod(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Problem | None:
     for hop in mine:
-        if hop.dir == "rx" and "/" in hop.at and hop.at != leg.receiver.ref \
-                and hop.device == plan.pod(hop.at).ifname:
+        if _at_other_pod(plan, leg, hop):
             return Problem("wrong-pod", f"{_name(leg)} was delivered to {hop.at}", hop)
     return None
 
@@ -277,12 +310,12 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     return None
 
 
-# What was sent wrongly (bridged or encapsulated against the rules) is named first; then
-# where the packet stopped short of its receiver, if it did: copies strayed on the way
-# (flooded by a bridge that no longer knew the receiver) come with it or not depending on
-# what the kernel still knew then, so they are told beside it, not instead; then what
-# reached the receiver besides or wrongly.
-LEG_CHECKS = (_bridged, _vxlan, _missing_hop, _wrong_pod, _extra, _macs, _ttl)
+# What was sent wrongly (bridged or encapsulated against the rules, or to another pod's
+# MAC) is named first; then where the packet stopped short of its receiver, if it did:
+# copies strayed on the way (flooded by a bridge that no longer knew the receiver) come
+# with it or not depending on what the kernel still knew then, so they are told beside
+# it, not instead; then what reached the receiver besides or wrongly.
+LEG_CHECKS = (_bridged, _vxlan, _misdelivered, _missing_hop, _wrong_pod, _extra, _macs, _ttl)
 
 
 def _oversize(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:

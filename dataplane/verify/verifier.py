@@ -25,9 +25,11 @@ from dataplane.verify.verdict import judge
 SETTLE_MS = 20
 # Ring buffer events one exchange costs, about (every hop of both legs; TCP's handshake
 # and close are four packets each way), and the events a wave may cost: well under the
-# ring buffer's room between two polls.
+# ring buffer's room (~43000) should the poller not run at all while the wave is out.
+# Every wave with an unanswered exchange waits the answer timeout once: the fewer waves,
+# the sooner a broken network is judged.
 EVENTS: dict[Proto, int] = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
-WAVE_EVENTS = 8000
+WAVE_EVENTS = 26000
 WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
 NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
 BLOCK_PODS = 16  # pods of a block of pairs (see blocked): 256 pairs, about a wave's worth
