@@ -49,3 +49,29 @@ def test_the_sample_covers_every_node_pair_and_every_pod_both_ways():
     assert {s.ref for s, _ in chosen} == {p.ref for p in plan.pods()}
     assert {d.ref for _, d in chosen} == {p.ref for p in plan.pods()}
     assert all(s != d for s, d in chosen) and len(set(chosen)) == len(chosen)
+
+
+def test_waves_fit_the_ring_buffer_and_the_neighbour_room(tmp_path):
+    """Every wave of a 16x32 all-pairs run stays within the events and the ARP entries
+    it may cost; a broken 4x8 ICMP run waits the answer timeout once."""
+    plan = make_plan(spec.load(topology(tmp_path, 16, 32)))
+    todo = verifier.probes(plan, verifier.pairs(plan, "all"), ("icmp", "tcp"), mtu=False)
+    count = 0
+    for wave in verifier.waves(todo):
+        count += len(wave)
+        assert sum(verifier.EVENTS[p.proto] for p in wave) <= verifier.WAVE_EVENTS
+        learnt = set().union(*(verifier.neighbours(p) for p in wave))
+        assert len(learnt) <= verifier.NEIGHBOUR_MARGIN
+    assert count == 2 * 512 * 511
+    small = make_plan(spec.load(topology(tmp_path, 4, 8)))
+    icmp = verifier.probes(small, verifier.pairs(small, "all"), ("icmp",), mtu=False)
+    assert len(list(verifier.waves(icmp))) == 1
+
+
+def test_an_exchange_teaches_the_neighbours_it_crosses(tmp_path):
+    plan = make_plan(spec.load(topology(tmp_path, 2, 2)))
+    a, a2, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1"), plan.pod("node-1/pod-0")
+    assert verifier.neighbours(verifier.Probe(a, a2, "icmp")) == {(a.netns, a2.ip),
+                                                                  (a2.netns, a.ip)}
+    across = verifier.neighbours(verifier.Probe(a, b, "icmp"))
+    assert {(a.netns, a.gateway), ("node-1", b.ip), ("node-0", "node-1")} <= across

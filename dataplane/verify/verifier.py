@@ -30,8 +30,7 @@ SETTLE_MS = 20
 # the sooner a broken network is judged.
 EVENTS: dict[Proto, int] = {"icmp": 26, "udp": 26, "tcp": 80, "arp": 10}
 WAVE_EVENTS = 26000
-WAVE_PODS = 128  # pods one wave may involve: ~3 ARP entries each, within NEIGHBOUR_MARGIN
-NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may need at most, with room to spare
+NEIGHBOUR_MARGIN = 512  # ARP table entries a wave may make the kernel learn, at most
 BLOCK_PODS = 16  # pods of a block of pairs (see blocked): 256 pairs, about a wave's worth
 NEEDED = ("net_dev_start_xmit", "netif_receive_skb", "kfree_skb")  # tracepoints a trail needs
 
@@ -164,8 +163,7 @@ def blocked(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]]) -> list[tuple[Pod
     """The pairs grouped by the blocks of BLOCK_PODS pods their source and destination
     are in (in order of first appearance, each group in its own order): a wave of
     --pairs all then involves a few blocks of pods, not a source and every pod it
-    probes, so it is cut by its events rather than by WAVE_PODS, and its pods and
-    nodes learn fewer neighbours."""
+    probes, and its pods and nodes learn fewer neighbours."""
     block = {pod.netns: k // BLOCK_PODS for k, pod in enumerate(plan.pods())}
     groups: dict[tuple[int, int], list[tuple[PodPlan, PodPlan]]] = defaultdict(list)
     for src, dst in chosen:
@@ -186,23 +184,35 @@ def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Prot
 
 def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
     """Exchanges in waves whose probe events fit the ring buffer with room to spare, and
-    whose pods' neighbour entries fit the kernel's ARP table (a pod, its node and its
-    gateway learn each other: about three entries a pod)."""
+    whose neighbour entries (neighbours()) fit the room the kernel's ARP table is given
+    before each wave (NEIGHBOUR_MARGIN)."""
     wave: list[Probe] = []
-    pods: set[str] = set()
+    learnt: set[tuple[str, object]] = set()
     budget = WAVE_EVENTS
     for probe in todo:
         cost = EVENTS[probe.proto]
-        more = {probe.src.netns, probe.dst.netns} - pods
-        if wave and (cost > budget or len(pods) + len(more) > WAVE_PODS):
+        more = neighbours(probe) - learnt
+        if wave and (cost > budget or len(learnt) + len(more) > NEIGHBOUR_MARGIN):
             yield wave
-            wave, pods, budget = [], set(), WAVE_EVENTS
-            more = {probe.src.netns, probe.dst.netns}
+            wave, learnt, budget = [], set(), WAVE_EVENTS
+            more = neighbours(probe)
         wave.append(probe)
-        pods |= more
+        learnt |= more
         budget -= cost
     if wave:
         yield wave
+
+
+def neighbours(probe: Probe) -> set[tuple[str, object]]:
+    """The ARP entries (namespace or node, address) an exchange makes the kernel learn,
+    both ways: pods of one node resolve each other; across nodes each pod resolves its
+    gateway, each node the pod it delivers to on its bridge and the other node's underlay
+    address (flannel.1's entries are static)."""
+    s, d = probe.src, probe.dst
+    if s.node == d.node:
+        return {(s.netns, d.ip), (d.netns, s.ip)}
+    return {(s.netns, s.gateway), (d.netns, d.gateway), (s.node, s.ip), (d.node, d.ip),
+            (s.node, d.node), (d.node, s.node)}
 
 
 class Verifier:
