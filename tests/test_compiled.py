@@ -1,6 +1,9 @@
-"""The compiled-probe cache's instruction patching, on hand-made instructions. Pure."""
+"""The compiled-probe cache: instruction patching and map types, on hand-made data. Pure."""
 
+import ctypes
 import struct
+
+import pytest
 
 from dataplane.bpf import compiled
 
@@ -29,3 +32,32 @@ def test_references_other_than_map_fds_are_seen():
     assert compiled._map_refs(program(5)) == [(compiled.PSEUDO_MAP_FD, 5)]
     assert compiled._map_refs(program(5, src=2)) == [(2, 5)]
     assert compiled._map_refs(insn(0xB7, imm=5) + insn(0x95)) == []
+
+
+DESCRIPTIONS = [
+    "unsigned int", "int", "unsigned long long",
+    ["flow_key", [["saddr", "unsigned int"], ["daddr", "unsigned int"],
+                  ["tag", "unsigned short"], ["proto", "unsigned char"],
+                  ["by_id", "unsigned char"]], "struct_packed"],
+    ["hop_event", [["ts", "unsigned long long"], ["netns", "unsigned int"],
+                   ["kind", "unsigned short"], ["dev", "char", [16]],
+                   ["data", "unsigned char", [128]]], "struct"],
+]
+
+
+@pytest.mark.parametrize("desc", DESCRIPTIONS, ids=lambda d: d if isinstance(d, str) else d[0])
+def test_types_are_laid_out_as_bccs_own_decoder_lays_them_out(desc):
+    bcc = pytest.importorskip("bcc", reason="bcc is not importable: run make setup")
+    ours, theirs = compiled.c_type(desc), bcc.BPF._decode_table_type(desc)
+    assert ctypes.sizeof(ours) == ctypes.sizeof(theirs)
+    fields = getattr(theirs, "_fields_", [])
+    assert [(name, getattr(ours, name).offset) for name, *_ in fields] == \
+        [(name, getattr(theirs, name).offset) for name, *_ in fields]
+
+
+def test_what_is_not_read_here_is_refused():
+    """A bit field or a union: the probes are compiled instead of guessed."""
+    with pytest.raises(ValueError):
+        compiled.c_type(["u", [["a", "int"]], "union"])
+    with pytest.raises(ValueError):
+        compiled.c_type(["s", [["a", "unsigned int", 3]], "struct"])

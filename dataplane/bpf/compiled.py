@@ -94,13 +94,13 @@ def usable() -> bool:
     return True
 
 
-def cache_file(directory: Path, text: str, cflags: list[str], bcc_version: str,
-               headers: Path) -> Path:
+def cache_file(directory: Path, text: str, cflags: list[str], headers: Path) -> Path:
     """Where the compile of text with cflags is kept: named by everything it depended on
-    (the kernel and its BTF, bcc's library, whose helpers are built in, the header tree)."""
+    (the kernel and its BTF, bcc's library, which compiles and holds bcc's helpers, the
+    header tree)."""
     library = _library_path()
-    what = json.dumps([text, cflags, kernel.release(), bcc_version, str(headers),
-                       _stamp(btf.VMLINUX), str(library), _stamp(library)])
+    what = json.dumps([text, cflags, kernel.release(), str(headers), _stamp(btf.VMLINUX),
+                       str(library), _stamp(library)])
     return directory / f"probes-{hashlib.sha256(what.encode()).hexdigest()[:32]}.json"
 
 
@@ -213,6 +213,48 @@ def _unlimit_locked_memory() -> None:
             pass  # not allowed: the map is refused and the probes compiled instead
 
 
+# bcc's names of C types in its descriptions of map keys and values
+C_TYPES: dict[str, Any] = {
+    "_Bool": ctypes.c_bool, "char": ctypes.c_char, "signed char": ctypes.c_byte,
+    "unsigned char": ctypes.c_ubyte, "short": ctypes.c_short,
+    "unsigned short": ctypes.c_ushort, "int": ctypes.c_int, "unsigned int": ctypes.c_uint,
+    "long": ctypes.c_long, "unsigned long": ctypes.c_ulong, "long long": ctypes.c_longlong,
+    "unsigned long long": ctypes.c_ulonglong, "void *": ctypes.c_void_p}
+
+
+def c_type(desc: Any) -> Any:
+    """The ctypes type of one of bcc's type descriptions ("unsigned int", or [name,
+    [[field, type] or [field, type, [length]], ...], "struct" | "struct_packed"]): what
+    our maps use, without importing bcc (a seventh of a warm run). Anything else raises:
+    the probes are compiled instead."""
+    if isinstance(desc, str):
+        return C_TYPES[desc]
+    name, fields, kind = desc
+    if kind not in ("struct", "struct_packed"):
+        raise ValueError(f"{name}: a {kind} is not read here")
+    members = []
+    for field in fields:
+        member = c_type(field[1])
+        if len(field) == 3:
+            if not isinstance(field[2], list) or len(field[2]) != 1:
+                raise ValueError(f"{name}.{field[0]}: bit fields are not read here")
+            member = member * field[2][0]
+        members.append((field[0], member))
+    namespace: dict[str, Any] = {"_fields_": members}
+    if kind == "struct_packed":
+        namespace["_pack_"] = 1
+    return type(name, (ctypes.Structure,), namespace)
+
+
+def possible_cpus() -> int:
+    """How many values a per-CPU map holds for a key: one per possible CPU."""
+    count = 0
+    for part in Path("/sys/devices/system/cpu/possible").read_text().strip().split(","):
+        first, _, last = part.partition("-")
+        count += int(last or first) - int(first) + 1
+    return count
+
+
 class MapError(Exception):
     """A map the kernel would not update (full, or wrong): as bcc's tables raise."""
 
@@ -270,10 +312,7 @@ class Programs:
         self._callback: Any = None  # kept alive while the kernel's buffer may call it
 
     def create(self) -> None:
-        from bcc import BPF  # its decoder of bcc's type descriptions
-        from bcc.utils import get_possible_cpus
-
-        cpus = len(get_possible_cpus())
+        cpus = possible_cpus()
         _unlimit_locked_memory()
         for m in self._data["maps"]:
             fd = lib().bcc_create_map(m["type"], m["name"].encode()[:15], m["key_size"],
@@ -281,8 +320,11 @@ class Programs:
             if fd < 0:
                 raise OSError(ctypes.get_errno(), f"map {m['name']}")
             self._fds[m["fd"]] = fd
-            key, leaf = (BPF._decode_table_type(json.loads(d)) if d else ctypes.c_int
+            key, leaf = (c_type(json.loads(d)) if d else ctypes.c_int
                          for d in (m["key_desc"], m["leaf_desc"]))
+            if m["key_size"] and (ctypes.sizeof(key), ctypes.sizeof(leaf)) != \
+                    (m["key_size"], m["leaf_size"]):
+                raise ValueError(f"map {m['name']}: types do not match its sizes")
             self._maps[m["name"]] = Map(fd, m["type"], key, leaf, cpus, self)
         for name in self._data["programs"]:  # all now: a refusal means compile, not skip
             self._program(name)

@@ -204,11 +204,6 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
     pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default."""
     started = time.perf_counter()
-    try:
-        from bcc import BPF
-    except ImportError:
-        raise UsageError("bcc is not importable; install python3-bpfcc and use the system "
-                         "Python or a venv made with --system-site-packages (make setup)") from None
     headers, tree = kernel.header_source()
     if tree is None:
         raise UsageError(f"no kernel headers for {kernel.release()}; install "
@@ -243,7 +238,7 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     names = [f"tp_{tp}" for tp in tracepoints] + [f"fn_{fn}" for fn in functions]
     kept = _cache_entry(text, [*cflags, *names], buffer, tree)
     programs = compiled.load(kept) if kept else None
-    loaded = Loaded(bpf=programs or BPF(text=text.encode(), cflags=cflags), skipped=skipped,
+    loaded = Loaded(bpf=programs or _compile(text, cflags), skipped=skipped,
                     backends=["tracepoints"], headers=headers, buffer=buffer,
                     layout=kernel_layout, origin="cached" if programs else "compiled")
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
@@ -260,15 +255,23 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     return loaded
 
 
+def _compile(text: str, cflags: list[str]) -> BPF:
+    """bcc, imported only to compile (its import is a seventh of a warm run)."""
+    try:
+        from bcc import BPF
+    except ImportError:
+        raise UsageError("bcc is not importable; install python3-bpfcc and use the system "
+                         "Python or a venv made with --system-site-packages (make setup)") from None
+    return BPF(text=text.encode(), cflags=cflags)
+
+
 def _cache_entry(text: str, inputs: list[str], buffer: Buffer, tree: Path) -> Path | None:
     """Where the probes compiled from text are kept (see bpf/compiled.py), or None when
     they are not: a perf buffer, DATAPLANE_PROBE_CACHE=0, a libbcc lacking a function."""
     if buffer != "ring" or os.environ.get("DATAPLANE_PROBE_CACHE", "1") == "0" \
             or not compiled.usable():
         return None
-    import bcc
-
-    return compiled.cache_file(CACHE_DIR, text, inputs, bcc.__version__, tree)
+    return compiled.cache_file(CACHE_DIR, text, inputs, tree)
 
 
 def _keep(kept: Path, program: BPF, names: list[str]) -> None:
