@@ -2,15 +2,15 @@
 once per kernel and probe source, not by every `verify`, `trace` or `capture`.
 
 After bcc compiled the probes, save() writes each program's instructions and each map's
-shape to CACHE_DIR, under a key of everything the compile depended on (the source with
-its -D macros, the kernel, bcc's version). A later load() with the same key creates fresh
-maps (every run its own: runs on other clusters may be going on), puts their fds where
-the instructions refer to maps, and hands the programs to the kernel, which verifies them
-as it would bcc's: no clang. A cache that cannot be read or that the kernel refuses is
-compiled again (and rewritten).
+shape, with a checksum, to CACHE_DIR under a key of everything the compile depended on
+(cache_file()). A later load() with the same key creates fresh maps (every run its own:
+runs on other clusters may be going on), puts their fds where the instructions refer to
+maps, and hands the programs to the kernel, which verifies them as it would bcc's: no
+clang, and no import of bcc's Python. An entry that cannot be read, fails its checksum or
+that the kernel refuses is compiled again (and rewritten).
 
 Programs offers the part of bcc's BPF object the loader and the tracer use: maps by name
-(typed keys and values from bcc's own descriptions), the ring buffer, attaching raw
+(typed keys and values from bcc's descriptions, c_type()), the ring buffer, attaching raw
 tracepoints and kprobes. Ring buffers only: a perf buffer's per-CPU set-up stays bcc's.
 """
 
@@ -23,7 +23,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,22 +160,25 @@ def save(where: Path, bpf: Any, functions: list[str]) -> None:
         tmp.unlink(missing_ok=True)
 
 
-def _map_refs(insns: bytes) -> list[tuple[int, int]]:
-    """(src_reg, immediate) of every ld_imm64 that loads something other than a number."""
-    refs = []
+def _loads(insns: bytes) -> Iterator[tuple[int, int, int]]:
+    """(offset, src_reg, immediate) of every ld_imm64 that loads something other than a
+    number (its src_reg says what: a map's fd, a map value, a BTF id...)."""
     for offset in range(0, len(insns) - 8, 8):
         code, regs, _, imm = struct.unpack_from("<BBhi", insns, offset)
         if code == LD_IMM64 and regs >> 4:
-            refs.append((regs >> 4, imm))
-    return refs
+            yield offset, regs >> 4, imm
+
+
+def _map_refs(insns: bytes) -> list[tuple[int, int]]:
+    """(src_reg, immediate) of each such load."""
+    return [(src, imm) for _, src, imm in _loads(insns)]
 
 
 def patched(insns: bytes, fds: dict[int, int]) -> bytes:
     """insns with each map fd of the compiling process replaced by this one's."""
     out = bytearray(insns)
-    for offset in range(0, len(insns) - 8, 8):
-        code, regs, _, imm = struct.unpack_from("<BBhi", insns, offset)
-        if code == LD_IMM64 and regs >> 4 == PSEUDO_MAP_FD:
+    for offset, src, imm in _loads(insns):
+        if src == PSEUDO_MAP_FD:
             struct.pack_into("<i", out, offset + 4, fds[imm])
     return bytes(out)
 
@@ -193,7 +196,7 @@ def load(where: Path) -> "Programs | None":
     programs = Programs(data)
     try:
         programs.create()
-    except Exception:  # any entry we cannot use (bcc's decoder raises plain Exception)
+    except Exception:  # whatever makes an entry unusable: it is compiled instead
         programs.cleanup()
         return None
     return programs
@@ -253,6 +256,11 @@ def possible_cpus() -> int:
         first, _, last = part.partition("-")
         count += int(last or first) - int(first) + 1
     return count
+
+
+def _kprobe_event(event: bytes) -> bytes:
+    """The name of a kprobe on function event, as bcc names it (the loader lists them)."""
+    return b"p_" + event.replace(b"+", b"_").replace(b".", b"_")
 
 
 class MapError(Exception):
@@ -354,7 +362,7 @@ class Programs:
         os.close(self.raw_tracepoint_fds.pop(tp))
 
     def attach_kprobe(self, event: bytes, fn_name: bytes) -> None:
-        ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")  # as bcc names it
+        ev_name = _kprobe_event(event)
         if ev_name in self.kprobe_fds:
             raise Exception(f"kprobe {event.decode()} is already attached")
         fd = lib().bpf_attach_kprobe(self._program(fn_name.decode()), 0, ev_name, event, 0, 0)
@@ -363,7 +371,9 @@ class Programs:
         self.kprobe_fds[ev_name] = fd
 
     def detach_kprobe(self, event: bytes) -> None:
-        ev_name = b"p_" + event.replace(b"+", b"_").replace(b".", b"_")
+        self._detach_event(_kprobe_event(event))
+
+    def _detach_event(self, ev_name: bytes) -> None:
         lib().bpf_close_perf_event_fd(self.kprobe_fds.pop(ev_name))
         lib().bpf_detach_kprobe(ev_name)
 
@@ -389,7 +399,7 @@ class Programs:
         for tp in list(self.raw_tracepoint_fds):
             self.detach_raw_tracepoint(tp)
         for ev_name in list(self.kprobe_fds):
-            self.detach_kprobe(ev_name[2:])
+            self._detach_event(ev_name)
         if self._ringbuf:
             lib().bpf_free_ringbuf(self._ringbuf)
             self._ringbuf = None

@@ -65,8 +65,8 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
     if lost:
         yield Problem("lost-events", f"{lost} events were lost: the trail may be incomplete",
                       verdict=INCONCLUSIVE)
-    left = any((h.at, h.device, h.dir) == (src.ref, src.ifname, "tx") for h in hops)
-    if exchange.error and not exchange.sent and not left:
+    if exchange.error and not exchange.sent and \
+            not any((h.at, h.device, h.dir) == (src.ref, src.ifname, "tx") for h in hops):
         yield Problem("send", f"{src.ref} could not probe {dst.ref}: {exchange.error}")
     if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
         yield from _oversize(plan, exchange, hops)

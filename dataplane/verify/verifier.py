@@ -190,12 +190,12 @@ def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
     learnt: set[tuple[str, object]] = set()
     budget = WAVE_EVENTS
     for probe in todo:
-        cost = EVENTS[probe.proto]
-        more = neighbours(probe) - learnt
+        cost, taught = EVENTS[probe.proto], neighbours(probe)
+        more = taught - learnt
         if wave and (cost > budget or len(learnt) + len(more) > NEIGHBOUR_MARGIN):
             yield wave
             wave, learnt, budget = [], set(), WAVE_EVENTS
-            more = neighbours(probe)
+            more = taught
         wave.append(probe)
         learnt |= more
         budget -= cost
