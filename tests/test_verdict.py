@@ -404,3 +404,19 @@ def test_the_arp_probe_is_the_frame_scapy_would_build():
     assert who_has(A.mac, str(A.ip), str(A.gateway)) == bytes(
         Ether(src=A.mac, dst=BROADCAST) / ARP(op=1, hwsrc=A.mac, psrc=str(A.ip),
                                               pdst=str(A.gateway)))
+
+
+def test_an_answer_the_probers_own_full_socket_dropped_is_not_judged():
+    """The answer came back to A; A's socket had no room (the prober's limit): neither
+    PASS nor a FAIL blamed on the network."""
+    hops = exchange_hops()
+    last = hops[-1]  # A's eth0 rx of the answer
+
+    def dropped(reason):
+        return hops + [hop(last.at, last.device, "drop", last.raw, ts=last.ts + 1,
+                           skb=last.skb, drop=reason)]
+
+    result = judge(PLAN, ex(answered=False), dropped("SKB_DROP_REASON_SOCKET_RCVBUFF"))
+    assert (result.verdict, result.rule) == (INCONCLUSIVE, "socket"), result.diagnosis
+    assert verdict(ex(answered=False), dropped("SKB_DROP_REASON_NETFILTER_DROP")) == \
+        (FAIL, "delivery")

@@ -11,6 +11,7 @@ refuses on the way is recorded in the exchange, never raised.
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import itertools
 import os
@@ -286,6 +287,25 @@ def _udp_purpose(size: int | None) -> str:
     return "udp-client" if size is None else f"udp-df-{size}"
 
 
+# A classic BPF socket filter: ARP replies only (opcode 2 at byte 20). The pod's packet
+# socket would otherwise queue every who-has its node floods, and its own, and a wave of
+# them overflows it, dropping the replies it waits for (PACKET_SOCK_ERROR).
+SO_ATTACH_FILTER = 26
+ARP_REPLIES = (
+    (0x28, 0, 0, 20),  # ldh [20]: the ARP opcode
+    (0x15, 0, 1, 2),  # jeq #2, next, drop
+    (0x06, 0, 0, 0xFFFF),  # ret: the whole frame
+    (0x06, 0, 0, 0),  # ret 0: dropped
+)
+
+
+def _only_arp_replies(sock: socket.socket) -> None:
+    code = b"".join(struct.pack("HBBI", *op) for op in ARP_REPLIES)
+    program = ctypes.create_string_buffer(code)
+    fprog = struct.pack("HL", len(ARP_REPLIES), ctypes.addressof(program))
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
+
+
 def _open(pod: PodPlan, purpose: str) -> socket.socket:
     if purpose == "arp":  # ARP frames in and out of the pod's eth0
         sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
@@ -301,8 +321,10 @@ def _open(pod: PodPlan, purpose: str) -> socket.socket:
         sock.setblocking(False)
         if purpose == "tcp-server":
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if purpose.startswith("udp"):  # a wave's answers must not overflow it
+        if purpose.startswith("udp") or purpose == "arp":  # a wave's answers must fit
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_BUFFER)
+        if purpose == "arp":
+            _only_arp_replies(sock)
         if purpose.startswith("udp-df"):
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         sock.bind(address)

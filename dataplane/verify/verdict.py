@@ -79,8 +79,23 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
     if exchange.answered or any(_sent_by(h, str(answer.sender.ip)) for h in hops):
         yield from _leg(plan, answer, hops, "answer ")
     if not exchange.answered:
-        yield Problem("delivery", f"no answer reached {src.ref}'s socket",
-                      hops[-1] if hops else None)
+        yield _undelivered(src.ref, hops, f"no answer reached {src.ref}'s socket")
+
+
+# Drops at a socket that is full: at the source pod, the prober's own socket, whose limit
+# is the machine's, not the network's
+OWN_SOCKET_FULL = ("SKB_DROP_REASON_SOCKET_RCVBUFF", "SKB_DROP_REASON_PACKET_SOCK_ERROR")
+
+
+def _undelivered(src: str, hops: list[Hop], what: str) -> Problem:
+    """An answer that never reached the prober: the network's failure (delivery), unless
+    the answer reached the source pod and its own socket, full, dropped it."""
+    full = next((h for h in hops if h.dir == "drop" and h.at == src
+                 and h.drop_reason in OWN_SOCKET_FULL), None)
+    if full is not None:
+        return Problem("socket", f"{what}: the prober's socket in {src} was full "
+                       f"({full.drop_reason}): not judged", full, INCONCLUSIVE)
+    return Problem("delivery", what, hops[-1] if hops else None)
 
 
 def _failed(result: FlowResult, problem: Problem, exchange: Exchange, note: str) -> FlowResult:
@@ -364,8 +379,7 @@ def _arp(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
         yield Problem("extra-hop", f"{label} reply: a copy was seen at {hop.at} {hop.device} "
                       f"{hop.dir}, off its path", hop)
     if not exchange.answered:
-        yield Problem("delivery", f"no ARP reply for {target} reached {src.ref}",
-                      hops[-1] if hops else None)
+        yield _undelivered(src.ref, hops, f"no ARP reply for {target} reached {src.ref}")
     elif exchange.answer_mac != arp.mac:
         yield Problem("arp-mac", f"{target} answered with {exchange.answer_mac}, not {arp.mac} "
                       f"({arp.answerer})")
