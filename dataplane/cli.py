@@ -125,6 +125,9 @@ def _parser() -> argparse.ArgumentParser:
                         "arp asks for the destination on the same node, else for the gateway)")
     p.add_argument("--no-mtu", dest="mtu", action="store_false",
                    help="skip the DF UDP probes at MTU-1, MTU and MTU+1 bytes (sent by default)")
+    p.add_argument("--jobs", type=_count, metavar="J",
+                   help="worker processes judging the flows (default: one per core for a "
+                        "run of a few hundred exchanges or more, one with --json or --pcap)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
@@ -339,7 +342,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
         if not args.json and sys.stderr.isatty():
             streams.append(stream.Progress())
         return verifier.run(plan, which(plan), protos, mtu=args.mtu,
-                            stream=stream.Tee(streams), keep_hops=False)
+                            stream=stream.Tee(streams), keep_hops=False, jobs=args.jobs)
 
     try:
         result = _on_cluster(args, "verify", work,

@@ -39,6 +39,7 @@ Pairs = Literal["all", "same-node", "cross-node", "sample"]
 PAIRS: tuple[Pairs, ...] = get_args(Pairs)
 
 ECHO_REPLY, ECHO = 0, 8  # ICMP types
+SERVICE_PORT = 7777  # where a destination pod listens for UDP and TCP (traffic/prober.py)
 ARP_REQUEST, ARP_REPLY = 1, 2  # ARP operations
 
 
@@ -179,6 +180,7 @@ class Exchange:
     # address, no buffer space); an error that came back later (a failed handshake) is
     # the network's answer, not a probe that could not be sent
     sent: bool = True
+    port: int = SERVICE_PORT  # where the destination listened, for UDP and TCP
 
     @cached_property
     def target(self) -> str:
@@ -196,10 +198,11 @@ class Exchange:
         return str(self.src.ip), self.target, self.proto, self.tag
 
     @cached_property
-    def end(self) -> tuple[str, str, int]:
-        """The receiving end and the tag: what a packet of this exchange keeps when NAT
-        rewrote its other address (the source, as a masquerading node does)."""
-        return self.target, self.proto, self.tag
+    def end(self) -> tuple[str, str, int, int]:
+        """The receiving end, the tag and the port it listened on: what a packet of this
+        exchange keeps when NAT rewrote its other address (the source, as a masquerading
+        node does)."""
+        return self.target, self.proto, self.tag, self.port if self.proto in ("udp", "tcp") else 0
 
     def matches(self, frame: Frame | None) -> bool:
         """Whether a decoded pod-to-pod frame belongs to this exchange, either way, NATed
@@ -236,14 +239,20 @@ def frame_keys(frame: Frame) -> tuple[tuple[str, str, str, int], ...]:
     return tuple((*ends, proto, tag) for ends in (forth, back) for tag in tags)
 
 
-def frame_ends(frame: Frame) -> tuple[tuple[str, str, int], ...]:
-    """The exchange ends (address, protocol, tag) a frame could belong to."""
+def frame_ends(frame: Frame) -> tuple[tuple[str, str, int, int], ...]:
+    """The exchange ends (server address, protocol, client tag, server port) a frame could
+    belong to, going to the server or coming back from it as frame_keys() tells them
+    apart: a packet whose other address alone differs (NAT) is the exchange's, but not
+    one from the server to a third party that happens to carry the same tag (another
+    process's exchange)."""
     if frame.quoted is not None:
         return frame_ends(frame.quoted)
     proto, tags = _tags(frame)
-    if proto == "arp":  # ARP is never NATed: its pair is its key
-        return ()
-    return tuple((address, proto, tag) for address in (frame.src, frame.dst) for tag in tags)
+    if proto == "icmp" and frame.icmp_type in (ECHO, ECHO_REPLY):
+        return ((frame.dst if frame.icmp_type == ECHO else frame.src, proto, tags[0], 0),)
+    if len(tags) == 2:
+        return (frame.dst, proto, tags[0], tags[1]), (frame.src, proto, tags[1], tags[0])
+    return ()  # ARP is never NATed: its pair is its key
 
 
 # A run keeps one per flow: no per-instance dict (slots came with Python 3.10).

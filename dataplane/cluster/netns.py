@@ -340,3 +340,13 @@ class _Visitor:
 
 _visitor: _Visitor | None = None
 _visiting = threading.Lock()
+
+
+def _forget_visitor() -> None:
+    """A forked child has none of its parent's threads: its first run_in() starts a
+    visitor of its own (verify's workers are forked, see verify/workers.py)."""
+    global _visitor, _visiting
+    _visitor, _visiting = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_visitor)

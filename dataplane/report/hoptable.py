@@ -59,8 +59,10 @@ def direction(frame: Frame | None, sender_ip: str | None = None) -> str:
         return "request" if frame.icmp_type == ECHO else "reply"
     if frame.arp_op is not None:
         return "request" if frame.arp_op == ARP_REQUEST else "reply"
-    if prober.SERVICE_PORT in (frame.sport, frame.dport):
-        return "request" if frame.dport == prober.SERVICE_PORT else "reply"
+    if frame.dport in prober.SERVICE_PORTS:
+        return "request"
+    if frame.sport in prober.SERVICE_PORTS:
+        return "reply"
     return "request" if frame.src == sender_ip else "reply"
 
 

@@ -9,7 +9,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, Any, ClassVar
 
 from dataplane.cluster.plan import Plan
 from dataplane.records import FAIL, INCONCLUSIVE, PASS, Drift, FlowResult
@@ -55,6 +55,7 @@ class Text:
     """A line per flow (and its cause), the drift above them, a summary below."""
 
     out: IO[str]
+    hops: ClassVar[bool] = False
 
     def start(self, drift: list[Drift], total: int) -> None:
         for item in drift:
@@ -80,10 +81,14 @@ class Text:
                        f"failed, {counts['inconclusive']} inconclusive; {counts['drift']} drift; "
                        f"pairs {report.pairs}; backends {', '.join(report.backends)} (probes "
                        f"{report.probes}){skipped}; "
-                       f"lost events {report.lost_events}\n")
+                       f"lost events {report.lost_events}{_workers(report)}\n")
         if report.seconds:
             self.out.write("time: " + ", ".join(f"{phase} {t:.2f} s" for phase, t
                                                 in report.seconds.items()) + "\n")
+
+
+def _workers(report: Report) -> str:
+    return f"; {report.workers} workers (time summed over them)" if report.workers > 1 else ""
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Json:
     then the summary, the latent drift, the backends and what was skipped."""
 
     out: IO[str]
+    hops: ClassVar[bool] = True
     _first: bool = True
 
     def start(self, drift: list[Drift], total: int) -> None:
@@ -108,6 +114,7 @@ class Json:
                 "backends": report.backends, "probes": report.probes,
                 "skipped_probes": report.skipped,
                 "lost_events": report.lost_events, "caches_reset": report.caches_reset,
+                "workers": report.workers,
                 "seconds": {phase: round(t, 3) for phase, t in report.seconds.items()}}
         body = json.dumps(tail, indent=2)[1:-1].rstrip()
         self.out.write(f"\n  ],{body}\n}}\n")
@@ -119,6 +126,7 @@ class Pcap:
 
     out: IO[bytes]
     writer: pcapng.Writer = field(default_factory=pcapng.Writer)
+    hops: ClassVar[bool] = True
 
     def start(self, drift: list[Drift], total: int) -> None:
         self.out.write(self.writer.header())
@@ -136,6 +144,7 @@ class Progress:
 
     out: IO[str] = sys.stderr
     every: float = 0.5  # seconds between redraws
+    hops: ClassVar[bool] = False
     _total: int = 0
     _done: int = 0
     _began: float = 0.0
@@ -165,6 +174,10 @@ class Tee:
     """Several streams fed as one."""
 
     streams: list[Stream]
+
+    @property
+    def hops(self) -> bool:
+        return any(s.hops for s in self.streams)
 
     def start(self, drift: list[Drift], total: int) -> None:
         for s in self.streams:

@@ -28,9 +28,11 @@ from functools import partial
 from dataplane.bpf.packet import ETH_P_ARP
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
-from dataplane.records import ARP_REQUEST, Exchange, Flow, Proto, format_mac
+from dataplane.records import ARP_REQUEST, SERVICE_PORT, Exchange, Flow, Proto, format_mac
 
-SERVICE_PORT = 7777  # where the destination pod listens for UDP and TCP
+# Where the destination pod listens for UDP and TCP: SERVICE_PORT, and SERVICE_PORT + k for
+# the k-th of a run's workers (verify/workers.py), each with its own listeners in every pod
+SERVICE_PORTS = range(SERVICE_PORT, SERVICE_PORT + 256)
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
 # (the VM lane runs under QEMU's TCG, many times slower) raise it through the environment.
 TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
@@ -103,10 +105,11 @@ class Pending:
     answer_mac: str | None = None
     error: str | None = None
     sent: bool = True
+    port: int = SERVICE_PORT  # the destination's, for UDP and TCP
 
     def exchange(self) -> Exchange:
         return Exchange(self.src, self.dst, self.proto, self.tag, self.answered, self.size,
-                        self.refused_mtu, self.answer_mac, self.error, self.sent)
+                        self.refused_mtu, self.answer_mac, self.error, self.sent, self.port)
 
     def close(self, answered: bool = False, error: str | None = None,
               sent: bool = True) -> None:
@@ -120,7 +123,8 @@ class Prober:
     """Exchanges between pods, started together and finished together (a wave pays the
     answer timeout once), reusing one socket per pod and purpose."""
 
-    def __init__(self) -> None:
+    def __init__(self, port: int = SERVICE_PORT) -> None:
+        self.port = port  # the destination pods listen on
         self._sockets: dict[tuple[str, str], socket.socket] = {}
         self._sequence = itertools.count(1)
 
@@ -141,7 +145,7 @@ class Prober:
         key = (pod.netns, purpose)
         if key not in self._sockets:
             with _step(f"{purpose} socket in {pod.ref}"):
-                self._sockets[key] = _open(pod, purpose)
+                self._sockets[key] = _open(pod, purpose, self.port)
         return self._sockets[key]
 
     def exchange(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
@@ -155,7 +159,7 @@ class Prober:
         Whatever the kernel refuses on the way (no route, no address, no buffer space, a
         namespace gone) is recorded in it, never raised: on a broken network that refusal
         is the evidence."""
-        pending = Pending(src, dst, proto, size)
+        pending = Pending(src, dst, proto, size, port=self.port)
         starts = {"icmp": self._icmp, "udp": self._udp, "tcp": self._tcp, "arp": self._arp}
         try:
             starts[proto](pending, watch)
@@ -243,7 +247,7 @@ class Prober:
             p.token = p.token.ljust(p.size - UDP_IP_HEADERS, b".")
         try:
             with _step(f"send from {p.src.ref}"):
-                _send(client, p.token, (str(p.dst.ip), SERVICE_PORT))
+                _send(client, p.token, (str(p.dst.ip), self.port))
         except ProbeError as err:
             if err.errno != errno.EMSGSIZE:
                 raise
@@ -261,7 +265,7 @@ class Prober:
         p.tag = p.client.getsockname()[1]
         watch(Flow(str(p.src.ip), str(p.dst.ip), "tcp", p.tag))
         with _step(f"connect from {p.src.ref}"):
-            err = p.client.connect_ex((str(p.dst.ip), SERVICE_PORT))
+            err = p.client.connect_ex((str(p.dst.ip), self.port))
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
 
@@ -306,7 +310,7 @@ def _only_arp_replies(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_FILTER, fprog)  # the kernel copies it
 
 
-def _open(pod: PodPlan, purpose: str) -> socket.socket:
+def _open(pod: PodPlan, purpose: str, port: int) -> socket.socket:
     if purpose == "arp":  # ARP frames in and out of the pod's eth0
         sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
                                socket.htons(ETH_P_ARP))
@@ -316,7 +320,7 @@ def _open(pod: PodPlan, purpose: str) -> socket.socket:
                        "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
                                                                  (socket.SOCK_DGRAM, 0))
         sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
-        address = (str(pod.ip), SERVICE_PORT if purpose.endswith("server") else 0)
+        address = (str(pod.ip), port if purpose.endswith("server") else 0)
     try:
         sock.setblocking(False)
         if purpose == "tcp-server":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -46,6 +46,7 @@ class Report:
     seconds: dict[str, float] = field(default_factory=dict)  # by phase: send, events, judge...
     caches_reset: bool = True  # False on a network we did not build: it is never changed
     probes: str = "compiled"  # or "cached": loaded from an earlier run's compile
+    workers: int = 1  # processes that judged the flows (workers.py)
 
     def count(self, verdict: str) -> int:
         return sum(f.verdict == verdict for f in self.flows)
@@ -64,6 +65,8 @@ class Report:
 
 class Stream(Protocol):
     """Where a run writes each flow as soon as it is judged (report/stream.py has them)."""
+
+    hops: bool  # whether it writes flows' hops: then they must reach it
 
     def start(self, drift: list[Drift], total: int) -> None: ...
 
@@ -182,19 +185,27 @@ def probes(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Prot
         yield from (Probe(src, dst, "udp", size) for src, dst in chosen)
 
 
-def waves(todo: Iterable[Probe]) -> Iterator[list[Probe]]:
-    """Exchanges in waves whose probe events fit the ring buffer with room to spare, and
-    whose neighbour entries (neighbours()) fit the room the kernel's ARP table is given
-    before each wave (NEIGHBOUR_MARGIN)."""
+def cost(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Proto, ...],
+         mtu: bool) -> tuple[int, int]:
+    """A run's exchanges (probes()) and the probe events they cost, about."""
+    kinds = [*protos, *["udp"] * (len(mtu_sizes(plan)) if mtu else 0)]
+    return len(chosen) * len(kinds), len(chosen) * sum(EVENTS[kind] for kind in kinds)
+
+
+def waves(todo: Iterable[Probe], events: int = WAVE_EVENTS,
+          margin: int = NEIGHBOUR_MARGIN) -> Iterator[list[Probe]]:
+    """Exchanges in waves whose probe events (at most events) fit the ring buffer with room
+    to spare, and whose neighbour entries (neighbours()) fit the room the kernel's ARP table
+    is given for each wave (margin)."""
     wave: list[Probe] = []
     learnt: set[tuple[str, object]] = set()
-    budget = WAVE_EVENTS
+    budget = events
     for probe in todo:
         cost, taught = EVENTS[probe.proto], neighbours(probe)
         more = taught - learnt
-        if wave and (cost > budget or len(learnt) + len(more) > NEIGHBOUR_MARGIN):
+        if wave and (cost > budget or len(learnt) + len(more) > margin):
             yield wave
-            wave, learnt, budget = [], set(), WAVE_EVENTS
+            wave, learnt, budget = [], set(), events
             more = taught
         wave.append(probe)
         learnt |= more
@@ -215,28 +226,72 @@ def neighbours(probe: Probe) -> set[tuple[str, object]]:
             (s.node, d.node), (d.node, s.node)}
 
 
+@contextmanager
+def timed(seconds: Counter[str], phase: str) -> Iterator[None]:
+    """Adds the time the block takes to seconds[phase]."""
+    began = time.perf_counter()
+    try:
+        yield
+    finally:
+        seconds[phase] += time.perf_counter() - began
+
+
+class NeighbourRoom:
+    """Every namespace shares the kernel's ARP table: before a wave could fill it, the pods
+    and nodes of earlier waves forget their neighbours (our own traffic must not be refused
+    with ENOBUFS, nor an ARP request go unanswered)."""
+
+    def __init__(self, plan: Plan, margin: int = NEIGHBOUR_MARGIN):
+        self.plan = plan
+        self.margin = margin  # entries a wave may make (waves())
+        self._touched: set[str] = set()  # namespaces whose neighbours waves taught
+        self._forgetter = caches.Forgetter()
+
+    def short(self, in_flight: int = 0) -> bool:
+        """Whether one wave more, beside in_flight waves still out (whose entries may not
+        all be made yet), could fill the table unless earlier waves' entries go."""
+        return bool(self._touched) and \
+            caches.neighbour_room() < self.margin * (in_flight + 1)
+
+    def forget(self) -> None:
+        """Only while no wave is out: a flushed entry drops what waits on it."""
+        self._forgetter.forget(sorted(self._touched))
+        self._touched.clear()
+
+    def took(self, wave: list[Probe]) -> None:
+        self._touched.update(ns for p in wave for pod in (p.src, p.dst)
+                             for ns in (pod.netns, self.plan.node(pod.node).netns))
+
+    def close(self) -> None:
+        self._forgetter.close()
+
+
 class Verifier:
     """Probes loaded once and sockets kept, for any number of exchanges on one cluster."""
 
-    def __init__(self, plan: Plan, buffer_pages: int | None = None):
+    def __init__(self, plan: Plan, buffer_pages: int | None = None, reset_caches: bool = True,
+                 port: int = prober.SERVICE_PORT):
+        """reset_caches=False: the caller has reset them; port: where destination pods
+        listen (both for the workers of one run, see workers.py)."""
         self.plan = plan
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
-        self._prober = prober.Prober()
-        self._forgetter = caches.Forgetter()
+        self._prober = prober.Prober(port)
+        self._room = NeighbourRoom(plan)
+        self._reset = reset_caches and plan.built
         self._lost_before = 0
         self.seconds: Counter[str] = Counter()  # where a run's time goes, by phase
 
     def __enter__(self) -> "Verifier":
-        if self.plan.built:  # no path MTU or neighbour an earlier run left may sway a verdict
-            with self._timed("caches"):
+        if self._reset:  # no path MTU or neighbour an earlier run left may sway a verdict
+            with timed(self.seconds, "caches"):
                 caches.reset(self.plan)
-        with self._timed("probes"):
+        with timed(self.seconds, "probes"):
             self._tracer.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._prober.close()
-        self._forgetter.close()
+        self._room.close()
         self._tracer.__exit__(*exc)
 
     @property
@@ -260,47 +315,36 @@ class Verifier:
         """An exchange (a DF UDP probe of IP length size, if given), recorded."""
         return self._prober.exchange(src, dst, proto, self._tracer.watch, size)
 
-    def run(self, todo: Iterable[Probe]) -> Iterator[FlowResult]:
-        """Each wave of exchanges started together, finished together, judged and yielded."""
-        touched: set[str] = set()
+    def run(self, todo: Iterable[Probe],
+            finish: Callable[[FlowResult], FlowResult] = lambda flow: flow) -> Iterator[FlowResult]:
+        """Each wave of exchanges started together, finished together, judged, given to
+        finish and yielded."""
         for wave in waves(todo):
             if self.plan.built:  # a network we did not build is never changed
-                with self._timed("neighbours"):
-                    self._make_neighbour_room(touched)
-            fulls = caches.neighbour_table_fulls()
-            with self._timed("send"):
-                pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
-                           for p in wave]
-            touched.update(ns for p in wave for pod in (p.src, p.dst)
-                           for ns in (pod.netns, self.plan.node(pod.node).netns))
-            with self._timed("answers"):
-                exchanges = self._prober.finish(pending)
-            yield from self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
+                with timed(self.seconds, "neighbours"):
+                    if self._room.short():
+                        self._room.forget()
+                self._room.took(wave)
+            yield from map(finish, self.wave(wave))
 
-    @contextmanager
-    def _timed(self, phase: str) -> Iterator[None]:
-        began = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.seconds[phase] += time.perf_counter() - began
-
-    def _make_neighbour_room(self, touched: set[str]) -> None:
-        """Every namespace shares the kernel's ARP table: before a wave could fill it, the
-        pods and nodes of earlier waves forget their neighbours (our own traffic must not
-        be refused with ENOBUFS, nor an ARP request go unanswered)."""
-        if touched and caches.neighbour_room() < NEIGHBOUR_MARGIN:
-            self._forgetter.forget(sorted(touched))
-            touched.clear()
+    def wave(self, wave: list[Probe]) -> list[FlowResult]:
+        """One wave's exchanges, judged."""
+        fulls = caches.neighbour_table_fulls()
+        with timed(self.seconds, "send"):
+            pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
+                       for p in wave]
+        with timed(self.seconds, "answers"):
+            exchanges = self._prober.finish(pending)
+        return self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
 
     def judge(self, exchanges: list[Exchange],
               table_fulls: int = 0) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE, and so does a full neighbour table for those that failed.
         Their flows are no longer watched afterwards."""
-        with self._timed("events"):
+        with timed(self.seconds, "events"):
             hops = self._tracer.take(SETTLE_MS)
-        with self._timed("judge"):
+        with timed(self.seconds, "judge"):
             return self._judged(hops, exchanges, table_fulls)
 
     def _judged(self, hops: list[Hop], exchanges: list[Exchange],
@@ -342,31 +386,51 @@ def trace(plan: Plan, src: str, dst: str, proto: Proto) -> TraceResult:
 
 def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
-        buffer_pages: int | None = None, verifier: Verifier | None = None) -> Report:
+        buffer_pages: int | None = None, verifier: Verifier | None = None,
+        jobs: int | None = None) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
     live state is audited first; each failing flow is given its cause, then written to
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
     so that memory does not grow with the hops of every flow. verifier: one already
-    entered (its probes loaded once for several runs; its caller resets the caches)."""
+    entered (its probes loaded once for several runs; its caller resets the caches).
+    jobs: worker processes judging the waves (workers.py); None: one per core for a big
+    run whose hops are not kept."""
+    from dataplane.verify import workers
+
     chosen = some_pairs(plan, which)
     began = time.perf_counter()
     drift = audit.audit(plan)
     audited = time.perf_counter() - began
     known = cause.owners(plan)
+    total, events = cost(plan, chosen, protos, mtu)
     if stream:
-        stream.start(drift, len(chosen) * (len(protos) + (len(mtu_sizes(plan)) if mtu else 0)))
+        stream.start(drift, total)
+    if jobs is None:
+        jobs = workers.jobs_for(events, keep_hops or bool(stream and stream.hops))
+    if verifier:
+        judging = nullcontext(verifier)
+    elif jobs > 1:
+        judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
+                               ship_hops=keep_hops or bool(stream and stream.hops))
+    else:
+        judging = Verifier(plan, buffer_pages)
+
+    def finish(flow: FlowResult) -> FlowResult:
+        flow.cause = cause.explain(plan, flow, drift, known)
+        return flow
+
     flows = []
-    with nullcontext(verifier) if verifier else Verifier(plan, buffer_pages) as verifier:
-        for flow in verifier.run(probes(plan, chosen, protos, mtu)):
-            flow.cause = cause.explain(plan, flow, drift, known)
+    with judging as judge:
+        for flow in judge.run(probes(plan, chosen, protos, mtu), finish):
             if stream:
                 stream.flow(flow)
             if not keep_hops:
                 flow.hops = []
             flows.append(flow)
-        report = Report(flows, verifier.backends, verifier.lost, drift, verifier.skipped,
-                        which, {"audit": audited, **verifier.seconds},
-                        caches_reset=plan.built, probes=verifier.origin)
+        report = Report(flows, judge.backends, judge.lost, drift, judge.skipped,
+                        which, {"audit": audited, **judge.seconds},
+                        caches_reset=plan.built, probes=judge.origin,
+                        workers=getattr(judge, "started", 1))
     if stream:
         stream.end(report)
     return report

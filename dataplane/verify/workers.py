@@ -1,0 +1,279 @@
+"""A verify run's waves judged by worker processes, one per core: sending, decoding the
+events and judging are Python, so one process uses one core however many the machine has.
+
+Each worker is forked from the run, loads its own probes (their own maps and ring buffer:
+a worker sees only the flows it watches) and sends, traces and judges the waves it is
+handed. The run keeps what is shared: the caches are reset once before any worker starts,
+the kernel's ARP table is given room only while no wave is out (a flushed neighbour entry
+drops the packets waiting on it), and flows are handed on in wave order, so the output is
+that of one process. A worker that dies leaves its wave INCONCLUSIVE, never the run
+unfinished; an error in a worker is raised by the run.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import traceback
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, Pipe, wait
+
+from dataplane.cluster.plan import Plan
+from dataplane.records import INCONCLUSIVE, FlowResult
+from dataplane.traffic.prober import SERVICE_PORTS
+from dataplane.verify import caches
+from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
+                                       Verifier, timed, waves)
+
+# Waves below this many probe events are not split between workers: a worker costs a fork
+# and a probe load, worth it from a few hundred exchanges.
+MIN_WAVE_EVENTS = 5000
+Finish = Callable[[FlowResult], FlowResult]
+Job = tuple[int, list[tuple[int, int, str, "int | None"]]]  # a wave by pod indexes
+
+
+def cores() -> int:
+    return len(os.sched_getaffinity(0))
+
+
+def jobs_for(events: int, ship_hops: bool) -> int:
+    """Workers for a run whose exchanges cost events: one per core, fewer for a small run,
+    one when every flow's hops must reach the run (shipping them costs more than judging)."""
+    if ship_hops:
+        return 1
+    return max(1, min(cores(), events // MIN_WAVE_EVENTS))
+
+
+def wave_events(events: int, jobs: int) -> int:
+    """The events a wave may cost, so that a run has at least a wave per worker."""
+    return min(WAVE_EVENTS, max(MIN_WAVE_EVENTS, math.ceil(events / jobs)))
+
+
+@dataclass
+class _Worker:
+    pid: int
+    conn: Connection
+    wave: int | None = None  # the wave it is judging
+    ready: bool = False
+
+
+@dataclass
+class Pool:
+    """Workers for one run on plan; used as Verifier is by run(): run(todo, finish), then
+    backends, skipped, origin, lost and seconds."""
+
+    plan: Plan
+    jobs: int
+    events: int  # the events a wave may cost (wave_events)
+    buffer_pages: int | None = None
+    ship_hops: bool = False
+    seconds: Counter[str] = field(default_factory=Counter)
+    backends: list[str] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    origin: str = "compiled"
+    started: int = 0  # workers
+    _lost: dict[int, int] = field(default_factory=dict)  # by worker pid
+    _workers: list[_Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.jobs = min(self.jobs, len(SERVICE_PORTS))  # a port of its own each
+
+    @property
+    def lost(self) -> int:
+        return sum(self._lost.values())
+
+    def __enter__(self) -> "Pool":
+        if self.plan.built:
+            with timed(self.seconds, "caches"):
+                caches.reset(self.plan)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for worker in self._workers:  # an unfinished run: stop what workers are doing
+            if exc[0] is not None:
+                _signal(worker.pid, signal.SIGTERM)
+                continue
+            try:
+                worker.conn.send(None)
+            except OSError:
+                pass  # it ended already
+        for worker in self._workers:
+            worker.conn.close()
+            os.waitpid(worker.pid, 0)
+        self._workers.clear()
+
+    def run(self, todo: Iterable[Probe], finish: Finish) -> Iterator[FlowResult]:
+        pods = self.plan.pods()
+        index = {pod.netns: k for k, pod in enumerate(pods)}
+        # the waves out at once share the room one wave has alone
+        room = NeighbourRoom(self.plan, NEIGHBOUR_MARGIN // self.jobs)
+        try:
+            yield from _Schedule(self, room, finish, index).run(
+                waves(todo, self.events, room.margin))
+        finally:
+            room.close()
+
+    def start(self, finish: Finish) -> None:
+        """One more worker, forked now: it inherits the plan and finish."""
+        parent, child = Pipe()
+        pid = os.fork()
+        if pid == 0:
+            try:
+                parent.close()
+                for other in self._workers:
+                    other.conn.close()
+                _serve(child, Verifier(self.plan, self.buffer_pages, reset_caches=False,
+                                       port=SERVICE_PORTS[self.started]), finish,
+                       self.ship_hops)
+            finally:
+                os._exit(1)  # whatever escaped _serve: the child never runs the run's code
+        child.close()
+        self._workers.append(_Worker(pid, parent))
+        self.started += 1
+
+
+@dataclass
+class _Schedule:
+    """Hands waves to idle workers, collects their flows, yields them in wave order."""
+
+    pool: Pool
+    room: NeighbourRoom
+    finish: Finish
+    index: dict[str, int]
+    out: dict[int, list[FlowResult]] = field(default_factory=dict)  # judged, not yet yielded
+    sent: dict[int, list[Probe]] = field(default_factory=dict)  # out at a worker
+
+    def run(self, todo: Iterator[list[Probe]]) -> Iterator[FlowResult]:
+        pool, pending, count, emitted = self.pool, None, 0, 0
+        pool.start(self.finish)  # the others once it has probes: it compiles them if need be
+        while True:
+            if pending is None:
+                pending = next(todo, None)
+            live = pool._workers  # a worker that dies leaves it
+            if pending is not None and not live:
+                self._dead(count, pending, "every verify worker ended")
+                pending, count = None, count + 1
+                continue
+            idle = [w for w in live if w.ready and w.wave is None]
+            busy = [w for w in live if w.wave is not None]
+            if pending is not None and idle and self._room_for(len(busy)):
+                self._hand(idle[0], count, pending)
+                pending, count = None, count + 1
+                continue
+            while emitted in self.out:
+                yield from self.out.pop(emitted)
+                emitted += 1
+            if pending is None and emitted == count:
+                return
+            self._collect([w for w in live if not w.ready or w.wave is not None])
+
+    def _room_for(self, in_flight: int) -> bool:
+        """Whether a wave may go out now. Neighbours are forgotten only while no wave is
+        out, then if the room would not take a wave from every worker."""
+        if not self.pool.plan.built:
+            return True
+        with timed(self.pool.seconds, "neighbours"):
+            if in_flight:
+                return not self.room.short(in_flight)
+            if self.room.short(self.pool.jobs - 1):
+                self.room.forget()
+            return True
+
+    def _hand(self, worker: _Worker, count: int, wave: list[Probe]) -> None:
+        if self.pool.plan.built:
+            self.room.took(wave)
+        job: Job = (count, [(self.index[p.src.netns], self.index[p.dst.netns], p.proto, p.size)
+                            for p in wave])
+        worker.conn.send(job)
+        worker.wave, self.sent[count] = count, wave
+
+    def _collect(self, waiting: list[_Worker]) -> None:
+        """Waits for a message from any of waiting and takes it in."""
+        ready = wait([w.conn for w in waiting])
+        for worker in [w for w in waiting if w.conn in ready]:
+            try:
+                message = worker.conn.recv()
+            except (EOFError, OSError):
+                self._ended(worker)
+                continue
+            kind, *body = message
+            if kind == "ready":
+                self._ready(worker, *body)
+            elif kind == "judged":
+                count, flows, lost, seconds = body
+                self.out[count] = flows
+                self.pool._lost[worker.pid] = lost
+                self.pool.seconds.update(seconds)
+                del self.sent[count]
+                worker.wave = None
+            else:
+                raise RuntimeError(f"verify worker {worker.pid} failed:\n{body[0]}")
+
+    def _ready(self, worker: _Worker, backends: list[str], skipped: dict[str, str],
+               origin: str, seconds: Counter[str]) -> None:
+        worker.ready = True
+        self.pool.backends, self.pool.skipped, self.pool.origin = backends, skipped, origin
+        self.pool.seconds.update(seconds)
+        if self.pool.started < self.pool.jobs:
+            self.pool.start(self.finish)
+
+    def _ended(self, worker: _Worker) -> None:
+        """A worker that closed its end unasked: it died. Its wave is INCONCLUSIVE."""
+        _, status = os.waitpid(worker.pid, 0)
+        worker.conn.close()
+        self.pool._workers.remove(worker)
+        if worker.wave is not None:
+            self._dead(worker.wave, self.sent.pop(worker.wave),
+                       f"verify worker {worker.pid} ended ({_how(status)}) before judging it")
+
+    def _dead(self, count: int, wave: list[Probe], why: str) -> None:
+        self.out[count] = [self.finish(FlowResult(p.src.ref, p.dst.ref, p.proto, INCONCLUSIVE,
+                                                  rule="worker", diagnosis=why, size=p.size))
+                           for p in wave]
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"
+
+
+def _signal(pid: int, signum: int) -> None:
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError:
+        pass
+
+
+def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool) -> None:
+    """A worker's life, in the forked child: never returns (nothing of the run's own
+    clean-up or buffered output may run twice)."""
+    code = 0
+    pods = verifier.plan.pods()
+    try:
+        with verifier:
+            conn.send(("ready", verifier.backends, verifier.skipped, verifier.origin,
+                       verifier.seconds))
+            verifier.seconds = Counter()
+            while (job := conn.recv()) is not None:
+                count, wave = job
+                flows = [finish(flow) for flow in verifier.wave(
+                    [Probe(pods[s], pods[d], proto, size) for s, d, proto, size in wave])]
+                if not ship_hops:
+                    for flow in flows:
+                        flow.hops = []
+                conn.send(("judged", count, flows, verifier.lost, verifier.seconds))
+                verifier.seconds = Counter()
+    except (EOFError, KeyboardInterrupt):  # the run ended or was interrupted
+        code = 1
+    except BaseException:
+        code = 1
+        try:
+            conn.send(("error", traceback.format_exc()))
+        except OSError:
+            pass
+    finally:
+        os._exit(code)

@@ -1,0 +1,122 @@
+"""A run's waves judged by worker processes (verify/workers.py): the verdicts, rules and
+causes of one process, in its order; a worker killed mid-wave leaves that wave
+INCONCLUSIVE and the run finishes; another worker's packets that carry the same tag are
+never taken for an exchange's."""
+
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from dataplane.cluster import spec
+from dataplane.cluster.plan import make_plan
+from dataplane.records import Exchange, Frame
+from dataplane.verify import verifier, workers
+
+from .conftest import dp, one_line_error, sh
+
+PROTOS = ("icmp", "udp", "tcp")
+
+
+def topology(tmp_path, name, nodes=4, pods=4):
+    path = tmp_path / f"{name}.toml"
+    path.write_text(f'[cluster]\nname = "{name}"\nnodes = {nodes}\npods_per_node = {pods}\n')
+    return path
+
+
+def outcome(report):
+    return [(f.src, f.dst, f.proto, f.verdict, f.rule, tuple(map(str, f.cause)))
+            for f in report.flows]
+
+
+def children() -> list[str]:
+    pid = os.getpid()
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += (task / "children").read_text().split()
+    return found
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_probes
+def test_workers_give_the_verdicts_of_one_process_in_its_order(dataplane_clusters, tmp_path):
+    made = dataplane_clusters(topology(tmp_path, "wk"))
+    sh(None, "ip", "-n", made.plan.node("node-2").netns, "link", "set",
+       made.plan.spec.vtep_name, "down")
+    alone = verifier.run(made.plan, protos=PROTOS, mtu=False, keep_hops=False, jobs=1)
+    shared = verifier.run(made.plan, protos=PROTOS, mtu=False, keep_hops=False, jobs=2)
+    assert (alone.workers, shared.workers) == (1, 2)
+    assert outcome(shared) == outcome(alone)
+    assert {f.verdict for f in shared.flows} == {"PASS", "FAIL"}
+    assert shared.lost_events == 0
+    assert children() == []  # every worker reaped
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_probes
+def test_a_worker_killed_mid_wave_leaves_that_wave_inconclusive(dataplane_clusters, tmp_path,
+                                                                monkeypatch):
+    made = dataplane_clusters(topology(tmp_path, "wkill"))
+    run = os.getpid()
+    first = next(verifier.probes(made.plan, verifier.pairs(made.plan), PROTOS, False))
+    judge_wave = verifier.Verifier.wave
+
+    def wave(self, probes):  # runs in the forked workers
+        if os.getpid() != run and probes[0] == first:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return judge_wave(self, probes)
+
+    monkeypatch.setattr(verifier.Verifier, "wave", wave)
+    report = verifier.run(made.plan, protos=PROTOS, mtu=False, keep_hops=False, jobs=2)
+    assert len(report.flows) == 16 * 15 * len(PROTOS)
+    dead = [f for f in report.flows if f.verdict != "PASS"]
+    assert dead and (dead[0].src, dead[0].dst, dead[0].proto) == (first.src.ref, first.dst.ref,
+                                                                   first.proto)
+    assert {(f.verdict, f.rule) for f in dead} == {("INCONCLUSIVE", "worker")}
+    assert "killed by SIGKILL" in dead[0].diagnosis
+    assert report.flows.index(dead[-1]) - report.flows.index(dead[0]) == len(dead) - 1
+    assert not report.passed
+    assert children() == []
+
+
+@pytest.mark.needs_root
+def test_jobs_must_be_a_count():
+    done = dp("verify", "--jobs", "0")
+    assert done.returncode == 2
+    assert "--jobs" in one_line_error(done) and "give 1 or more" in one_line_error(done)
+
+
+def test_a_run_is_shared_only_when_big_and_its_hops_are_not_kept():
+    cores = workers.cores()
+    assert workers.jobs_for(10 * workers.MIN_WAVE_EVENTS, ship_hops=True) == 1
+    assert workers.jobs_for(workers.MIN_WAVE_EVENTS - 1, ship_hops=False) == 1
+    assert workers.jobs_for(10 ** 6, ship_hops=False) == cores
+    # every worker gets a wave, and no wave outgrows the ring buffer's share
+    assert workers.wave_events(26000, 2) == 13000
+    assert workers.wave_events(10 ** 7, 2) == verifier.WAVE_EVENTS
+    assert workers.wave_events(6000, 2) == workers.MIN_WAVE_EVENTS
+
+
+def frame(src, dst, proto, **fields):
+    return Frame(eth_src="", eth_dst="", ethertype=0x0800, src=src, dst=dst, proto=proto,
+                 **fields)
+
+
+def test_a_packet_to_or_from_a_third_party_with_the_same_tag_is_not_the_exchange():
+    """Another worker's pod may hold the same ICMP id or UDP port (ids are per namespace);
+    its packets match the exchange's receiving end. Only a packet that travels as the
+    exchange's would, with its other address alone rewritten (NAT), is taken."""
+    plan = make_plan(spec.parse('[cluster]\nname = "t"\nnodes = 2\npods_per_node = 2\n'))
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0")
+    c, nat = "10.244.1.3", "172.30.0.1"
+    ping = Exchange(a, b, "icmp", 4242, True)
+    assert ping.matches(frame(nat, str(b.ip), "icmp", icmp_type=8, icmp_id=4242))
+    assert ping.matches(frame(str(b.ip), nat, "icmp", icmp_type=0, icmp_id=4242))
+    assert not ping.matches(frame(str(b.ip), c, "icmp", icmp_type=8, icmp_id=4242))
+    assert not ping.matches(frame(c, str(b.ip), "icmp", icmp_type=0, icmp_id=4242))
+    udp = Exchange(a, b, "udp", 40000, True, port=7777)
+    assert udp.matches(frame(nat, str(b.ip), "udp", sport=40000, dport=7777))
+    assert udp.matches(frame(str(b.ip), nat, "udp", sport=7777, dport=40000))
+    assert not udp.matches(frame(str(b.ip), c, "udp", sport=40000, dport=7778))
+    assert not udp.matches(frame(c, str(b.ip), "udp", sport=40000, dport=7778))
