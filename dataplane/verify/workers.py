@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
+from dataplane.bpf import compiled
 from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
@@ -86,6 +87,7 @@ class Pool:
         return sum(self._lost.values())
 
     def __enter__(self) -> "Pool":
+        compiled.usable()  # libbcc opened here (30 ms) is every forked worker's already
         if self.plan.built:
             with timed(self.seconds, "caches"):
                 caches.reset(self.plan)
