@@ -44,7 +44,8 @@ def flows_of(run: Run) -> int:
 def report(targets: Targets, label: str, run: Run, seconds: float, rss_mb: int) -> None:
     flows = flows_of(run)
     targets.check(f"{label}: {run.seconds:.1f} s (target < {seconds} s), "
-                  f"{flows / run.seconds:.0f} flows/s, peak RSS {run.peak_rss_kb / 1024:.0f} MB "
+                  f"{flows / run.seconds:.0f} flows/s, peak RSS (its workers included) "
+                  f"{run.peak_rss_kb / 1024:.0f} MB "
                   f"(target < {rss_mb} MB)",
                   run.seconds < seconds and run.peak_rss_kb < rss_mb * 1024)
     summary = summary_line(run.stdout)

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dataplane.bpf import loader
 from dataplane.cluster import spec
+from dataplane.errors import UsageError
 from dataplane.cluster.plan import make_plan
 from dataplane.records import Exchange, Frame
 from dataplane.verify import verifier, workers
@@ -77,6 +79,19 @@ def test_a_worker_killed_mid_wave_leaves_that_wave_inconclusive(dataplane_cluste
     assert "killed by SIGKILL" in dead[0].diagnosis
     assert report.flows.index(dead[-1]) - report.flows.index(dead[0]) == len(dead) - 1
     assert not report.passed
+    assert children() == []
+
+
+@pytest.mark.needs_root
+def test_a_worker_that_cannot_load_probes_fails_the_run_as_one_process_would(
+        dataplane_cluster, monkeypatch):
+    def load(*args):  # runs in the forked worker
+        raise UsageError("no kernel headers for this test; install them")
+
+    monkeypatch.setattr(loader, "load", load)
+    with pytest.raises(UsageError, match="no kernel headers for this test"):
+        verifier.run(dataplane_cluster.plan, protos=("icmp",), mtu=False, keep_hops=False,
+                     jobs=2)
     assert children() == []
 
 

@@ -211,8 +211,9 @@ class _Schedule:
                 self.pool.seconds.update(seconds)
                 del self.sent[count]
                 worker.wave = None
-            else:
-                raise RuntimeError(f"verify worker {worker.pid} failed:\n{body[0]}")
+            else:  # what one process would have raised: a missing kernel feature is exit 2
+                error, text = body
+                raise error or RuntimeError(f"verify worker {worker.pid} failed:\n{text}")
 
     def _ready(self, worker: _Worker, backends: list[str], skipped: dict[str, str],
                origin: str, seconds: Counter[str]) -> None:
@@ -271,11 +272,15 @@ def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool
                 verifier.seconds = Counter()
     except (EOFError, KeyboardInterrupt):  # the run ended or was interrupted
         code = 1
-    except BaseException:
+    except BaseException as err:
         code = 1
+        text = traceback.format_exc()
         try:
-            conn.send(("error", traceback.format_exc()))
-        except OSError:
-            pass
+            conn.send(("error", err, text))
+        except Exception:  # not picklable, or the run is gone
+            try:
+                conn.send(("error", None, text))
+            except OSError:
+                pass
     finally:
         os._exit(code)
