@@ -16,7 +16,7 @@ from dataplane.cluster.plan import make_plan
 from dataplane.records import Exchange, Frame
 from dataplane.verify import verifier, workers
 
-from .conftest import dp, one_line_error, sh
+from .conftest import dp, ip_json, one_line_error, sh
 
 PROTOS = ("icmp", "udp", "tcp")
 
@@ -135,3 +135,45 @@ def test_a_packet_to_or_from_a_third_party_with_the_same_tag_is_not_the_exchange
     assert udp.matches(frame(str(b.ip), nat, "udp", sport=7777, dport=40000))
     assert not udp.matches(frame(str(b.ip), c, "udp", sport=40000, dport=7778))
     assert not udp.matches(frame(c, str(b.ip), "udp", sport=40000, dport=7778))
+
+
+def test_a_wave_names_the_arp_entries_it_teaches_where_the_kernel_keeps_them():
+    plan = make_plan(spec.parse('[cluster]\nname = "t"\nnodes = 2\npods_per_node = 2\n'))
+    a, a2, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1"), plan.pod("node-1/pod-0")
+    n0, n1 = plan.node("node-0"), plan.node("node-1")
+    room = verifier.NeighbourRoom(plan)
+    try:
+        assert room.entries([verifier.Probe(a, a2, "icmp")]) == {(a.netns, a2.ip),
+                                                                (a2.netns, a.ip)}
+        assert room.entries([verifier.Probe(a, b, "icmp")]) == {
+            (a.netns, a.gateway), (b.netns, b.gateway), (n0.netns, a.ip), (n1.netns, b.ip),
+            (n0.netns, n1.underlay_ip), (n1.netns, n0.underlay_ip)}
+    finally:
+        room.close()
+
+
+@pytest.mark.needs_root
+def test_forgetting_entries_deletes_just_those_and_keeps_the_permanent(dataplane_cluster):
+    plan = dataplane_cluster.plan
+    a, a2, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1"), plan.pod("node-1/pod-0")
+    for dst in (a2, b):
+        sh(a.netns, "ping", "-c1", "-W1", str(dst.ip))
+    node = plan.node("node-0")
+
+    def learnt(netns):
+        return {e["dst"] for e in ip_json(netns, "neigh", "show")
+                if "PERMANENT" not in e.get("state", [])}
+
+    def permanent(netns):
+        return {e["dst"] for e in ip_json(netns, "neigh", "show")
+                if "PERMANENT" in e.get("state", [])}
+
+    assert {str(a2.ip), str(a.gateway)} <= learnt(a.netns)
+    kept = permanent(node.netns)
+    room = verifier.NeighbourRoom(plan)
+    try:
+        room.forget_entries({(a.netns, a2.ip)})
+    finally:
+        room.close()
+    assert str(a2.ip) not in learnt(a.netns) and str(a.gateway) in learnt(a.netns)
+    assert kept and permanent(node.netns) == kept

@@ -70,6 +70,7 @@ class Tracer:
         self._buffer = buffer
         self._pages = pages  # the ring buffer's size, when not the default
         self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
+        self._tagged: set[int] = set()  # tags whose bit is set (a bit is never cleared)
         self._frames: dict[bytes, Frame | None] = {}  # decoded captures, during take()
         self._devices: dict[bytes, str] = {}  # device names as events carry them
         self._raw: list[bytes] = []
@@ -119,7 +120,11 @@ class Tracer:
         self.loaded.bpf[b"config"][ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(on))
 
     def _tag(self, tag: int) -> None:
-        """Let packets carrying tag be looked up (a bit per tag, tested before any hash)."""
+        """Let packets carrying tag be looked up (a bit per tag, tested before any hash).
+        A pod's ping socket tags all its echoes alike: its bit is set once."""
+        if tag in self._tagged:
+            return
+        self._tagged.add(tag)
         tags = self.loaded.bpf[b"tags"]
         word = ctypes.c_int(tag >> 6)
         tags[word] = ctypes.c_uint64(tags[word].value | 1 << (tag & 63))

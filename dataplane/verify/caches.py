@@ -13,12 +13,14 @@ from __future__ import annotations
 import errno
 import socket
 from collections.abc import Iterable
+from ipaddress import IPv4Address
 from pathlib import Path
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_NOARP, NUD_PERMANENT, RTM_GETLINK,
-                                    SOL_NETLINK, Batch, NetlinkError, dump, ifinfmsg, neighbours)
+from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_INCOMPLETE, NUD_NOARP,
+                                    NUD_PERMANENT, RTM_GETLINK, SOL_NETLINK, Batch, NetlinkError,
+                                    dump, ifinfmsg, neighbours)
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)
@@ -39,11 +41,19 @@ class Forgetter:
 
     def forget(self, namespaces: Iterable[str]) -> None:
         for name in namespaces:
-            if name not in self._sockets:
-                netns.allow_fds(len(self._sockets) + RESERVED_FDS)
-                self._sockets[name] = netns.socket_in(name, socket.AF_NETLINK,
-                                                      socket.SOCK_DGRAM, 0)
-            _flush_neighbours(Batch(self._sockets[name], name))
+            _flush_neighbours(Batch(self._socket(name), name))
+
+    def forget_entries(self, entries: dict[str, set[IPv4Address]]) -> None:
+        """Delete just these learnt entries (namespace -> addresses), where the kernel is
+        not resolving them: a packet may wait on an incomplete entry."""
+        for name, addresses in entries.items():
+            _flush_neighbours(Batch(self._socket(name), name), addresses)
+
+    def _socket(self, name: str) -> socket.socket:
+        if name not in self._sockets:
+            netns.allow_fds(len(self._sockets) + RESERVED_FDS)
+            self._sockets[name] = netns.socket_in(name, socket.AF_NETLINK, socket.SOCK_DGRAM, 0)
+        return self._sockets[name]
 
     def close(self) -> None:
         for sock in self._sockets.values():
@@ -90,9 +100,11 @@ def _flush_bridges(b: Batch) -> None:
     b.send()
 
 
-def _flush_neighbours(b: Batch) -> None:
+def _flush_neighbours(b: Batch, only: set[IPv4Address] | None = None) -> None:
+    """Delete the namespace's learnt entries, or those of only that are resolved."""
+    kept = NUD_PERMANENT | NUD_NOARP | (NUD_INCOMPLETE if only is not None else 0)
     for ifindex, state, address in neighbours(b.sock):
-        if not state & (NUD_PERMANENT | NUD_NOARP):
+        if not state & kept and (only is None or address in only):
             b.neigh_del(ifindex, address)
     try:
         b.send()

@@ -8,6 +8,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
+from ipaddress import IPv4Address
 from typing import Protocol
 
 from dataplane.bpf.tracer import Tracer
@@ -257,6 +258,20 @@ class NeighbourRoom:
         """Only while no wave is out: a flushed entry drops what waits on it."""
         self._forgetter.forget(sorted(self._touched))
         self._touched.clear()
+
+    def entries(self, wave: list[Probe]) -> set[tuple[str, IPv4Address]]:
+        """The ARP entries wave teaches (neighbours()), as (namespace, address)."""
+        nodes = {node.name: node for node in self.plan.nodes}
+        return {(nodes[where].netns if where in nodes else where,
+                 nodes[what].underlay_ip if isinstance(what, str) else what)
+                for probe in wave for where, what in neighbours(probe)}
+
+    def forget_entries(self, entries: set[tuple[str, IPv4Address]]) -> None:
+        """Forget just these entries (while waves that need others are out)."""
+        by_namespace: dict[str, set[IPv4Address]] = defaultdict(set)
+        for where, address in entries:
+            by_namespace[where].add(address)
+        self._forgetter.forget_entries(by_namespace)
 
     def took(self, wave: list[Probe]) -> None:
         self._touched.update(ns for p in wave for pod in (p.src, p.dst)

@@ -4,9 +4,9 @@ events and judging are Python, so one process uses one core however many the mac
 Each worker is forked from the run, loads its own probes (their own maps and ring buffer:
 a worker sees only the flows it watches) and sends, traces and judges the waves it is
 handed. The run keeps what is shared: the caches are reset once before any worker starts,
-the kernel's ARP table is given room only while no wave is out (a flushed neighbour entry
-drops the packets waiting on it), and flows are handed on in wave order, so the output is
-that of one process. A worker that dies leaves its wave INCONCLUSIVE, never the run
+the kernel's ARP table is given room by deleting what the waves back taught and no wave out
+needs (a flushed entry would drop the packets waiting on it), and flows are handed on in
+wave order, so the output is that of one process. A worker that dies leaves its wave INCONCLUSIVE, never the run
 unfinished; an error in a worker is raised by the run.
 """
 
@@ -147,6 +147,8 @@ class _Schedule:
     index: dict[str, int]
     out: dict[int, list[FlowResult]] = field(default_factory=dict)  # judged, not yet yielded
     sent: dict[int, list[Probe]] = field(default_factory=dict)  # out at a worker
+    taught: dict[int, set] = field(default_factory=dict)  # ARP entries of the waves out
+    learnt: set = field(default_factory=set)  # ARP entries of the waves back, kept yet
 
     def run(self, todo: Iterator[list[Probe]]) -> Iterator[FlowResult]:
         pool, pending, count, emitted = self.pool, None, 0, 0
@@ -173,20 +175,27 @@ class _Schedule:
             self._collect([w for w in live if not w.ready or w.wave is not None])
 
     def _room_for(self, in_flight: int) -> bool:
-        """Whether a wave may go out now. Neighbours are forgotten only while no wave is
-        out, then if the room would not take a wave from every worker."""
+        """Whether a wave may go out now. While waves are out, only the entries the waves
+        back taught and none out needs are forgotten; a namespace's every entry only
+        while no wave is out, if the room would not take a wave from every worker."""
         if not self.pool.plan.built:
             return True
         with timed(self.pool.seconds, "neighbours"):
             if in_flight:
+                if self.room.short(in_flight) and self.learnt:
+                    needed = set().union(*self.taught.values())
+                    self.room.forget_entries(self.learnt - needed)
+                    self.learnt &= needed
                 return not self.room.short(in_flight)
             if self.room.short(self.pool.jobs - 1):
                 self.room.forget()
+                self.learnt.clear()
             return True
 
     def _hand(self, worker: _Worker, count: int, wave: list[Probe]) -> None:
         if self.pool.plan.built:
             self.room.took(wave)
+            self.taught[count] = self.room.entries(wave)
         job: Job = (count, [(self.index[p.src.netns], self.index[p.dst.netns], p.proto, p.size)
                             for p in wave])
         worker.conn.send(job)
@@ -210,6 +219,7 @@ class _Schedule:
                 self.pool._lost[worker.pid] = lost
                 self.pool.seconds.update(seconds)
                 del self.sent[count]
+                self.learnt |= self.taught.pop(count, set())
                 worker.wave = None
             else:  # what one process would have raised: a missing kernel feature is exit 2
                 error, text = body
@@ -229,6 +239,7 @@ class _Schedule:
         worker.conn.close()
         self.pool._workers.remove(worker)
         if worker.wave is not None:
+            self.learnt |= self.taught.pop(worker.wave, set())
             self._dead(worker.wave, self.sent.pop(worker.wave),
                        f"verify worker {worker.pid} ended ({_how(status)}) before judging it")
 
