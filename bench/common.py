@@ -47,7 +47,7 @@ def timed(argv: list[str], check: bool = True, **env: str) -> Run:
 
 
 def _sample_rss(proc: subprocess.Popen, peak: list[int]) -> None:
-    while proc.returncode is None and Path(f"/proc/{proc.pid}").exists():
+    while Path(f"/proc/{proc.pid}").exists():  # until wait4 reaps it
         pids = [str(proc.pid)]
         for task in Path(f"/proc/{proc.pid}/task").glob("*/children"):
             try:

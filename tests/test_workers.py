@@ -14,6 +14,7 @@ from dataplane.cluster import spec
 from dataplane.errors import UsageError
 from dataplane.cluster.plan import make_plan
 from dataplane.records import Exchange, Frame
+from dataplane.traffic import prober
 from dataplane.verify import verifier, workers
 
 from .conftest import dp, ip_json, one_line_error, sh
@@ -118,10 +119,25 @@ def frame(src, dst, proto, **fields):
                  **fields)
 
 
+@pytest.mark.needs_root
+def test_each_worker_echoes_with_an_id_of_its_own(dataplane_cluster):
+    """The kernel numbers ping sockets per namespace: without ids of their own, two
+    workers' echoes to one pod could carry the same id, and one's look like the other's
+    (NATed)."""
+    pod = dataplane_cluster.plan.pod("node-0/pod-0")
+    ids = []
+    for worker in (0, 1):
+        with prober.Prober(worker) as probing:
+            ids.append(probing._socket(pod, "ping").getsockname()[1])
+    assert ids == [prober.PING_IDS[0], prober.PING_IDS[1]]
+    assert not set(prober.PING_IDS) & set(prober.SERVICE_PORTS)
+    assert max(prober.PING_IDS) < 32768  # below the ephemeral ports of UDP and TCP clients
+
+
 def test_a_packet_to_or_from_a_third_party_with_the_same_tag_is_not_the_exchange():
-    """Another worker's pod may hold the same ICMP id or UDP port (ids are per namespace);
-    its packets match the exchange's receiving end. Only a packet that travels as the
-    exchange's would, with its other address alone rewritten (NAT), is taken."""
+    """A pod may hold the same ICMP id or UDP port as another pod; their packets match the
+    exchange's receiving end. Only a packet that travels as the exchange's would, with its
+    other address alone rewritten (NAT), is taken (workers keep ids and ports apart too)."""
     plan = make_plan(spec.parse('[cluster]\nname = "t"\nnodes = 2\npods_per_node = 2\n'))
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0")
     c, nat = "10.244.1.3", "172.30.0.1"

@@ -33,6 +33,11 @@ from dataplane.records import ARP_REQUEST, SERVICE_PORT, Exchange, Flow, Proto, 
 # Where the destination pod listens for UDP and TCP: SERVICE_PORT, and SERVICE_PORT + k for
 # the k-th of a run's workers (verify/workers.py), each with its own listeners in every pod
 SERVICE_PORTS = range(SERVICE_PORT, SERVICE_PORT + 256)
+# The echo id of the k-th worker's ping sockets, the same in every pod (the kernel numbers
+# ping sockets per namespace: two workers' sockets in two pods would share ids, and one's
+# echoes to a pod would look like the other's): out of the service and ephemeral ports,
+# whose tag bits the probes share
+PING_IDS = range(20000, 20000 + len(SERVICE_PORTS))
 # Seconds to wait for an answer: only a failing exchange waits it out. Emulated machines
 # (the VM lane runs under QEMU's TCG, many times slower) raise it through the environment.
 TIMEOUT = float(os.environ.get("DATAPLANE_ANSWER_TIMEOUT", "0.5"))
@@ -123,8 +128,10 @@ class Prober:
     """Exchanges between pods, started together and finished together (a wave pays the
     answer timeout once), reusing one socket per pod and purpose."""
 
-    def __init__(self, port: int = SERVICE_PORT) -> None:
-        self.port = port  # the destination pods listen on
+    def __init__(self, worker: int | None = None) -> None:
+        """worker: the k-th of a run's workers, with its own ports and echo id."""
+        self.port = SERVICE_PORT if worker is None else SERVICE_PORTS[worker]
+        self.ping_id = 0 if worker is None else PING_IDS[worker]  # 0: the kernel's choice
         self._sockets: dict[tuple[str, str], socket.socket] = {}
         self._sequence = itertools.count(1)
 
@@ -145,7 +152,8 @@ class Prober:
         key = (pod.netns, purpose)
         if key not in self._sockets:
             with _step(f"{purpose} socket in {pod.ref}"):
-                self._sockets[key] = _open(pod, purpose, self.port)
+                self._sockets[key] = _open(pod, purpose, self.ping_id if purpose == "ping"
+                                           else self.port)
         return self._sockets[key]
 
     def exchange(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
@@ -311,6 +319,7 @@ def _only_arp_replies(sock: socket.socket) -> None:
 
 
 def _open(pod: PodPlan, purpose: str, port: int) -> socket.socket:
+    """port: a server's, or a ping socket's echo id (0: the kernel's choice)."""
     if purpose == "arp":  # ARP frames in and out of the pod's eth0
         sock = netns.socket_in(pod.netns, socket.AF_PACKET, socket.SOCK_RAW,
                                socket.htons(ETH_P_ARP))
@@ -320,7 +329,7 @@ def _open(pod: PodPlan, purpose: str, port: int) -> socket.socket:
                        "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
                                                                  (socket.SOCK_DGRAM, 0))
         sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
-        address = (str(pod.ip), port if purpose.endswith("server") else 0)
+        address = (str(pod.ip), port if purpose.endswith("server") or purpose == "ping" else 0)
     try:
         sock.setblocking(False)
         if purpose == "tcp-server":
@@ -331,7 +340,12 @@ def _open(pod: PodPlan, purpose: str, port: int) -> socket.socket:
             _only_arp_replies(sock)
         if purpose.startswith("udp-df"):
             sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        sock.bind(address)
+        try:
+            sock.bind(address)
+        except OSError as err:  # the id taken in this pod (another ping): the kernel's then
+            if purpose != "ping" or err.errno != errno.EADDRINUSE:
+                raise
+            sock.bind((address[0], 0))
         if purpose == "tcp-server":
             sock.listen(1024)
     except OSError:

@@ -100,9 +100,14 @@ def _flush_bridges(b: Batch) -> None:
     b.send()
 
 
+# Entries the kernel is resolving (packets wait on an incomplete one) or confirming: while
+# waves are out, one of these may be an exchange's that no prediction named
+NUD_IN_USE = NUD_INCOMPLETE | 0x08 | 0x10  # INCOMPLETE, DELAY, PROBE
+
+
 def _flush_neighbours(b: Batch, only: set[IPv4Address] | None = None) -> None:
-    """Delete the namespace's learnt entries, or those of only that are resolved."""
-    kept = NUD_PERMANENT | NUD_NOARP | (NUD_INCOMPLETE if only is not None else 0)
+    """Delete the namespace's learnt entries, or those of only that are not in use."""
+    kept = NUD_PERMANENT | NUD_NOARP | (NUD_IN_USE if only is not None else 0)
     for ifindex, state, address in neighbours(b.sock):
         if not state & kept and (only is None or address in only):
             b.neigh_del(ifindex, address)

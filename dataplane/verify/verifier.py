@@ -284,13 +284,15 @@ class NeighbourRoom:
 class Verifier:
     """Probes loaded once and sockets kept, for any number of exchanges on one cluster."""
 
+    workers = 1  # processes judging (workers.Pool has more)
+
     def __init__(self, plan: Plan, buffer_pages: int | None = None, reset_caches: bool = True,
-                 port: int = prober.SERVICE_PORT):
-        """reset_caches=False: the caller has reset them; port: where destination pods
-        listen (both for the workers of one run, see workers.py)."""
+                 worker: int | None = None):
+        """reset_caches=False: the caller has reset them; worker: the k-th of a run's
+        workers, its probes apart from the others' (both for workers.py)."""
         self.plan = plan
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
-        self._prober = prober.Prober(port)
+        self._prober = prober.Prober(worker)
         self._room = NeighbourRoom(plan)
         self._reset = reset_caches and plan.built
         self._lost_before = 0
@@ -420,13 +422,14 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     total, events = cost(plan, chosen, protos, mtu)
     if stream:
         stream.start(drift, total)
+    ship_hops = keep_hops or bool(stream and stream.hops)  # every flow's hops must reach us
     if jobs is None:
-        jobs = workers.jobs_for(events, keep_hops or bool(stream and stream.hops))
+        jobs = workers.jobs_for(events, ship_hops)
     if verifier:
         judging = nullcontext(verifier)
     elif jobs > 1:
         judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
-                               ship_hops=keep_hops or bool(stream and stream.hops))
+                               ship_hops)
     else:
         judging = Verifier(plan, buffer_pages)
 
@@ -445,7 +448,7 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         report = Report(flows, judge.backends, judge.lost, drift, judge.skipped,
                         which, {"audit": audited, **judge.seconds},
                         caches_reset=plan.built, probes=judge.origin,
-                        workers=getattr(judge, "started", 1))
+                        workers=judge.workers)
     if stream:
         stream.end(report)
     return report

@@ -5,9 +5,10 @@ Each worker is forked from the run, loads its own probes (their own maps and rin
 a worker sees only the flows it watches) and sends, traces and judges the waves it is
 handed. The run keeps what is shared: the caches are reset once before any worker starts,
 the kernel's ARP table is given room by deleting what the waves back taught and no wave out
-needs (a flushed entry would drop the packets waiting on it), and flows are handed on in
-wave order, so the output is that of one process. A worker that dies leaves its wave INCONCLUSIVE, never the run
-unfinished; an error in a worker is raised by the run.
+needs (a flushed entry would drop the packets waiting on it), ARP waves go alone, and flows
+are handed on in wave order, so the output is that of one process. A worker that dies
+leaves its wave INCONCLUSIVE, never the run unfinished; an error in a worker is raised by
+the run as one process would raise it.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from __future__ import annotations
 import math
 import os
 import signal
+import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
@@ -32,6 +35,7 @@ from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourR
 # Waves below this many probe events are not split between workers: a worker costs a fork
 # and a probe load, worth it from a few hundred exchanges.
 MIN_WAVE_EVENTS = 5000
+STOP_SECONDS = 10  # a worker judging a wave when the run stops ends within its answer timeout
 Finish = Callable[[FlowResult], FlowResult]
 Job = tuple[int, list[tuple[int, int, str, "int | None"]]]  # a wave by pod indexes
 
@@ -64,7 +68,7 @@ class _Worker:
 @dataclass
 class Pool:
     """Workers for one run on plan; used as Verifier is by run(): run(todo, finish), then
-    backends, skipped, origin, lost and seconds."""
+    backends, skipped, origin, lost, seconds and workers."""
 
     plan: Plan
     jobs: int
@@ -75,16 +79,16 @@ class Pool:
     backends: list[str] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     origin: str = "compiled"
-    started: int = 0  # workers
-    _lost: dict[int, int] = field(default_factory=dict)  # by worker pid
-    _workers: list[_Worker] = field(default_factory=list)
+    workers: int = 0  # started
+    running: list[_Worker] = field(default_factory=list)
+    lost_by_worker: dict[int, int] = field(default_factory=dict)  # events, by pid
 
     def __post_init__(self) -> None:
         self.jobs = min(self.jobs, len(SERVICE_PORTS))  # a port of its own each
 
     @property
     def lost(self) -> int:
-        return sum(self._lost.values())
+        return sum(self.lost_by_worker.values())
 
     def __enter__(self) -> "Pool":
         compiled.usable()  # libbcc opened here (30 ms) is every forked worker's already
@@ -94,18 +98,23 @@ class Pool:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for worker in self._workers:  # an unfinished run: stop what workers are doing
-            if exc[0] is not None:
-                _signal(worker.pid, signal.SIGTERM)
-                continue
-            try:
-                worker.conn.send(None)
-            except OSError:
-                pass  # it ended already
-        for worker in self._workers:
+        """Workers end when their pipe does (after the wave they are judging, if the run
+        was cut short); one still there after STOP_SECONDS is terminated."""
+        for worker in self.running:
+            if exc[0] is None:
+                with suppress(OSError):  # it ended already
+                    worker.conn.send(None)
             worker.conn.close()
-            os.waitpid(worker.pid, 0)
-        self._workers.clear()
+        deadline = time.monotonic() + STOP_SECONDS
+        for worker in self.running:
+            while not os.waitpid(worker.pid, os.WNOHANG)[0]:
+                if time.monotonic() > deadline:
+                    with suppress(ProcessLookupError):
+                        os.kill(worker.pid, signal.SIGTERM)
+                    os.waitpid(worker.pid, 0)
+                    break
+                time.sleep(0.01)
+        self.running.clear()
 
     def run(self, todo: Iterable[Probe], finish: Finish) -> Iterator[FlowResult]:
         pods = self.plan.pods()
@@ -124,17 +133,19 @@ class Pool:
         pid = os.fork()
         if pid == 0:
             try:
+                # The run stops it (its pipe closed), not a Ctrl-C that would cut its
+                # clean-up short (probes detached, kprobe events removed).
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
                 parent.close()
-                for other in self._workers:
+                for other in self.running:
                     other.conn.close()
                 _serve(child, Verifier(self.plan, self.buffer_pages, reset_caches=False,
-                                       port=SERVICE_PORTS[self.started]), finish,
-                       self.ship_hops)
+                                       worker=self.workers), finish, self.ship_hops)
             finally:
                 os._exit(1)  # whatever escaped _serve: the child never runs the run's code
         child.close()
-        self._workers.append(_Worker(pid, parent))
-        self.started += 1
+        self.running.append(_Worker(pid, parent))
+        self.workers += 1
 
 
 @dataclass
@@ -149,22 +160,22 @@ class _Schedule:
     sent: dict[int, list[Probe]] = field(default_factory=dict)  # out at a worker
     taught: dict[int, set] = field(default_factory=dict)  # ARP entries of the waves out
     learnt: set = field(default_factory=set)  # ARP entries of the waves back, kept yet
+    more: bool = True  # waves are left to hand out
 
     def run(self, todo: Iterator[list[Probe]]) -> Iterator[FlowResult]:
         pool, pending, count, emitted = self.pool, None, 0, 0
         pool.start(self.finish)  # the others once it has probes: it compiles them if need be
         while True:
-            if pending is None:
+            if pending is None and self.more:
                 pending = next(todo, None)
-            live = pool._workers  # a worker that dies leaves it
-            if pending is not None and not live:
+                self.more = pending is not None
+            if pending is not None and not pool.running:
                 self._dead(count, pending, "every verify worker ended")
                 pending, count = None, count + 1
                 continue
-            idle = [w for w in live if w.ready and w.wave is None]
-            busy = [w for w in live if w.wave is not None]
-            if pending is not None and idle and self._room_for(len(busy)):
-                self._hand(idle[0], count, pending)
+            idle = [w for w in pool.running if w.ready and w.wave is None]
+            if pending is not None and idle and self._may_go(pending) and \
+                    self._hand(idle[0], count, pending):
                 pending, count = None, count + 1
                 continue
             while emitted in self.out:
@@ -172,7 +183,15 @@ class _Schedule:
                 emitted += 1
             if pending is None and emitted == count:
                 return
-            self._collect([w for w in live if not w.ready or w.wave is not None])
+            self._collect()
+
+    def _may_go(self, wave: list[Probe]) -> bool:
+        """Whether wave may go out beside the waves out. ARP waves go alone: every ARP
+        socket of a pod gets every reply, another worker's too."""
+        out = list(self.sent.values())
+        if out and (_arp(wave) or any(_arp(other) for other in out)):
+            return False
+        return self._room_for(len(out))
 
     def _room_for(self, in_flight: int) -> bool:
         """Whether a wave may go out now. While waves are out, only the entries the waves
@@ -192,19 +211,27 @@ class _Schedule:
                 self.learnt.clear()
             return True
 
-    def _hand(self, worker: _Worker, count: int, wave: list[Probe]) -> None:
-        if self.pool.plan.built:
-            self.room.took(wave)
-            self.taught[count] = self.room.entries(wave)
+    def _hand(self, worker: _Worker, count: int, wave: list[Probe]) -> bool:
+        """Whether worker took wave (it may have died since it was last heard from)."""
         job: Job = (count, [(self.index[p.src.netns], self.index[p.dst.netns], p.proto, p.size)
                             for p in wave])
-        worker.conn.send(job)
+        try:
+            worker.conn.send(job)
+        except OSError:
+            self._ended(worker)
+            return False
+        built = self.pool.plan.built  # a network we did not build is never changed
+        if built:
+            self.room.took(wave)
+        self.taught[count] = self.room.entries(wave) if built else set()
         worker.wave, self.sent[count] = count, wave
+        return True
 
-    def _collect(self, waiting: list[_Worker]) -> None:
-        """Waits for a message from any of waiting and takes it in."""
-        ready = wait([w.conn for w in waiting])
-        for worker in [w for w in waiting if w.conn in ready]:
+    def _collect(self) -> None:
+        """Waits for a message from any worker (an idle one only ever sends its end)."""
+        running = list(self.pool.running)
+        ready = wait([w.conn for w in running])
+        for worker in [w for w in running if w.conn in ready]:
             try:
                 message = worker.conn.recv()
             except (EOFError, OSError):
@@ -214,13 +241,7 @@ class _Schedule:
             if kind == "ready":
                 self._ready(worker, *body)
             elif kind == "judged":
-                count, flows, lost, seconds = body
-                self.out[count] = flows
-                self.pool._lost[worker.pid] = lost
-                self.pool.seconds.update(seconds)
-                del self.sent[count]
-                self.learnt |= self.taught.pop(count, set())
-                worker.wave = None
+                self._judged(worker, *body)
             else:  # what one process would have raised: a missing kernel feature is exit 2
                 error, text = body
                 raise error or RuntimeError(f"verify worker {worker.pid} failed:\n{text}")
@@ -230,16 +251,25 @@ class _Schedule:
         worker.ready = True
         self.pool.backends, self.pool.skipped, self.pool.origin = backends, skipped, origin
         self.pool.seconds.update(seconds)
-        if self.pool.started < self.pool.jobs:
+        if self.pool.workers < self.pool.jobs and self.more:
             self.pool.start(self.finish)
+
+    def _judged(self, worker: _Worker, count: int, flows: list[FlowResult], lost: int,
+                seconds: Counter[str]) -> None:
+        self.out[count] = flows
+        self.pool.lost_by_worker[worker.pid] = lost
+        self.pool.seconds.update(seconds)
+        del self.sent[count]
+        self.learnt |= self.taught.pop(count)
+        worker.wave = None
 
     def _ended(self, worker: _Worker) -> None:
         """A worker that closed its end unasked: it died. Its wave is INCONCLUSIVE."""
         _, status = os.waitpid(worker.pid, 0)
         worker.conn.close()
-        self.pool._workers.remove(worker)
+        self.pool.running.remove(worker)
         if worker.wave is not None:
-            self.learnt |= self.taught.pop(worker.wave, set())
+            self.learnt |= self.taught.pop(worker.wave)
             self._dead(worker.wave, self.sent.pop(worker.wave),
                        f"verify worker {worker.pid} ended ({_how(status)}) before judging it")
 
@@ -249,17 +279,14 @@ class _Schedule:
                            for p in wave]
 
 
+def _arp(wave: list[Probe]) -> bool:
+    return any(p.proto == "arp" for p in wave)
+
+
 def _how(status: int) -> str:
     if os.WIFSIGNALED(status):
         return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
     return f"exit code {os.waitstatus_to_exitcode(status)}"
-
-
-def _signal(pid: int, signum: int) -> None:
-    try:
-        os.kill(pid, signum)
-    except ProcessLookupError:
-        pass
 
 
 def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool) -> None:
