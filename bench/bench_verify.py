@@ -81,7 +81,7 @@ def exchanges_only(name: str) -> int:
     plan = lifecycle.attach(name).plan
     todo = [verifier.Probe(src, dst, "icmp") for src, dst in verifier.pairs(plan)]
     with prober.Prober() as probing:
-        unanswered = sum(not ex.answered for wave in verifier.waves(todo)
+        unanswered = sum(not ex.answered for wave in verifier.waves(plan, todo)
                          for ex in probing.finish([probing.start(p.src, p.dst, p.proto)
                                                    for p in wave]))
     return 1 if unanswered else 0

@@ -57,21 +57,23 @@ def test_waves_fit_the_ring_buffer_and_the_neighbour_room(tmp_path):
     plan = make_plan(spec.load(topology(tmp_path, 16, 32)))
     todo = verifier.probes(plan, verifier.pairs(plan, "all"), ("icmp", "tcp"), mtu=False)
     count = 0
-    for wave in verifier.waves(todo):
+    for wave in verifier.waves(plan, todo):
         count += len(wave)
         assert sum(verifier.EVENTS[p.proto] for p in wave) <= verifier.WAVE_EVENTS
-        learnt = set().union(*(verifier.neighbours(p) for p in wave))
+        learnt = set().union(*(verifier.neighbours(plan, p) for p in wave))
         assert len(learnt) <= verifier.NEIGHBOUR_MARGIN
     assert count == 2 * 512 * 511
     small = make_plan(spec.load(topology(tmp_path, 4, 8)))
     icmp = verifier.probes(small, verifier.pairs(small, "all"), ("icmp",), mtu=False)
-    assert len(list(verifier.waves(icmp))) == 1
+    assert len(list(verifier.waves(small, icmp))) == 1
 
 
 def test_an_exchange_teaches_the_neighbours_it_crosses(tmp_path):
     plan = make_plan(spec.load(topology(tmp_path, 2, 2)))
     a, a2, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1"), plan.pod("node-1/pod-0")
-    assert verifier.neighbours(verifier.Probe(a, a2, "icmp")) == {(a.netns, a2.ip),
-                                                                  (a2.netns, a.ip)}
-    across = verifier.neighbours(verifier.Probe(a, b, "icmp"))
-    assert {(a.netns, a.gateway), ("node-1", b.ip), ("node-0", "node-1")} <= across
+    n0, n1 = plan.node("node-0"), plan.node("node-1")
+    assert verifier.neighbours(plan, verifier.Probe(a, a2, "icmp")) == {(a.netns, a2.ip),
+                                                                        (a2.netns, a.ip)}
+    assert verifier.neighbours(plan, verifier.Probe(a, b, "icmp")) == {
+        (a.netns, a.gateway), (b.netns, b.gateway), (n0.netns, a.ip), (n1.netns, b.ip),
+        (n0.netns, n1.underlay_ip), (n1.netns, n0.underlay_ip)}

@@ -142,10 +142,15 @@ class Plan:
     def pods(self) -> list[PodPlan]:
         return [pod for node in self.nodes for pod in node.pods]
 
+    @cached_property
+    def _nodes_by_name(self) -> dict[str, NodePlan]:
+        return {node.name: node for node in self.nodes}
+
     def node(self, name: str) -> NodePlan:
-        for node in self.nodes:
-            if node.name == name:
-                return node
+        """Looked up for every exchange of a run (waves, neighbours): by name, not by scan."""
+        found = self._nodes_by_name.get(name)
+        if found is not None:
+            return found
         raise UsageError(f"no node {name!r} in cluster {self.name}; "
                          f"known: {', '.join(n.name for n in self.nodes)}")
 

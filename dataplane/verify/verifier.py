@@ -193,16 +193,16 @@ def cost(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Proto,
     return len(chosen) * len(kinds), len(chosen) * sum(EVENTS[kind] for kind in kinds)
 
 
-def waves(todo: Iterable[Probe], events: int = WAVE_EVENTS,
+def waves(plan: Plan, todo: Iterable[Probe], events: int = WAVE_EVENTS,
           margin: int = NEIGHBOUR_MARGIN) -> Iterator[list[Probe]]:
     """Exchanges in waves whose probe events (at most events) fit the ring buffer with room
     to spare, and whose neighbour entries (neighbours()) fit the room the kernel's ARP table
     is given for each wave (margin)."""
     wave: list[Probe] = []
-    learnt: set[tuple[str, object]] = set()
+    learnt: set[tuple[str, IPv4Address]] = set()
     budget = events
     for probe in todo:
-        cost, taught = EVENTS[probe.proto], neighbours(probe)
+        cost, taught = EVENTS[probe.proto], neighbours(plan, probe)
         more = taught - learnt
         if wave and (cost > budget or len(learnt) + len(more) > margin):
             yield wave
@@ -215,16 +215,17 @@ def waves(todo: Iterable[Probe], events: int = WAVE_EVENTS,
         yield wave
 
 
-def neighbours(probe: Probe) -> set[tuple[str, object]]:
-    """The ARP entries (namespace or node, address) an exchange makes the kernel learn,
-    both ways: pods of one node resolve each other; across nodes each pod resolves its
-    gateway, each node the pod it delivers to on its bridge and the other node's underlay
-    address (flannel.1's entries are static)."""
+def neighbours(plan: Plan, probe: Probe) -> set[tuple[str, IPv4Address]]:
+    """The ARP entries (namespace, address) an exchange makes the kernel learn, both ways:
+    pods of one node resolve each other; across nodes each pod resolves its gateway, each
+    node the pod it delivers to on its bridge and the other node's underlay address
+    (flannel.1's entries are static)."""
     s, d = probe.src, probe.dst
     if s.node == d.node:
         return {(s.netns, d.ip), (d.netns, s.ip)}
-    return {(s.netns, s.gateway), (d.netns, d.gateway), (s.node, s.ip), (d.node, d.ip),
-            (s.node, d.node), (d.node, s.node)}
+    sn, dn = plan.node(s.node), plan.node(d.node)
+    return {(s.netns, s.gateway), (d.netns, d.gateway), (sn.netns, s.ip), (dn.netns, d.ip),
+            (sn.netns, dn.underlay_ip), (dn.netns, sn.underlay_ip)}
 
 
 @contextmanager
@@ -259,13 +260,6 @@ class NeighbourRoom:
         self._forgetter.forget(sorted(self._touched))
         self._touched.clear()
 
-    def entries(self, wave: list[Probe]) -> set[tuple[str, IPv4Address]]:
-        """The ARP entries wave teaches (neighbours()), as (namespace, address)."""
-        nodes = {node.name: node for node in self.plan.nodes}
-        return {(nodes[where].netns if where in nodes else where,
-                 nodes[what].underlay_ip if isinstance(what, str) else what)
-                for probe in wave for where, what in neighbours(probe)}
-
     def forget_entries(self, entries: set[tuple[str, IPv4Address]]) -> None:
         """Forget just these entries (while waves that need others are out)."""
         by_namespace: dict[str, set[IPv4Address]] = defaultdict(set)
@@ -273,9 +267,12 @@ class NeighbourRoom:
             by_namespace[where].add(address)
         self._forgetter.forget_entries(by_namespace)
 
-    def took(self, wave: list[Probe]) -> None:
+    def took(self, wave: list[Probe]) -> set[tuple[str, IPv4Address]]:
+        """Notes the namespaces wave's pods and nodes are in; returns the ARP entries it
+        teaches (neighbours())."""
         self._touched.update(ns for p in wave for pod in (p.src, p.dst)
                              for ns in (pod.netns, self.plan.node(pod.node).netns))
+        return set().union(*(neighbours(self.plan, p) for p in wave))
 
     def close(self) -> None:
         self._forgetter.close()
@@ -336,7 +333,7 @@ class Verifier:
             finish: Callable[[FlowResult], FlowResult] = lambda flow: flow) -> Iterator[FlowResult]:
         """Each wave of exchanges started together, finished together, judged, given to
         finish and yielded."""
-        for wave in waves(todo):
+        for wave in waves(self.plan, todo):
             if self.plan.built:  # a network we did not build is never changed
                 with timed(self.seconds, "neighbours"):
                     if self._room.short():

@@ -123,7 +123,7 @@ class Pool:
         room = NeighbourRoom(self.plan, NEIGHBOUR_MARGIN // self.jobs)
         try:
             yield from _Schedule(self, room, finish, index).run(
-                waves(todo, self.events, room.margin))
+                waves(self.plan, todo, self.events, room.margin))
         finally:
             room.close()
 
@@ -220,10 +220,8 @@ class _Schedule:
         except OSError:
             self._ended(worker)
             return False
-        built = self.pool.plan.built  # a network we did not build is never changed
-        if built:
-            self.room.took(wave)
-        self.taught[count] = self.room.entries(wave) if built else set()
+        # a network we did not build is never changed
+        self.taught[count] = self.room.took(wave) if self.pool.plan.built else set()
         worker.wave, self.sent[count] = count, wave
         return True
 
