@@ -18,9 +18,9 @@ from pathlib import Path
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_INCOMPLETE, NUD_NOARP,
-                                    NUD_PERMANENT, RTM_GETLINK, SOL_NETLINK, Batch, NetlinkError,
-                                    dump, ifinfmsg, neighbours)
+from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_DELAY, NUD_INCOMPLETE,
+                                    NUD_NOARP, NUD_PERMANENT, NUD_PROBE, RTM_GETLINK, SOL_NETLINK,
+                                    Batch, NetlinkError, dump, ifinfmsg, neighbours)
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)
@@ -102,7 +102,7 @@ def _flush_bridges(b: Batch) -> None:
 
 # Entries the kernel is resolving (packets wait on an incomplete one) or confirming: while
 # waves are out, one of these may be an exchange's that no prediction named
-NUD_IN_USE = NUD_INCOMPLETE | 0x08 | 0x10  # INCOMPLETE, DELAY, PROBE
+NUD_IN_USE = NUD_INCOMPLETE | NUD_DELAY | NUD_PROBE
 
 
 def _flush_neighbours(b: Batch, only: set[IPv4Address] | None = None) -> None:
