@@ -16,7 +16,6 @@ ratio is against the untraced chunk of the same round.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import socket
 import statistics
@@ -29,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import ROOT, Targets, median_ratio  # noqa: E402
 from dataplane.cluster import lifecycle, netns
 from dataplane.bpf import loader  # noqa: E402
-from dataplane.bpf.tracer import CFG_ALL, Tracer  # noqa: E402
+from dataplane.bpf.tracer import Tracer  # noqa: E402
 from dataplane.records import Flow  # noqa: E402
 
 PACKETS = 200_000
@@ -53,11 +52,6 @@ def set_attached(tracer: Tracer, probes: list[str], on: bool) -> None:
     drifting speed cancels out."""
     for probe in probes:
         (tracer.loaded.attach if on else tracer.loaded.detach)(probe)
-
-
-def record_all(tracer: Tracer, on: bool) -> None:
-    """Switch the attached programs between watched flows only and every packet."""
-    tracer.loaded.bpf[b"config"][ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(on))
 
 
 def main() -> int:
@@ -97,10 +91,10 @@ def main() -> int:
                 traced.append(blast(bulk, tagged, target, chunk))
                 events += len(tracer.take(settle_ms=200))
                 lost = tracer.lost
-                record_all(tracer, True)
+                tracer.record_everything(True)
                 everything.append(blast(bulk, tagged, target, chunk))
                 captured += len(tracer.take(settle_ms=200))
-                record_all(tracer, False)
+                tracer.record_everything(False)
                 captured_lost += tracer.lost - lost
             lost = tracer.lost - captured_lost
         bulk.close()

@@ -225,6 +225,41 @@ static __always_inline void *skb_dev(void *skb)
     return dev;
 }
 
+// Where the frame starts: skb->head + skb->mac_header, or skb->data when no MAC
+// header was set. The three fields sit within a few bytes of each other, so one read
+// of the span that holds them (one helper call, not three) when it is short: every
+// packet on a watched path pays this, watched or not.
+#define MIN2(a, b) ((a) < (b) ? (a) : (b))
+#define MAX2(a, b) ((a) > (b) ? (a) : (b))
+#define SKB_SPAN_AT MIN2(MIN2(OFF_SKB_HEAD, OFF_SKB_DATA), OFF_SKB_MAC_HEADER)
+#define SKB_SPAN_END MAX2(MAX2(OFF_SKB_HEAD, OFF_SKB_DATA) + 8, OFF_SKB_MAC_HEADER + 2)
+#define SKB_SPAN_MAX 32
+
+struct frame_at {
+    unsigned char *start;
+    unsigned char *data;
+};
+
+static __always_inline struct frame_at skb_frame(void *skb)
+{
+    struct frame_at f = {};
+    unsigned char *head = 0;
+    u16 mac = 0;
+    if (SKB_SPAN_END - SKB_SPAN_AT <= SKB_SPAN_MAX) {
+        u8 span[SKB_SPAN_MAX] = {};
+        LOAD(span, skb, SKB_SPAN_AT);
+        __builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_SPAN_AT), 8);
+        __builtin_memcpy(&f.data, span + (OFF_SKB_DATA - SKB_SPAN_AT), 8);
+        __builtin_memcpy(&mac, span + (OFF_SKB_MAC_HEADER - SKB_SPAN_AT), 2);
+    } else {
+        LOAD(head, skb, OFF_SKB_HEAD);
+        LOAD(f.data, skb, OFF_SKB_DATA);
+        LOAD(mac, skb, OFF_SKB_MAC_HEADER);
+    }
+    f.start = (mac == MAC_UNSET) ? f.data : head + mac;
+    return f;
+}
+
 // dev may be 0 for "the skb's": read only when needed, so that recording flows, a
 // packet of no watched flow costs as few reads as possible.
 static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 reason)
@@ -242,12 +277,8 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
     struct hop_event *e = scratch.lookup(&zero);
     if (!e)
         return 0;
-    unsigned char *head = 0, *data = 0;
-    u16 mac = 0;
-    LOAD(head, skb, OFF_SKB_HEAD);
-    LOAD(data, skb, OFF_SKB_DATA);
-    LOAD(mac, skb, OFF_SKB_MAC_HEADER);
-    unsigned char *start = (mac == MAC_UNSET) ? data : head + mac;
+    struct frame_at frame = skb_frame(skb);
+    unsigned char *start = frame.start;
     if (bpf_probe_read_kernel(e->data, SNAPLEN, start) < 0) {
         __builtin_memset(e->data, 0, SNAPLEN);  // no stale bytes from the last packet
         bpf_probe_read_kernel(e->data, 64, start);  // near the end of a page
@@ -262,7 +293,7 @@ static __always_inline int emit(void *ctx, void *skb, void *dev, u16 kind, u32 r
 
     u32 len = 0;
     LOAD(len, skb, OFF_SKB_LEN);
-    len += (u32)(data - start);  // the frame from its Ethernet header
+    len += (u32)(frame.data - start);  // the frame from its Ethernet header
     e->ts = bpf_ktime_get_ns();
     e->skb = (u64)skb;
     e->netns = inum;
@@ -289,7 +320,8 @@ TP(netif_receive_skb)
 TP(netif_rx)
 {
     // Queued to a backlog, then seen again by netif_receive_skb: a watched flow's
-    // trail needs only that, so this hop is recorded when recording everything.
+    // trail needs only that, so this hop is recorded when recording everything (the
+    // tracer detaches this program otherwise; the test guards a bare load).
     if (!config_of(CFG_ALL))
         return 0;
     return emit(ctx, (void *)ctx->args[0], 0, HOP_NETIF_RX, 0);

@@ -253,6 +253,24 @@ def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
 
 
 @pytest.mark.needs_probes
+def test_netif_rx_is_attached_only_while_recording_everything(dataplane_cluster):
+    """A watched flow's trail needs no netif_rx hop: recording flows, that program is
+    detached (no cost per veth crossing); recording everything, its hops are there."""
+    plan = dataplane_cluster.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
+    with Tracer(plan, record_all=False) as tracer:
+        assert tracer_module.QUEUED not in tracer.loaded.attached
+        assert "raw_tracepoint:netif_receive_skb" in tracer.loaded.attached
+        assert prober.exchange(a, b, "icmp", watch=tracer.watch).answered
+        assert not [h for h in tracer.take(50) if h.func == "netif_rx"]
+        tracer.record_everything(True)
+        assert tracer_module.QUEUED in tracer.loaded.attached
+        assert prober.exchange(a, b, "icmp").answered
+        queued = {(h.at, h.device) for h in tracer.take(50) if h.func == "netif_rx"}
+    assert ("node-0", a.host_veth) in queued  # the pod's veth peer queues to node-0's backlog
+
+
+@pytest.mark.needs_probes
 def test_perf_buffer_losses_are_counted(dataplane_cluster, monkeypatch):
     """A one-page perf buffer read twice a second overflows: the kernel's lost records
     reach user space and `lost` accounts for them."""

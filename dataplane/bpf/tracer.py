@@ -24,6 +24,7 @@ HOP_FUNC = 5  # a kprobe: `reason` holds the index of the function in KPROBE_SYM
 LEARN_KINDS = {6: "br_fdb_update", 7: "br_fdb_add"}  # data: MAC, then VLAN id
 PERF_PAGES_PER_CPU = 64
 CFG_ALL, CFG_VXLAN_PORT = 0, 1  # enum config_slot in probes/hops.c
+QUEUED = "raw_tracepoint:netif_rx"  # recorded only when recording everything
 # struct hop_event in probes/hops.c
 _EVENT = struct.Struct("<QQIIIIHH16s128s")
 
@@ -116,8 +117,19 @@ class Tracer:
             self.loaded.close()
 
     def record_everything(self, on: bool) -> None:
-        """Switch between recording every packet and only the watched flows'."""
+        """Switch between recording every packet and only the watched flows'. A watched
+        flow's trail needs no netif_rx hop (its netif_receive_skb follows), so netif_rx
+        is attached only while recording everything: detached, a packet queued to a
+        backlog (every veth crossing) runs no program that would return at once."""
         self.loaded.bpf[b"config"][ctypes.c_int(CFG_ALL)] = ctypes.c_uint32(int(on))
+        attached = QUEUED in self.loaded.attached
+        if not on and attached:
+            self.loaded.detach(QUEUED)
+        elif on and not attached and QUEUED not in self.loaded.skipped:
+            try:
+                self.loaded.attach(QUEUED)
+            except loader.ProbeRefused as err:
+                self.loaded.skipped[QUEUED] = str(err)
 
     def _tag(self, tag: int) -> None:
         """Let packets carrying tag be looked up (a bit per tag, tested before any hash).
