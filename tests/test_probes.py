@@ -271,6 +271,23 @@ def test_netif_rx_is_attached_only_while_recording_everything(dataplane_cluster)
 
 
 @pytest.mark.needs_probes
+def test_ring_buffer_read_across_its_end(dataplane_cluster):
+    """A two-page ring buffer holds about 40 events: 60 exchanges of 8 hops, each taken
+    at once, wrap it a dozen times, and every record reads whole (the data pages are
+    mapped twice in a row, so one that wraps is contiguous)."""
+    plan = dataplane_cluster.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
+    with Tracer(plan, record_all=False, pages=2) as tracer:
+        for _ in range(60):
+            assert prober.exchange(a, b, "icmp", watch=tracer.watch).answered
+            hops = [h for h in tracer.take(5) if h.dir != "learn"]
+            assert [(h.frame.src, h.frame.dst) for h in hops] == \
+                [(str(a.ip), str(b.ip))] * 4 + [(str(b.ip), str(a.ip))] * 4
+            tracer.unwatch()
+        assert tracer.lost == 0
+
+
+@pytest.mark.needs_probes
 def test_perf_buffer_losses_are_counted(dataplane_cluster, monkeypatch):
     """A one-page perf buffer read twice a second overflows: the kernel's lost records
     reach user space and `lost` accounts for them."""

@@ -275,6 +275,11 @@ class Map:
         self.fd, self.kind, self.Key, self.Leaf, self._cpus = fd, kind, key, leaf, cpus
         self._owner = owner
 
+    @property
+    def map_fd(self) -> int:
+        """As bcc's tables name it."""
+        return self.fd
+
     def open_ring_buffer(self, callback: Callable[[Any, int, int], Any]) -> None:
         self._owner.open_ring_buffer(self.fd, callback)
 

@@ -4,6 +4,7 @@ cluster's namespaces, polls, decodes, counts lost events and always detaches."""
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import socket
 import struct
@@ -11,7 +12,7 @@ import sys
 import threading
 import time
 
-from dataplane.bpf import kernel, loader, packet
+from dataplane.bpf import kernel, loader, packet, ringbuf
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
 from dataplane.records import IP_PROTOCOLS, Direction, Flow, Frame, Hop, format_mac
@@ -84,6 +85,7 @@ class Tracer:
         self._poller: threading.Thread | None = None
         self._lost_at_exit: int | None = None
         self._perf_lost = 0  # what the perf buffer reported lost (perf buffers only)
+        self._reader: ringbuf.Reader | None = None  # the ring buffer, where read directly
 
     def __enter__(self) -> "Tracer":
         self.loaded = loader.load(self._buffer, self._pages)
@@ -96,13 +98,15 @@ class Tracer:
             config = self.loaded.bpf[b"config"]
             config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
             events = self.loaded.bpf[b"events"]
-            if self.loaded.buffer == "ring":
+            if self.loaded.buffer == "ring" and ringbuf.usable():
+                self._reader = ringbuf.Reader(events.map_fd, self.loaded.pages * mmap.PAGESIZE)
+            elif self.loaded.buffer == "ring":
                 events.open_ring_buffer(self._on_event)
             else:
                 events.open_perf_buffer(self._on_event, page_cnt=PERF_PAGES_PER_CPU,
                                         lost_cb=self._on_perf_lost)
         except BaseException:
-            self.loaded.close()
+            self._close()
             raise
         self._poller = threading.Thread(target=self._poll, name="tracer-poll", daemon=True)
         self._poller.start()
@@ -114,7 +118,13 @@ class Tracer:
             self._poller.join()
         if self.loaded is not None:
             self._lost_at_exit = self.lost
-            self.loaded.close()
+            self._close()
+
+    def _close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        self.loaded.close()
 
     def record_everything(self, on: bool) -> None:
         """Switch between recording every packet and only the watched flows'. A watched
@@ -197,13 +207,22 @@ class Tracer:
         self._perf_lost += count
 
     def _poll_once(self) -> None:
-        if self.loaded.buffer == "ring":
+        if self._reader is not None:
+            # Woken by the clock or by take(), never by the kernel: woken at each new
+            # record, this thread would take the GIL from the sender thousands of times
+            # a second. The buffer holds far more than a poll period's events.
+            with self._handover:
+                self._handover.wait_for(lambda: self._wanted, timeout=self.POLL_MS / 1000)
+            self._raw += self._reader.take()
+        elif self.loaded.buffer == "ring":
             self.loaded.bpf.ring_buffer_poll(timeout=self.POLL_MS)
         else:
             self.loaded.bpf.perf_buffer_poll(timeout=self.POLL_MS)
 
     def _consume(self) -> None:
-        if self.loaded.buffer == "ring":
+        if self._reader is not None:
+            self._raw += self._reader.take()
+        elif self.loaded.buffer == "ring":
             self.loaded.bpf.ring_buffer_consume()
         else:
             self.loaded.bpf.perf_buffer_consume()
@@ -214,6 +233,7 @@ class Tracer:
         time.sleep(settle_ms / 1000)
         with self._handover:
             self._wanted += 1
+            self._handover.notify_all()  # a poller reading the memory wakes for it
             handed = self._handover.wait_for(lambda: self._handed is not None, timeout=10)
             self._wanted -= 1
             if not handed:
