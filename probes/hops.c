@@ -247,11 +247,11 @@ static __always_inline struct frame_at skb_frame(void *skb)
     u16 mac = 0;
     if (SKB_SPAN_END - SKB_SPAN_AT <= SKB_SPAN_MAX) {
         u8 span[SKB_SPAN_MAX] = {};
-        LOAD(span, skb, SKB_SPAN_AT);
+        bpf_probe_read_kernel(span, SKB_SPAN_END - SKB_SPAN_AT, skb + SKB_SPAN_AT);
         __builtin_memcpy(&head, span + (OFF_SKB_HEAD - SKB_SPAN_AT), 8);
         __builtin_memcpy(&f.data, span + (OFF_SKB_DATA - SKB_SPAN_AT), 8);
         __builtin_memcpy(&mac, span + (OFF_SKB_MAC_HEADER - SKB_SPAN_AT), 2);
-    } else {
+    } else {  // no kernel known spreads them further; kept for one that would
         LOAD(head, skb, OFF_SKB_HEAD);
         LOAD(f.data, skb, OFF_SKB_DATA);
         LOAD(mac, skb, OFF_SKB_MAC_HEADER);
@@ -321,7 +321,7 @@ TP(netif_rx)
 {
     // Queued to a backlog, then seen again by netif_receive_skb: a watched flow's
     // trail needs only that, so this hop is recorded when recording everything (the
-    // tracer detaches this program otherwise; the test guards a bare load).
+    // tracer detaches this program otherwise; the check stays for a bare load).
     if (!config_of(CFG_ALL))
         return 0;
     return emit(ctx, (void *)ctx->args[0], 0, HOP_NETIF_RX, 0);

@@ -154,7 +154,6 @@ class Loaded:
     seconds: float = 0.0
     layout: Layout | None = None
     origin: Origin = "compiled"
-    pages: int = RINGBUF_PAGES  # the ring buffer's size
 
     @property
     def attached(self) -> list[str]:
@@ -241,8 +240,7 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
     programs = compiled.load(kept) if kept else None
     loaded = Loaded(bpf=programs or _compile(text, cflags), skipped=skipped,
                     backends=["tracepoints"], headers=headers, buffer=buffer,
-                    layout=kernel_layout, origin="cached" if programs else "compiled",
-                    pages=pages or RINGBUF_PAGES)
+                    layout=kernel_layout, origin="cached" if programs else "compiled")
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
     for probe in wanted:
         try:

@@ -20,6 +20,7 @@ import ctypes
 import mmap
 import platform
 import struct
+import sys
 
 BUSY, DISCARD = 1 << 31, 1 << 30
 HEADER = 8
@@ -28,12 +29,13 @@ _LENGTH = struct.Struct("=I")
 
 
 def usable() -> bool:
-    return platform.machine() in ("x86_64", "i686", "i386")
+    """x86-64, and a 64-bit Python: the positions are 64-bit, stored in one move."""
+    return platform.machine() == "x86_64" and sys.maxsize > 2**32
 
 
 class Reader:
-    """The records of the ring buffer map fd, whose data is size bytes (a power of two
-    pages: its max_entries)."""
+    """The records of the ring buffer map fd, whose data is size bytes (its
+    max_entries: a power of two pages)."""
 
     def __init__(self, fd: int, size: int):
         page = mmap.PAGESIZE
@@ -42,8 +44,12 @@ class Reader:
                                         mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         # one aligned 8-byte store per update: the kernel reads it at any time
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_page)
-        self._data = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
-                               offset=page)
+        try:
+            self._data = mmap.mmap(fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
+                                   offset=page)
+        except BaseException:
+            self._release_consumer()
+            raise
 
     def take(self) -> list[bytes]:
         """Every record committed since the last take (copies: the kernel reuses the
@@ -65,6 +71,9 @@ class Reader:
         return records
 
     def close(self) -> None:
-        del self._consumer  # releases the export of the consumer page
-        self._consumer_page.close()
+        self._release_consumer()
         self._data.close()
+
+    def _release_consumer(self) -> None:
+        del self._consumer  # its export of the page would make close() refuse
+        self._consumer_page.close()

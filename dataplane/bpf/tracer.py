@@ -4,7 +4,6 @@ cluster's namespaces, polls, decodes, counts lost events and always detaches."""
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import socket
 import struct
@@ -58,8 +57,10 @@ class Tracer:
     Hops carry the plan's labels for where they were seen (node-0, node-0/pod-1, underlay).
     record_all: every packet there (like tcpdump), or only those of the flows
     passed to watch() (the cheap way: everything else is filtered in the kernel).
-    A thread drains the ring buffer as events come, keeping each as raw bytes
-    (the hot path), and hands them over between two polls; take() decodes them.
+    A thread drains the buffer every POLL_MS (and when take() asks), keeping each
+    event as raw bytes (the hot path), and hands them over between two polls; take()
+    decodes them. The buffer must hold a poll period's events: the default ring
+    buffer holds ~43000, a verify wave at most WAVE_EVENTS.
     """
 
     POLL_MS = 10
@@ -99,7 +100,7 @@ class Tracer:
             config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
             events = self.loaded.bpf[b"events"]
             if self.loaded.buffer == "ring" and ringbuf.usable():
-                self._reader = ringbuf.Reader(events.map_fd, self.loaded.pages * mmap.PAGESIZE)
+                self._reader = ringbuf.Reader(events.map_fd, events.max_entries)
             elif self.loaded.buffer == "ring":
                 events.open_ring_buffer(self._on_event)
             else:
@@ -121,10 +122,12 @@ class Tracer:
             self._close()
 
     def _close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-            self._reader = None
-        self.loaded.close()
+        try:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+        finally:
+            self.loaded.close()
 
     def record_everything(self, on: bool) -> None:
         """Switch between recording every packet and only the watched flows'. A watched
@@ -191,7 +194,7 @@ class Tracer:
         self._watched.clear()
 
     def _poll(self) -> None:
-        """The only consumer of the buffer (libbpf's take one at a time)."""
+        """The only consumer of the buffer."""
         while not self._stop.is_set():
             self._poll_once()
             with self._handover:
@@ -212,7 +215,8 @@ class Tracer:
             # record, this thread would take the GIL from the sender thousands of times
             # a second. The buffer holds far more than a poll period's events.
             with self._handover:
-                self._handover.wait_for(lambda: self._wanted, timeout=self.POLL_MS / 1000)
+                self._handover.wait_for(lambda: self._wanted and self._handed is None,
+                                        timeout=self.POLL_MS / 1000)
             self._raw += self._reader.take()
         elif self.loaded.buffer == "ring":
             self.loaded.bpf.ring_buffer_poll(timeout=self.POLL_MS)
