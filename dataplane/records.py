@@ -18,7 +18,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import TYPE_CHECKING, AbstractSet, Any, Literal, get_args
 
 if TYPE_CHECKING:  # for type checkers only: an Exchange is made between two planned pods
     from dataplane.cluster.plan import PodPlan
@@ -239,19 +239,26 @@ def frame_keys(frame: Frame) -> tuple[tuple[str, str, str, int], ...]:
     return tuple((*ends, proto, tag) for ends in (forth, back) for tag in tags)
 
 
-def frame_ends(frame: Frame) -> tuple[tuple[str, str, int, int], ...]:
+def frame_ends(frame: Frame, pods: AbstractSet[str] = frozenset()) -> \
+        tuple[tuple[str, str, int, int], ...]:
     """The exchange ends (server address, protocol, client tag, server port) a frame could
     belong to, going to the server or coming back from it as frame_keys() tells them
     apart: a packet whose other address alone differs (NAT) is the exchange's, but not
     one from the server to a third party that happens to carry the same tag (another
-    process's exchange)."""
+    process's exchange), nor one whose other address is a pod's (pods: the cluster's pod
+    addresses): that pod's own exchange, such as a handshake still retransmitted after
+    its wave, from a client port this exchange's client picked too."""
     if frame.quoted is not None:
-        return frame_ends(frame.quoted)
+        return frame_ends(frame.quoted, pods)
     proto, tags = _tags(frame)
     if proto == "icmp" and frame.icmp_type in (ECHO, ECHO_REPLY):
-        return ((frame.dst if frame.icmp_type == ECHO else frame.src, proto, tags[0], 0),)
+        server, other = (frame.dst, frame.src) if frame.icmp_type == ECHO \
+            else (frame.src, frame.dst)
+        return () if other in pods else ((server, proto, tags[0], 0),)
     if len(tags) == 2:
-        return (frame.dst, proto, tags[0], tags[1]), (frame.src, proto, tags[1], tags[0])
+        return tuple(end for end, other in (((frame.dst, proto, tags[0], tags[1]), frame.src),
+                                             ((frame.src, proto, tags[1], tags[0]), frame.dst))
+                     if other not in pods)
     return ()  # ARP is never NATed: its pair is its key
 
 

@@ -5,7 +5,7 @@ through packet.decode, as the tracer does. Pure: no root needed."""
 from collections.abc import Callable
 
 import pytest
-from scapy.layers.inet import ICMP, IP, UDP
+from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import ARP, Ether
 from scapy.layers.vxlan import VXLAN
 from scapy.packet import Raw
@@ -396,6 +396,22 @@ def test_exchanges_whose_client_ports_collide_keep_their_own_packets():
         [(str(A.ip), 40000), (str(A2.ip), 7777)]
     assert [(h.frame.src, h.frame.sport) for h in index[ba.key]] == \
         [(str(A2.ip), 40000), (str(A.ip), 7777)]
+
+
+def test_a_late_packet_of_another_pods_exchange_is_not_a_nated_one_of_this():
+    """A2's handshake with B (client port 40000) is still retransmitted by B after its
+    wave; A then picks port 40000 to B too. B's SYN-ACK to A2 keeps this exchange's end
+    (B, port 7777, tag 40000), but its other address is a pod's: A2's, not a NAT's."""
+    from dataplane.verify.verifier import by_exchange
+
+    def syn_ack(to):
+        return hop("node-1", "eth0", "tx", bytes(Ether(src=B.mac, dst=A.mac)
+                                                 / IP(src=str(B.ip), dst=to)
+                                                 / TCP(sport=7777, dport=40000, flags="SA")))
+
+    ab = Exchange(A, B, "tcp", 40000, True, port=7777)
+    index = by_exchange([syn_ack(str(A2.ip)), syn_ack("172.30.0.1")], [ab], PLAN.pod_addresses)
+    assert [h.frame.dst for h in index[ab.end]] == ["172.30.0.1"]  # masqueraded: the node's
 
 
 def test_the_arp_probe_is_the_frame_scapy_would_build():

@@ -143,6 +143,10 @@ class Plan:
         return [pod for node in self.nodes for pod in node.pods]
 
     @cached_property
+    def pod_addresses(self) -> frozenset[str]:
+        return frozenset(str(pod.ip) for pod in self.pods())
+
+    @cached_property
     def _nodes_by_name(self) -> dict[str, NodePlan]:
         return {node.name: node for node in self.nodes}
 

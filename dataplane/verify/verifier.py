@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
-from typing import Protocol
+from typing import AbstractSet, Protocol
 
 from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import trail
@@ -128,9 +128,11 @@ def sample(plan: Plan) -> list[tuple[PodPlan, PodPlan]]:
     return list(chosen.values())
 
 
-def by_exchange(hops: list[Hop], exchanges: list[Exchange]) -> dict[tuple, list[Hop]]:
+def by_exchange(hops: list[Hop], exchanges: list[Exchange],
+                pods: AbstractSet[str] = frozenset()) -> dict[tuple, list[Hop]]:
     """Hops indexed by the exchange keys their packets could belong to; a packet of no
-    exchange's key (NATed on the way) is indexed by the exchange end it kept."""
+    exchange's key (NATed on the way) is indexed by the exchange end it kept, unless
+    its other address is one of pods (frame_ends())."""
     keys = {ex.key for ex in exchanges}
     index: dict[tuple, list[Hop]] = defaultdict(list)
     found: dict[int, tuple] = {}  # by frame: hops of one capture share its decoded frame
@@ -141,7 +143,7 @@ def by_exchange(hops: list[Hop], exchanges: list[Exchange]) -> dict[tuple, list[
         where = found.get(id(frame))
         if where is None:
             mine = tuple(key for key in frame_keys(frame) if key in keys)
-            where = found[id(frame)] = mine or frame_ends(frame)
+            where = found[id(frame)] = mine or frame_ends(frame, pods)
         for key in where:
             index[key].append(hop)
     return index
@@ -363,7 +365,7 @@ class Verifier:
 
     def _judged(self, hops: list[Hop], exchanges: list[Exchange],
                 table_fulls: int) -> list[FlowResult]:
-        index = by_exchange(hops, exchanges)
+        index = by_exchange(hops, exchanges, self.plan.pod_addresses)
         self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
