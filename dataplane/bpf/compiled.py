@@ -271,9 +271,8 @@ class Map:
     """One map by fd, with bcc's typed Key and Leaf."""
 
     def __init__(self, fd: int, kind: int, key: type, leaf: type, cpus: int,
-                 max_entries: int, owner: "Programs"):
+                 owner: "Programs"):
         self.fd, self.kind, self.Key, self.Leaf, self._cpus = fd, kind, key, leaf, cpus
-        self.max_entries = max_entries  # as bcc's tables have it (a ring buffer's size)
         self._owner = owner
 
     @property
@@ -339,7 +338,7 @@ class Programs:
             if m["key_size"] and (ctypes.sizeof(key), ctypes.sizeof(leaf)) != \
                     (m["key_size"], m["leaf_size"]):
                 raise ValueError(f"map {m['name']}: types do not match its sizes")
-            self._maps[m["name"]] = Map(fd, m["type"], key, leaf, cpus, m["max_entries"], self)
+            self._maps[m["name"]] = Map(fd, m["type"], key, leaf, cpus, self)
         for name in self._data["programs"]:  # all now: a refusal means compile, not skip
             self._program(name)
 

@@ -100,7 +100,7 @@ class Tracer:
             config[ctypes.c_int(CFG_VXLAN_PORT)] = ctypes.c_uint32(socket.htons(self._vxlan_port))
             events = self.loaded.bpf[b"events"]
             if self.loaded.buffer == "ring" and ringbuf.usable():
-                self._reader = ringbuf.Reader(events.map_fd, events.max_entries)
+                self._reader = ringbuf.Reader(events.map_fd)
             elif self.loaded.buffer == "ring":
                 events.open_ring_buffer(self._on_event)
             else:
