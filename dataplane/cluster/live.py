@@ -13,9 +13,10 @@ from pathlib import Path
 
 from dataplane.cluster import ethtool, firewall, netns
 from dataplane.cluster.netstate import NetState
+from dataplane.cluster.rtdump import dump
 from dataplane.cluster.rtnl import (AF_BRIDGE, NETLINK_GET_STRICT_CHK, NUD_PERMANENT, RTM_GETADDR,
                                     RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE,
-                                    RTNH_F_ONLINK, RT_TABLE_MAIN, SOL_NETLINK, dump, fibmsg,
+                                    RTNH_F_ONLINK, RT_TABLE_MAIN, SOL_NETLINK, fibmsg,
                                     ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg)
 
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
@@ -42,6 +43,13 @@ VXLAN_FLAGS = {"LEARNING": "learning", "UDP_CSUM": "udp_csum", "PROXY": "proxy",
 VXLAN_NUMBERS = {"ID": "vni", "PORT": "port", "TTL": "ttl", "TOS": "tos", "AGEING": "ageing",
                  "LIMIT": "limit"}
 VXLAN_DF = {0: "unset", 1: "set", 2: "inherit"}
+# the attributes read of each kind of entry (discover's scan.py reads links too)
+LINK_ATTRS = ("IFLA_IFNAME", "IFLA_LINKINFO", "IFLA_OPERSTATE", "IFLA_MTU", "IFLA_ADDRESS",
+              "IFLA_MASTER", "IFLA_LINK", "IFLA_LINK_NETNSID")
+ROUTE_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_PREFSRC", "RTA_PRIORITY")
+RULE_ATTRS = ("FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_TABLE",
+              "FRA_PRIORITY")
+NEIGHBOUR_ATTRS = ("NDA_DST", "NDA_LLADDR")
 
 
 def snapshot(wanted: dict[str, NetState]) -> dict[str, NetState | None]:
@@ -75,34 +83,28 @@ def _links(sock: socket.socket, s: NetState) -> tuple[dict[int, str], dict[int, 
     """Every link; returns index -> name, and the same for the VXLAN devices."""
     request = ifinfmsg()
     request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    links = dump(sock, request, RTM_GETLINK)
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in links}
+    links = dump(sock, request, RTM_GETLINK, LINK_ATTRS)
+    names = {link["index"]: link.get("IFLA_IFNAME") for link in links}
     vxlans = {}
     for link in links:
-        name, info = names[link["index"]], link.get_attr("IFLA_LINKINFO")
-        kind = info.get_attr("IFLA_INFO_KIND") if info else None
+        name, info = names[link["index"]], link.get("IFLA_LINKINFO", {})
+        kind = info.get("IFLA_INFO_KIND")
         up = link["flags"] & IFF_UP
         s.link(name, kind or ("loopback" if link["flags"] & IFF_LOOPBACK else "unknown"),
                admin="up" if up else "down",
-               oper=(link.get_attr("IFLA_OPERSTATE") or "unknown").lower(),
-               mtu=link.get_attr("IFLA_MTU"), mac=link.get_attr("IFLA_ADDRESS"),
-               master=names.get(link.get_attr("IFLA_MASTER") or 0))
-        data = nested(info, "IFLA_INFO_DATA")
+               oper=(link.get("IFLA_OPERSTATE") or "unknown").lower(),
+               mtu=link.get("IFLA_MTU"), mac=link.get("IFLA_ADDRESS"),
+               master=names.get(link.get("IFLA_MASTER") or 0))
+        data = info.get("IFLA_INFO_DATA", {})
         if kind == "vxlan":
             vxlans[link["index"]] = name
             s.options(name, "vxlan", vxlan_options(data, names))
         elif kind == "bridge":
             s.options(name, "bridge", {"stp_state": data.get("IFLA_BR_STP_STATE"),
                                        "vlan_filtering": data.get("IFLA_BR_VLAN_FILTERING")})
-        if info and info.get_attr("IFLA_INFO_SLAVE_KIND") == "bridge":
-            s.options(name, "bridge port", _port(nested(info, "IFLA_INFO_SLAVE_DATA")))
+        if info.get("IFLA_INFO_SLAVE_KIND") == "bridge":
+            s.options(name, "bridge port", _port(info.get("IFLA_INFO_SLAVE_DATA", {})))
     return names, vxlans
-
-
-def nested(info, name: str) -> dict:
-    """The attributes of a nested attribute, by name ({} when absent)."""
-    inner = info.get_attr(name) if info else None
-    return dict(inner["attrs"]) if inner else {}
 
 
 def vxlan_options(data: dict, names: dict[int, str]) -> dict[str, object]:
@@ -131,60 +133,60 @@ def _port(data: dict) -> dict[str, object]:
 def _addresses(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
     request = ifaddrmsg()
     request["family"] = socket.AF_INET
-    for a in dump(sock, request, RTM_GETADDR):
-        s.address(names.get(a["index"], str(a["index"])), a.get_attr("IFA_LOCAL"),
+    for a in dump(sock, request, RTM_GETADDR, ["IFA_LOCAL"]):
+        s.address(names.get(a["index"], str(a["index"])), a.get("IFA_LOCAL"),
                   a["prefixlen"])
 
 
 def _routes(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
     request = rtmsg()
     request["family"], request["table"] = socket.AF_INET, RT_TABLE_MAIN
-    for r in dump(sock, request, RTM_GETROUTE):
-        if r.get_attr("RTA_TABLE") not in (None, RT_TABLE_MAIN):
+    for r in dump(sock, request, RTM_GETROUTE, ROUTE_ATTRS):
+        if r.get("RTA_TABLE") not in (None, RT_TABLE_MAIN):
             continue
-        dst = f"{r.get_attr('RTA_DST')}/{r['dst_len']}" if r["dst_len"] else "default"
-        oif = r.get_attr("RTA_OIF")
-        s.route(names.get(oif, str(oif)) if oif else None, dst, via=r.get_attr("RTA_GATEWAY"),
-                onlink=bool(r["flags"] & RTNH_F_ONLINK), src=r.get_attr("RTA_PREFSRC"),
+        dst = f"{r.get('RTA_DST')}/{r['dst_len']}" if r["dst_len"] else "default"
+        oif = r.get("RTA_OIF")
+        s.route(names.get(oif, str(oif)) if oif else None, dst, via=r.get("RTA_GATEWAY"),
+                onlink=bool(r["flags"] & RTNH_F_ONLINK), src=r.get("RTA_PREFSRC"),
                 kind=ROUTE_TYPES.get(r["type"], str(r["type"])),
-                metric=r.get_attr("RTA_PRIORITY") or 0)
+                metric=r.get("RTA_PRIORITY") or 0)
 
 
 def _rules(sock: socket.socket, s: NetState) -> None:
     request = fibmsg()
     request["family"] = socket.AF_INET
-    for r in dump(sock, request, RTM_GETRULE):
-        words = [f"from {r.get_attr('FRA_SRC')}/{r['src_len']}" if r["src_len"] else "from all"]
-        words += [f"to {r.get_attr('FRA_DST')}/{r['dst_len']}"] if r["dst_len"] else []
+    for r in dump(sock, request, RTM_GETRULE, RULE_ATTRS):
+        words = [f"from {r.get('FRA_SRC')}/{r['src_len']}" if r["src_len"] else "from all"]
+        words += [f"to {r.get('FRA_DST')}/{r['dst_len']}"] if r["dst_len"] else []
         for attr, word in (("FRA_IIFNAME", "iif"), ("FRA_OIFNAME", "oif"),
                            ("FRA_FWMARK", "fwmark")):
-            if r.get_attr(attr):
-                words.append(f"{word} {r.get_attr(attr)}")
-        table = r.get_attr("FRA_TABLE") or r["table"]
+            if r.get(attr):
+                words.append(f"{word} {r.get(attr)}")
+        table = r.get("FRA_TABLE") or r["table"]
         words.append(f"lookup {TABLES.get(table, table)}" if r["action"] == 1
                      else RULE_ACTIONS.get(r["action"], f"action {r['action']}"))
-        s.rule(r.get_attr("FRA_PRIORITY") or 0, " ".join(words))
+        s.rule(r.get("FRA_PRIORITY") or 0, " ".join(words))
 
 
 def _neighbours(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
     """Permanent entries only: the rest the kernel learns and forgets on its own."""
     request = ndmsg()
     request["family"] = socket.AF_INET
-    for n in dump(sock, request, RTM_GETNEIGH):
+    for n in dump(sock, request, RTM_GETNEIGH, NEIGHBOUR_ATTRS):
         if n["state"] & NUD_PERMANENT:
-            s.neighbour(names.get(n["ifindex"], str(n["ifindex"])), n.get_attr("NDA_DST"),
-                        n.get_attr("NDA_LLADDR"))
+            s.neighbour(names.get(n["ifindex"], str(n["ifindex"])), n.get("NDA_DST"),
+                        n.get("NDA_LLADDR"))
 
 
 def _fdb(sock: socket.socket, s: NetState, vxlans: dict[int, str]) -> None:
     request = ndmsg()
     request["family"] = AF_BRIDGE
-    for n in dump(sock, request, RTM_GETNEIGH):
+    for n in dump(sock, request, RTM_GETNEIGH, NEIGHBOUR_ATTRS):
         if n["ifindex"] in vxlans:
             # permanent whether noarp or not (`bridge fdb append` sets both), as bridge(8) reads it
             state = "permanent" if n["state"] & NUD_PERMANENT else \
                 NUD_STATES.get(n["state"], hex(n["state"]))
-            s.fdb(vxlans[n["ifindex"]], n.get_attr("NDA_LLADDR"), n.get_attr("NDA_DST"), state)
+            s.fdb(vxlans[n["ifindex"]], n.get("NDA_LLADDR"), n.get("NDA_DST"), state)
 
 
 def _offloads(s: NetState, wanted: list[tuple[str, str]]) -> None:

@@ -72,7 +72,7 @@ NUD_INCOMPLETE, NUD_DELAY, NUD_PROBE, NUD_NOARP, NUD_PERMANENT = 0x01, 0x08, 0x1
 NTF_USE, NTF_SELF = 0x1, 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
-_HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
+HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
 
 
 class NetlinkError(OSError):
@@ -318,10 +318,10 @@ class Batch:
             data = self.sock.recv(65536)
             offset = 0
             while offset < len(data):
-                length, kind, _, seq, _ = _HEADER.unpack_from(data, offset)
+                length, kind, _, seq, _ = HEADER.unpack_from(data, offset)
                 if kind == NLMSG_ERROR:
                     pending -= 1
-                    code = struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                    code = struct.unpack_from("=i", data, offset + HEADER.size)[0]
                     if code and error is None:
                         error = self._error(-code, data[offset:offset + length], seq)
                 offset += (length + 3) & ~3
@@ -336,82 +336,37 @@ class Batch:
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
 
 
-def _replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
+def replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
     """(buffer, offset, length) of each message a dump request gets, until its end."""
     while True:
         data = sock.recv(1 << 20)
         offset = 0
         while offset < len(data):
-            length, got, _, _, _ = _HEADER.unpack_from(data, offset)
+            length, got, _, _, _ = HEADER.unpack_from(data, offset)
             if got == NLMSG_DONE:
                 return
             if got == NLMSG_ERROR:
-                code = -struct.unpack_from("=i", data, offset + _HEADER.size)[0]
+                code = -struct.unpack_from("=i", data, offset + HEADER.size)[0]
                 raise NetlinkError(code, f"dump {what}: {os.strerror(code)}")
             yield data, offset, length
             offset += (length + 3) & ~3
 
 
-def _ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
+def ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
     """Send one request of kind (a dump or a get), not batched."""
     _request(msg, kind, flags)["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))
 
 
-def dump(sock: socket.socket, msg, kind: int) -> list:
-    """Every entry a dump request of kind gets, decoded with msg's own class (the
-    request's fields and attributes filter the dump where the kernel allows it)."""
-    _ask(sock, msg, kind, NLM_F_REQUEST | NLM_F_DUMP)
-    entries = []
-    for data, offset, length in _replies(sock, str(kind)):
-        entry = type(msg)(data[offset:offset + length])
-        entry.decode()
-        entries.append(entry)
-    return entries
-
-
-_NDMSG = struct.Struct("=BxxxiHBB")  # struct ndmsg: family, ifindex, state, flags, type
-_RTATTR = struct.Struct("=HH")
-NDA_DST = 1
-
-
-def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
-    """(ifindex, state, address) of every IPv4 neighbour entry: dump() without decoding
-    each entry in full, for a caller that asks again and again."""
-    request = ndmsg()
-    request["family"] = socket.AF_INET
-    _ask(sock, request, RTM_GETNEIGH, NLM_F_REQUEST | NLM_F_DUMP)
-    entries = []
-    for data, offset, length in _replies(sock, "neighbours"):
-        body = offset + _HEADER.size
-        family, ifindex, state, _, _ = _NDMSG.unpack_from(data, body)
-        dst = _attribute(data, body + _NDMSG.size, offset + length, NDA_DST)
-        if family == socket.AF_INET and dst is not None and len(dst) == 4:
-            entries.append((ifindex, state, IPv4Address(dst)))
-    return entries
-
-
-def _attribute(data: bytes, start: int, end: int, kind: int) -> bytes | None:
-    """The payload of the first attribute of type kind between start and end."""
-    while start + _RTATTR.size <= end:
-        length, got = _RTATTR.unpack_from(data, start)
-        if length < _RTATTR.size:
-            return None
-        if got == kind:
-            return data[start + _RTATTR.size:start + length]
-        start += (length + 3) & ~3
-    return None
-
-
 def get(sock: socket.socket, msg, kind: int):
     """The one entry a get request of kind answers (a route lookup, a neighbour),
     decoded with msg's own class; the kernel's refusal is raised."""
-    _ask(sock, msg, kind, NLM_F_REQUEST)
+    ask(sock, msg, kind, NLM_F_REQUEST)
     data = sock.recv(1 << 16)
-    length, got = _HEADER.unpack_from(data)[:2]
+    length, got = HEADER.unpack_from(data)[:2]
     if got == NLMSG_ERROR:
-        code = -struct.unpack_from("=i", data, _HEADER.size)[0]
+        code = -struct.unpack_from("=i", data, HEADER.size)[0]
         raise NetlinkError(code, os.strerror(code))
     entry = type(msg)(data[:length])
     entry.decode()

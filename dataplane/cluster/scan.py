@@ -15,8 +15,9 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Interface
 
 from dataplane.cluster import netns
-from dataplane.cluster.live import IFF_UP, RTEXT_FILTER_SKIP_STATS, nested, vxlan_options
-from dataplane.cluster.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, dump, get,
+from dataplane.cluster.live import LINK_ATTRS, IFF_UP, RTEXT_FILTER_SKIP_STATS, vxlan_options
+from dataplane.cluster.rtdump import dump
+from dataplane.cluster.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, get,
                                     ifaddrmsg, ifinfmsg, nsidmsg)
 
 
@@ -67,10 +68,10 @@ def _read_here(names: list[str]) -> _Raw:
         links, peers = _links(sock)
         request = ifaddrmsg()
         request["family"] = socket.AF_INET
-        for a in dump(sock, request, RTM_GETADDR):
+        for a in dump(sock, request, RTM_GETADDR, ["IFA_LOCAL"]):
             if a["index"] in links:
                 links[a["index"]].addresses.append(
-                    IPv4Interface(f"{a.get_attr('IFA_LOCAL')}/{a['prefixlen']}"))
+                    IPv4Interface(f"{a.get('IFA_LOCAL')}/{a['prefixlen']}"))
         ids = _nsids(sock, names) if any(nsid is not None for nsid, _ in peers.values()) else {}
     return _Raw(links, peers, ids)
 
@@ -78,19 +79,18 @@ def _read_here(names: list[str]) -> _Raw:
 def _links(sock: socket.socket) -> tuple[dict[int, Link], dict[str, tuple[int | None, int]]]:
     request = ifinfmsg()
     request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    found = dump(sock, request, RTM_GETLINK)
-    names = {link["index"]: link.get_attr("IFLA_IFNAME") for link in found}
+    found = dump(sock, request, RTM_GETLINK, LINK_ATTRS)
+    names = {link["index"]: link.get("IFLA_IFNAME") for link in found}
     links, peers = {}, {}
     for link in found:
-        name, info = names[link["index"]], link.get_attr("IFLA_LINKINFO")
-        kind = (info.get_attr("IFLA_INFO_KIND") if info else None) or \
-            ("loopback" if name == "lo" else "unknown")
+        name, info = names[link["index"]], link.get("IFLA_LINKINFO", {})
+        kind = info.get("IFLA_INFO_KIND") or ("loopback" if name == "lo" else "unknown")
         links[link["index"]] = Link(
-            name, kind, mac=link.get_attr("IFLA_ADDRESS"), mtu=link.get_attr("IFLA_MTU"),
-            up=bool(link["flags"] & IFF_UP), master=names.get(link.get_attr("IFLA_MASTER") or 0),
-            vxlan=vxlan_options(nested(info, "IFLA_INFO_DATA"), names) if kind == "vxlan" else {})
-        if kind == "veth" and link.get_attr("IFLA_LINK"):
-            peers[name] = (link.get_attr("IFLA_LINK_NETNSID"), link.get_attr("IFLA_LINK"))
+            name, kind, mac=link.get("IFLA_ADDRESS"), mtu=link.get("IFLA_MTU"),
+            up=bool(link["flags"] & IFF_UP), master=names.get(link.get("IFLA_MASTER") or 0),
+            vxlan=vxlan_options(info.get("IFLA_INFO_DATA", {}), names) if kind == "vxlan" else {})
+        if kind == "veth" and link.get("IFLA_LINK"):
+            peers[name] = (link.get("IFLA_LINK_NETNSID"), link.get("IFLA_LINK"))
     return links, peers
 
 
