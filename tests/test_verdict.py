@@ -235,7 +235,7 @@ def test_delivery_to_the_wrong_pod_fails():
     result = judge(PLAN, ex(), hops)
     assert (result.verdict, result.rule) == (FAIL, "wrong-pod")
     assert "node-1/pod-0" in result.diagnosis
-    [evidence] = cause.explain(PLAN, result, [], cause.owners(PLAN))
+    [evidence] = cause.evidence(PLAN, result, cause.owners(PLAN))
     assert (evidence.at, evidence.device) == ("node-1", "cni0")  # the bridge that leaked it
 
 
@@ -250,7 +250,7 @@ def test_a_packet_sent_to_another_pods_mac_is_wrong_pod_not_path():
                            hop(stray.ref, "eth0", "rx", to_stray, ts=11)]
     result = judge(PLAN, ex(answered=False), hops)
     assert (result.verdict, result.rule) == (FAIL, "wrong-pod"), result.diagnosis
-    [evidence] = cause.explain(PLAN, result, [], cause.owners(PLAN))
+    [evidence] = cause.evidence(PLAN, result, cause.owners(PLAN))
     assert (evidence.at, evidence.device, evidence.found) == (
         "node-1", "cni0", f"{stray.mac} ({stray.ref})")
 

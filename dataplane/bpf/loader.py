@@ -198,12 +198,22 @@ def ring_buffer_supported(release: str) -> bool:
     return (major, minor) >= (5, 8)
 
 
-def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
-    """Compile the probes against the best headers there are and attach them:
-    tracepoints always, kprobes on the bridge/VXLAN functions where possible.
-    buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
-    pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default."""
-    started = time.perf_counter()
+@dataclass
+class _Recipe:
+    """What a load compiles (or finds compiled) and attaches."""
+
+    text: str
+    cflags: list[str]
+    names: list[str]  # the programs
+    wanted: list[str]  # the probes to attach them to
+    skipped: dict[str, str]
+    headers: str
+    buffer: Buffer
+    layout: Layout
+    kept: Path | None  # where its compile is kept (bpf/compiled.py), None if it is not
+
+
+def _recipe(buffer: Buffer | None, pages: int | None) -> _Recipe:
     headers, tree = kernel.header_source()
     if tree is None:
         raise UsageError(f"no kernel headers for {kernel.release()}; install "
@@ -236,19 +246,35 @@ def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
         text += source("fn_hops.c")
     cflags = [f"-D{k}={v}" for k, v in macros.items()]
     names = [f"tp_{tp}" for tp in tracepoints] + [f"fn_{fn}" for fn in functions]
-    kept = _cache_entry(text, [*cflags, *names], buffer, tree)
-    programs = compiled.load(kept) if kept else None
-    loaded = Loaded(bpf=programs or _compile(text, cflags), skipped=skipped,
-                    backends=["tracepoints"], headers=headers, buffer=buffer,
-                    layout=kernel_layout, origin="cached" if programs else "compiled")
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
-    for probe in wanted:
+    return _Recipe(text, cflags, names, wanted, skipped, headers, buffer, kernel_layout,
+                   _cache_entry(text, [*cflags, *names], buffer, tree))
+
+
+def cached(pages: int | None = None) -> bool:
+    """Whether load(pages=pages) would find its probes compiled by an earlier run."""
+    kept = _recipe(None, pages).kept
+    return kept is not None and kept.exists()
+
+
+def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
+    """Compile the probes against the best headers there are and attach them:
+    tracepoints always, kprobes on the bridge/VXLAN functions where possible.
+    buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
+    pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default."""
+    started = time.perf_counter()
+    recipe = _recipe(buffer, pages)
+    programs = compiled.load(recipe.kept) if recipe.kept else None
+    loaded = Loaded(bpf=programs or _compile(recipe.text, recipe.cflags), skipped=recipe.skipped,
+                    backends=["tracepoints"], headers=recipe.headers, buffer=recipe.buffer,
+                    layout=recipe.layout, origin="cached" if programs else "compiled")
+    for probe in recipe.wanted:
         try:
             loaded.attach(probe)
         except ProbeRefused as err:
             loaded.skipped[probe] = str(err)
-    if kept and not programs:
-        _keep(kept, loaded.bpf, names)
+    if recipe.kept and not programs:
+        _keep(recipe.kept, loaded.bpf, recipe.names)
     if any(a.startswith("kprobe:") for a in loaded.attached):
         loaded.backends.insert(0, "kprobes")
     loaded.seconds = time.perf_counter() - started

@@ -42,19 +42,24 @@ def owners(plan: Plan) -> Owners:
     return Owners(marks, {str(pod.ip): pod for pod in plan.pods()})
 
 
-def explain(plan: Plan, flow: FlowResult, drift: list[Drift], known: Owners) -> list[Drift]:
-    """flow's cause: the drift that explains it, else the evidence; [] unless it FAILed."""
+def explaining(plan: Plan, flow: FlowResult, drift: list[Drift], known: Owners) -> list[Drift]:
+    """The drift items that explain flow; [] unless it FAILed. Its hops are not needed."""
     if flow.verdict != FAIL:
         return []
     src, dst = plan.pod(flow.src), plan.pod(flow.dst)
     crossed = places(plan, src, dst, flow.proto)
     spaces = {at for at, _ in crossed}
     involved = {src.node, dst.node}
-    found = [d for d in drift
-             if ((d.at, d.device) in crossed or d.at in (src.ref, dst.ref)
-                 or (d.device is None and d.at in spaces))
-             and not _about_others(d, involved, known)]
-    return found or [_evidence(plan, flow, known)]
+    return [d for d in drift
+            if ((d.at, d.device) in crossed or d.at in (src.ref, dst.ref)
+                or (d.device is None and d.at in spaces))
+            and not _about_others(d, involved, known)]
+
+
+def evidence(plan: Plan, flow: FlowResult, known: Owners) -> list[Drift]:
+    """Where flow's hops point, as a drift item; [] unless it FAILed. Taken where the hops
+    are (a verify worker), before the drift is known. A flow's cause is explaining(), else this."""
+    return [_evidence(plan, flow, known)] if flow.verdict == FAIL else []
 
 
 def _about_others(item: Drift, involved: set[str], known: Owners) -> bool:

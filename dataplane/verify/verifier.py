@@ -1,4 +1,4 @@
-"""`dataplane verify`: the cluster audited, earlier runs' caches reset, then exchanges for the
+"""`dataplane verify`: the cluster audited beside the traffic, earlier runs' caches reset, then exchanges for the
 chosen pod pairs in waves, each flow judged hop by hop, given its cause and handed on."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
+from itertools import chain
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
@@ -18,7 +19,7 @@ from dataplane.errors import UsageError
 from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Pairs, Proto,
                                frame_ends, frame_keys)
 from dataplane.traffic import prober
-from dataplane.verify import audit, caches, cause
+from dataplane.verify import audit, caches, cause, forked
 from dataplane.verify.verdict import judge
 
 # After a wave, the last of its events are in the ring buffer already (an answer reaches
@@ -405,7 +406,8 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         buffer_pages: int | None = None, verifier: Verifier | None = None,
         jobs: int | None = None) -> Report:
     """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
-    live state is audited first; each failing flow is given its cause, then written to
+    live state is audited by a forked child while the traffic goes (forked.py: it reads
+    nothing the traffic changes); each failing flow is given its cause, then written to
     stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
     so that memory does not grow with the hops of every flow. verifier: one already
     entered (its probes loaded once for several runs; its caller resets the caches).
@@ -414,13 +416,9 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     from dataplane.verify import workers
 
     chosen = some_pairs(plan, which)
-    began = time.perf_counter()
-    drift = audit.audit(plan)
-    audited = time.perf_counter() - began
+    auditing = forked.call(lambda: _audited(plan))  # on the other core, beside the traffic
     known = cause.owners(plan)
     total, events = cost(plan, chosen, protos, mtu)
-    if stream:
-        stream.start(drift, total)
     ship_hops = keep_hops or bool(stream and stream.hops)  # every flow's hops must reach us
     if jobs is None:
         jobs = workers.jobs_for(events, ship_hops)
@@ -432,13 +430,22 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     else:
         judging = Verifier(plan, buffer_pages)
 
-    def finish(flow: FlowResult) -> FlowResult:
-        flow.cause = cause.explain(plan, flow, drift, known)
+    def evidence(flow: FlowResult) -> FlowResult:  # where the flow's hops are
+        flow.cause = cause.evidence(plan, flow, known)
         return flow
 
-    flows = []
-    with judging as judge:
-        for flow in judge.run(probes(plan, chosen, protos, mtu), finish):
+    flows: list[FlowResult] = []
+    drift: list[Drift] | None = None
+    with auditing, judging as judge:
+        # None: the end, so that the drift is taken even had no flow come
+        for flow in chain(judge.run(probes(plan, chosen, protos, mtu), evidence), [None]):
+            if drift is None:  # before the first flow is handed on
+                drift, audited = auditing.result()
+                if stream:
+                    stream.start(drift, total)
+            if flow is None:
+                break
+            flow.cause = cause.explaining(plan, flow, drift, known) or flow.cause
             if stream:
                 stream.flow(flow)
             if not keep_hops:
@@ -451,3 +458,9 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     if stream:
         stream.end(report)
     return report
+
+
+def _audited(plan: Plan) -> tuple[list[Drift], float]:
+    """The drift, and the seconds the audit took."""
+    began = time.perf_counter()
+    return audit.audit(plan), time.perf_counter() - began

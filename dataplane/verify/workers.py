@@ -24,7 +24,7 @@ from contextlib import suppress
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe, wait
 
-from dataplane.bpf import compiled
+from dataplane.bpf import compiled, loader
 from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
@@ -164,7 +164,10 @@ class _Schedule:
 
     def run(self, todo: Iterator[list[Probe]]) -> Iterator[FlowResult]:
         pool, pending, count, emitted = self.pool, None, 0, 0
-        pool.start(self.finish)  # the others once it has probes: it compiles them if need be
+        # all at once when the probes are compiled already, else the others once the
+        # first has compiled them
+        for _ in range(pool.jobs if loader.cached(pool.buffer_pages) else 1):
+            pool.start(self.finish)
         while True:
             if pending is None and self.more:
                 pending = next(todo, None)

@@ -1,0 +1,99 @@
+"""A function run by a forked child while the caller goes on: work for the machine's other
+core (verify's audit beside its traffic), which a thread, sharing the interpreter's lock,
+would not give. The child sends back what the function returned or the error it raised;
+result() waits for it and raises that error as the caller's own.
+
+A process whose threads run (a tracer's poller) is not forked: a lock one of them held
+would stay held in the child. There the function runs at once, in the caller.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import traceback
+from collections.abc import Callable
+from contextlib import suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, Pipe
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class Pending(Generic[T]):
+    """What call() started; result() once, close() always (a context manager does)."""
+
+    pid: int | None = None
+    conn: Connection | None = None
+    value: T | None = None  # when the function ran in the caller
+
+    def result(self) -> T:
+        if self.conn is None:
+            return self.value  # type: ignore[return-value]
+        try:
+            kind, payload = self.conn.recv()
+        except (EOFError, OSError):
+            _, status = os.waitpid(self.pid, 0)
+            self.pid = None
+            raise RuntimeError(f"the forked child {_how(status)} before it answered") from None
+        finally:
+            self.conn.close()
+            self.conn = None
+        if kind == "error":
+            error, text = payload
+            raise error or RuntimeError(f"the forked child failed:\n{text}")
+        return payload
+
+    def close(self) -> None:
+        """Ends the child if it still works (the caller stopped early), and reaps it."""
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+            with suppress(ProcessLookupError):
+                os.kill(self.pid, signal.SIGTERM)
+        if self.pid is not None:
+            os.waitpid(self.pid, 0)
+            self.pid = None
+
+    def __enter__(self) -> "Pending[T]":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def call(work: Callable[[], T]) -> Pending[T]:
+    if threading.active_count() > 1:
+        return Pending(value=work())
+    parent, child = Pipe(duplex=False)
+    pid = os.fork()
+    if pid == 0:
+        _child(child, work)
+    child.close()
+    return Pending(pid, parent)
+
+
+def _child(conn: Connection, work: Callable[[], object]) -> None:
+    """Never returns: nothing of the caller's own clean-up or buffered output may run twice."""
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
+        try:
+            answer = ("value", work())
+        except BaseException as err:
+            answer = ("error", (err, traceback.format_exc()))
+        try:
+            conn.send(answer)
+        except Exception:  # an error that does not pickle
+            conn.send(("error", (None, answer[1][1] if answer[0] == "error" else
+                                 traceback.format_exc())))
+    finally:
+        os._exit(0)
+
+
+def _how(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"ended with exit code {os.waitstatus_to_exitcode(status)}"
