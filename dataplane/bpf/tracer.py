@@ -232,9 +232,20 @@ class Tracer:
             self.loaded.bpf.perf_buffer_consume()
 
     def take(self, settle_ms: int = 0) -> list[Hop]:
-        """Every hop recorded since the last take(), in kernel time order, after
-        waiting settle_ms for the events of the last packets to arrive."""
-        time.sleep(settle_ms / 1000)
+        """Every hop recorded since the last take(), in kernel time order, the events of
+        the last packets given settle_ms to arrive (those there are decoded meanwhile)."""
+        settled = time.monotonic() + settle_ms / 1000
+        self._frames: dict[bytes, Frame | None] = {}
+        try:
+            hops = [self._decode(r) for r in self._handed_over()]
+            time.sleep(max(0.0, settled - time.monotonic()))
+            hops += [self._decode(r) for r in self._handed_over()]
+            return sorted(hops, key=lambda h: h.ts)
+        finally:
+            self._frames = {}  # a take's worth at most
+
+    def _handed_over(self) -> list[bytes]:
+        """The events the poller read since it last handed some over."""
         with self._handover:
             self._wanted += 1
             self._handover.notify_all()  # a poller reading the memory wakes for it
@@ -243,11 +254,7 @@ class Tracer:
             if not handed:
                 raise RuntimeError("the ring buffer poller stopped handing events over")
             raw, self._handed = self._handed, None
-        self._frames: dict[bytes, Frame | None] = {}
-        try:
-            return sorted((self._decode(r) for r in raw), key=lambda h: h.ts)
-        finally:
-            self._frames = {}  # a take's worth at most
+        return raw
 
     def _decode(self, raw: bytes) -> Hop:
         ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \

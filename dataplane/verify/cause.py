@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 from dataplane.cluster.plan import Plan, PodPlan
 from dataplane.records import FAIL, Drift, FlowResult, Hop
@@ -27,19 +28,25 @@ SENDER_SIDE_RULES = ("vxlan-port", "vxlan-vni", "outer-addresses", "outer-mac", 
 class Owners:
     """What names each node of the plan in a drift item's text, and each pod by address."""
 
-    marks: dict[str, re.Pattern]  # node -> its addresses and MACs, as one pattern
+    plan: Plan
     pods: dict[str, PodPlan]  # pod IP -> pod
+
+    @cached_property
+    def marks(self) -> dict[str, re.Pattern]:
+        """node -> its addresses and MACs, as one pattern; compiled when first needed (a
+        run whose every flow passes never needs them)."""
+        marks = {}
+        for node in self.plan.nodes:
+            idents = [str(node.underlay_ip), str(node.vtep_ip), str(node.pod_cidr),
+                      str(node.gateway), node.vtep_mac, node.eth0_mac, node.cni0_mac]
+            idents += [str(pod.ip) for pod in node.pods] + [pod.mac for pod in node.pods]
+            marks[node.name] = re.compile("|".join(rf"(?<![\w.:]){re.escape(i)}(?![\w:]|\.\d)"
+                                                   for i in idents))
+        return marks
 
 
 def owners(plan: Plan) -> Owners:
-    marks = {}
-    for node in plan.nodes:
-        idents = [str(node.underlay_ip), str(node.vtep_ip), str(node.pod_cidr), str(node.gateway),
-                  node.vtep_mac, node.eth0_mac, node.cni0_mac]
-        idents += [str(pod.ip) for pod in node.pods] + [pod.mac for pod in node.pods]
-        marks[node.name] = re.compile("|".join(rf"(?<![\w.:]){re.escape(i)}(?![\w:]|\.\d)"
-                                               for i in idents))
-    return Owners(marks, {str(pod.ip): pod for pod in plan.pods()})
+    return Owners(plan, {str(pod.ip): pod for pod in plan.pods()})
 
 
 def explaining(plan: Plan, flow: FlowResult, drift: list[Drift], known: Owners) -> list[Drift]:
