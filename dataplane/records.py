@@ -188,14 +188,14 @@ class Exchange:
         source pod's gateway (pods on other nodes are not on its link)."""
         if self.proto == "arp" and self.src.node != self.dst.node:
             return str(self.src.gateway)
-        return str(self.dst.ip)
+        return self.dst.ip_str
 
     @cached_property
     def key(self) -> tuple[str, str, str, int]:
         """(client, server, protocol, the client's tag): one direction, so that another
         exchange between the same pods whose client port happens to be the same number
         is never taken for this one."""
-        return str(self.src.ip), self.target, self.proto, self.tag
+        return self.src.ip_str, self.target, self.proto, self.tag
 
     @cached_property
     def end(self) -> tuple[str, str, int, int]:

@@ -334,3 +334,26 @@ def test_bridge_learning(dataplane_clusters):
         learned = {(h.at, h.device, h.learned) for h in tracer.take(50) if h.dir == "learn"}
     assert ("node-0", a.host_veth, f"{a.mac} vlan 0") in learned
     assert ("node-0", b.host_veth, f"{b.mac} vlan 0") in learned
+
+
+@pytest.mark.needs_probes
+def test_detached_soon_the_probes_record_nothing_more_and_the_maps_stay_readable(
+        dataplane_cluster):
+    """A verify worker's last wave: its probes are detached while it judges the wave (a
+    detach waits on the kernel); what it took is whole, the counters and flows still read."""
+    plan = dataplane_cluster.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-0")
+    with Tracer(plan, record_all=False) as tracer:
+        assert prober.exchange(a, b, "icmp", watch=tracer.watch).answered
+        hops = tracer.take(20)
+        tracer.detach_soon()
+        tracer._detacher.join()
+        tracer._poller.join()  # stopped too: nothing is read any more
+        assert tracer.loaded.attached == []
+        assert tracer.lost == 0  # the maps are open yet
+        tracer.unwatch()
+        assert prober.exchange(a, b, "icmp", watch=tracer.watch).answered
+        if tracer._reader is not None:  # the ring buffer read directly (x86-64)
+            assert tracer._reader.take() == []  # no probe ran for that exchange
+    assert {(h.at, h.dir) for h in hops} >= {("node-0/pod-0", "tx"), ("node-1/pod-0", "rx"),
+                                             ("underlay", "tx")}

@@ -65,10 +65,10 @@ def test_a_worker_killed_mid_wave_leaves_that_wave_inconclusive(dataplane_cluste
     first = next(verifier.probes(made.plan, verifier.pairs(made.plan), PROTOS, False))
     judge_wave = verifier.Verifier.wave
 
-    def wave(self, probes):  # runs in the forked workers
+    def wave(self, probes, *last):  # runs in the forked workers
         if os.getpid() != run and probes[0] == first:
             os.kill(os.getpid(), signal.SIGKILL)
-        return judge_wave(self, probes)
+        return judge_wave(self, probes, *last)
 
     monkeypatch.setattr(verifier.Verifier, "wave", wave)
     report = verifier.run(made.plan, protos=PROTOS, mtu=False, keep_hops=False, jobs=2)

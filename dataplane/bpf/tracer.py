@@ -9,6 +9,7 @@ import socket
 import struct
 import sys
 import threading
+from contextlib import suppress
 import time
 
 from dataplane.bpf import kernel, loader, packet, ringbuf
@@ -84,6 +85,7 @@ class Tracer:
         self._handed: list[bytes] | None = None
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
+        self._detacher: threading.Thread | None = None
         self._lost_at_exit: int | None = None
         self._perf_lost = 0  # what the perf buffer reported lost (perf buffers only)
         self._reader: ringbuf.Reader | None = None  # the ring buffer, where read directly
@@ -115,8 +117,9 @@ class Tracer:
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
-        if self._poller is not None:
-            self._poller.join()
+        for thread in (self._poller, self._detacher):
+            if thread is not None:
+                thread.join()
         if self.loaded is not None:
             self._lost_at_exit = self.lost
             self._close()
@@ -143,6 +146,21 @@ class Tracer:
                 self.loaded.attach(QUEUED)
             except loader.ProbeRefused as err:
                 self.loaded.skipped[QUEUED] = str(err)
+
+    def detach_soon(self) -> None:
+        """Stop recording: the probes are detached by a thread of their own while the
+        caller goes on (a detach waits for the kernel's other users of the tracepoint,
+        tens of ms); the maps stay readable (lost, unwatch()) until the context ends."""
+        self._stop.set()
+        self._detacher = threading.Thread(target=self._detach, name="tracer-detach")
+        self._detacher.start()
+
+    def _detach(self) -> None:
+        """A probe that fails to detach here is left to the context's end, which detaches
+        what is left (and raises what fails again)."""
+        with suppress(Exception):  # bcc raises plain Exception
+            for probe in self.loaded.attached:
+                self.loaded.detach(probe)
 
     def _tag(self, tag: int) -> None:
         """Let packets carrying tag be looked up (a bit per tag, tested before any hash).

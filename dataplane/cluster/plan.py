@@ -52,6 +52,10 @@ class PodPlan:
     def ref(self) -> str:
         return f"{self.node}/{self.name}"
 
+    @cached_property  # as decoded frames write it: asked at every exchange and leg
+    def ip_str(self) -> str:
+        return str(self.ip)
+
 
 @dataclass(frozen=True)
 class PeerPlan:
@@ -82,6 +86,10 @@ class NodePlan:
     ifname: str  # the node's underlay interface, the VTEP's link
     bridge: str  # the pods' bridge (cni0)
     vtep: str  # the VXLAN device (flannel.<vni>)
+
+    @cached_property  # as decoded frames write it: asked at every encapsulated leg
+    def underlay_str(self) -> str:
+        return str(self.underlay_ip)
 
 
 @dataclass(frozen=True)

@@ -206,12 +206,12 @@ class Prober:
         open_ = [p for p in pending if not p.done]
         # what each answer is looked up by: a wave's answers would otherwise each be
         # compared with every exchange of the wave
-        echoes = {(p.token, str(p.dst.ip)): p for p in open_ if p.proto == "icmp"}
+        echoes = {(p.token, p.dst.ip_str): p for p in open_ if p.proto == "icmp"}
         datagrams = {p.token: p for p in open_ if p.proto == "udp"}
         asking: dict[tuple[bytes, str], list[Pending]] = defaultdict(list)
         for p in open_:
             if p.proto == "arp":
-                asking[p.token, str(p.src.ip)].append(p)
+                asking[p.token, p.src.ip_str].append(p)
         handlers: dict[socket.socket, tuple[int, Callable]] = {}
         for p in open_:
             if p.proto == "icmp":
@@ -237,11 +237,11 @@ class Prober:
         checksum; replies are told apart by peer and sequence number."""
         sock = self._socket(p.src, "ping")
         p.tag = sock.getsockname()[1]
-        watch(Flow(str(p.src.ip), str(p.dst.ip), "icmp", p.tag))
+        watch(Flow(p.src.ip_str, p.dst.ip_str, "icmp", p.tag))
         p.token = next(self._sequence) & 0xFFFF
         with _step(f"send from {p.src.ref}"):
             _send(sock, struct.pack("!BBHHH", 8, 0, 0, 0, p.token) + b"dataplane",
-                  (str(p.dst.ip), 0))
+                  (p.dst.ip_str, 0))
 
     def _udp(self, p: Pending, watch: Watch) -> None:
         """A datagram answered in kind; with a size, of that IP length with DF set: sizes
@@ -249,13 +249,13 @@ class Prober:
         client = self._socket(p.src, _udp_purpose(p.size))
         self._socket(p.dst, "udp-server")
         p.tag = client.getsockname()[1]
-        watch(Flow(str(p.src.ip), str(p.dst.ip), "udp", p.tag))
+        watch(Flow(p.src.ip_str, p.dst.ip_str, "udp", p.tag))
         p.token = b"dataplane %d " % next(self._sequence)
         if p.size is not None:
             p.token = p.token.ljust(p.size - UDP_IP_HEADERS, b".")
         try:
             with _step(f"send from {p.src.ref}"):
-                _send(client, p.token, (str(p.dst.ip), self.port))
+                _send(client, p.token, (p.dst.ip_str, self.port))
         except ProbeError as err:
             if err.errno != errno.EMSGSIZE:
                 raise
@@ -269,11 +269,11 @@ class Prober:
         with _step(f"tcp client socket in {p.src.ref}"):
             p.client = netns.socket_in(p.src.netns, socket.AF_INET, socket.SOCK_STREAM)
             p.client.setblocking(False)
-            p.client.bind((str(p.src.ip), 0))
+            p.client.bind((p.src.ip_str, 0))
         p.tag = p.client.getsockname()[1]
-        watch(Flow(str(p.src.ip), str(p.dst.ip), "tcp", p.tag))
+        watch(Flow(p.src.ip_str, p.dst.ip_str, "tcp", p.tag))
         with _step(f"connect from {p.src.ref}"):
-            err = p.client.connect_ex((str(p.dst.ip), self.port))
+            err = p.client.connect_ex((p.dst.ip_str, self.port))
             if err not in (0, errno.EINPROGRESS):
                 raise OSError(err, os.strerror(err))
 
@@ -281,10 +281,10 @@ class Prober:
         """A who-has, as a pod's kernel would send it, from a packet socket on its eth0."""
         target = p.exchange().target
         sock = self._socket(p.src, "arp")
-        watch(Flow(str(p.src.ip), target, "arp", 0))
+        watch(Flow(p.src.ip_str, target, "arp", 0))
         p.token = target.encode()
         with _step(f"send from {p.src.ref}"):
-            _send(sock, who_has(p.src.mac, str(p.src.ip), target))
+            _send(sock, who_has(p.src.mac, p.src.ip_str, target))
 
 
 def who_has(mac: str, ip: str, target: str) -> bytes:
@@ -329,7 +329,7 @@ def _open(pod: PodPlan, purpose: str, port: int) -> socket.socket:
                        "tcp-server": (socket.SOCK_STREAM, 0)}.get(purpose,
                                                                  (socket.SOCK_DGRAM, 0))
         sock = netns.socket_in(pod.netns, socket.AF_INET, kind, proto)
-        address = (str(pod.ip), port if purpose.endswith("server") or purpose == "ping" else 0)
+        address = (pod.ip_str, port if purpose.endswith("server") or purpose == "ping" else 0)
     try:
         sock.setblocking(False)
         if purpose == "tcp-server":
@@ -359,7 +359,7 @@ def _route_mtu(src: PodPlan, dst: PodPlan) -> int:
     Asked on a socket of its own, so that the probe's socket stays unconnected."""
     with _step(f"mtu of the route {src.ref} -> {dst.ref}"), \
             netns.socket_in(src.netns, socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((str(dst.ip), SERVICE_PORT))
+        sock.connect((dst.ip_str, SERVICE_PORT))
         return sock.getsockopt(socket.IPPROTO_IP, IP_MTU)
 
 

@@ -76,7 +76,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
         return
     request, answer = legs(plan, src, dst)
     yield from _leg(plan, request, hops, "")
-    if exchange.answered or any(_sent_by(h, str(answer.sender.ip)) for h in hops):
+    if exchange.answered or any(_sent_by(h, answer.sender.ip_str) for h in hops):
         yield from _leg(plan, answer, hops, "answer ")
     if not exchange.answered:
         yield _undelivered(src.ref, hops, f"no answer reached {src.ref}'s socket")
@@ -143,7 +143,7 @@ def _sent_by(hop: Hop, sender_ip: str) -> bool:
 
 
 def _leg(plan: Plan, leg: Leg, hops: list[Hop], label: str) -> Iterator[Problem]:
-    sender_ip = str(leg.sender.ip)
+    sender_ip = leg.sender.ip_str
     mine = [h for h in hops if _sent_by(h, sender_ip)]
     for check in LEG_CHECKS:
         problem = check(plan, leg, mine, hops)
@@ -273,7 +273,7 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     s_node, r_node = plan.node(leg.sender.node), plan.node(leg.receiver.node)
     # This leg's packets on the sender node, by place: NAT may have rewritten the
     # source address that makes them `mine`.
-    receiver = str(leg.receiver.ip)
+    receiver = leg.receiver.ip_str
     here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
             and h.flow_frame() is not None and h.flow_frame().quoted is None
             and h.flow_frame().src != receiver]
@@ -283,8 +283,8 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     # TCP may move to another port after a retransmission timeout (Linux rehashes the
     # flow then); a datagram exchange is one packet each way and keeps its port
     sports = {h.frame.sport for h in outer if h.flow_frame().proto != "tcp"}
-    outer_ips = (str(s_node.underlay_ip), str(r_node.underlay_ip))
-    inner_ips = (str(leg.sender.ip), receiver)
+    outer_ips = (s_node.underlay_str, r_node.underlay_str)
+    inner_ips = (leg.sender.ip_str, receiver)
     for hop in outer:
         f, inner = hop.frame, hop.flow_frame()
         before = _partner(hop, inner_tx)

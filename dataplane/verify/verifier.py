@@ -287,10 +287,14 @@ class Verifier:
     workers = 1  # processes judging (workers.Pool has more)
 
     def __init__(self, plan: Plan, buffer_pages: int | None = None, reset_caches: bool = True,
-                 worker: int | None = None):
+                 worker: int | None = None, once: bool = False):
         """reset_caches=False: the caller has reset them; worker: the k-th of a run's
-        workers, its probes apart from the others' (both for workers.py)."""
+        workers, its probes apart from the others' (both for workers.py). once: for one
+        run: its probes are detached as soon as its last wave's events are taken, while
+        that wave is judged (a detach waits on the kernel, tens of ms when other runs
+        use the tracepoints)."""
         self.plan = plan
+        self._once = once
         self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
         self._prober = prober.Prober(worker)
         self._room = NeighbourRoom(plan)
@@ -336,42 +340,49 @@ class Verifier:
             finish: Callable[[FlowResult], FlowResult] = lambda flow: flow) -> Iterator[FlowResult]:
         """Each wave of exchanges started together, finished together, judged, given to
         finish and yielded."""
-        for wave in waves(self.plan, todo):
+        ahead = waves(self.plan, todo)
+        wave = next(ahead, None)
+        while wave is not None:
             if self.plan.built:  # a network we did not build is never changed
                 with timed(self.seconds, "neighbours"):
                     if self._room.short():
                         self._room.forget()
                 self._room.took(wave)
-            yield from map(finish, self.wave(wave))
+            after = next(ahead, None)
+            yield from map(finish, self.wave(wave, lambda: after is None))
+            wave = after
 
-    def wave(self, wave: list[Probe]) -> list[FlowResult]:
-        """One wave's exchanges, judged."""
+    def wave(self, wave: list[Probe], last: Callable[[], bool] = lambda: False) -> list[FlowResult]:
+        """One wave's exchanges, judged; last, asked once their events are taken: whether
+        no wave follows."""
         fulls = caches.neighbour_table_fulls()
         with timed(self.seconds, "send"):
             pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)
                        for p in wave]
         with timed(self.seconds, "answers"):
             exchanges = self._prober.finish(pending)
-        return self.judge(exchanges, caches.neighbour_table_fulls() - fulls)
+        return self.judge(exchanges, caches.neighbour_table_fulls() - fulls, last)
 
-    def judge(self, exchanges: list[Exchange],
-              table_fulls: int = 0) -> list[FlowResult]:
+    def judge(self, exchanges: list[Exchange], table_fulls: int = 0,
+              last: Callable[[], bool] = lambda: False) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE, and so does a full neighbour table for those that failed.
         Their flows are no longer watched afterwards."""
         with timed(self.seconds, "events"):
             hops = self._tracer.take(SETTLE_MS)
+        attached = self._tracer.loaded.attached  # while the events were recorded
+        missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
+        if self._once and last():
+            self._tracer.detach_soon()
         with timed(self.seconds, "judge"):
-            return self._judged(hops, exchanges, table_fulls)
+            return self._judged(hops, exchanges, table_fulls, missing)
 
-    def _judged(self, hops: list[Hop], exchanges: list[Exchange],
-                table_fulls: int) -> list[FlowResult]:
+    def _judged(self, hops: list[Hop], exchanges: list[Exchange], table_fulls: int,
+                missing: str) -> list[FlowResult]:
         index = by_exchange(hops, exchanges, self.plan.pod_addresses)
         self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
-        attached = self._tracer.loaded.attached
-        missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
         return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, [])),
                       lost, missing_probes=missing or None, table_fulls=table_fulls)
                 for ex in exchanges]
@@ -428,7 +439,7 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
                                ship_hops)
     else:
-        judging = Verifier(plan, buffer_pages)
+        judging = Verifier(plan, buffer_pages, once=True)
 
     def evidence(flow: FlowResult) -> FlowResult:  # where the flow's hops are
         flow.cause = cause.evidence(plan, flow, known)

@@ -3,7 +3,7 @@ events and judging are Python, so one process uses one core however many the mac
 
 Each worker is forked from the run, loads its own probes (their own maps and ring buffer:
 a worker sees only the flows it watches) and sends, traces and judges the waves it is
-handed. The run keeps what is shared: the caches are reset once before any worker starts,
+handed. The run keeps what is shared: the caches are reset once before any wave goes out,
 the kernel's ARP table is given room by deleting what the waves back taught and no wave out
 needs (a flushed entry would drop the packets waiting on it), ARP waves go alone, and flows
 are handed on in wave order, so the output is that of one process. A worker that dies
@@ -63,6 +63,7 @@ class _Worker:
     conn: Connection
     wave: int | None = None  # the wave it is judging
     ready: bool = False
+    stopped: bool = False  # told that no wave follows
 
 
 @dataclass
@@ -92,29 +93,25 @@ class Pool:
 
     def __enter__(self) -> "Pool":
         compiled.usable()  # libbcc opened here (30 ms) is every forked worker's already
-        if self.plan.built:
-            with timed(self.seconds, "caches"):
-                caches.reset(self.plan)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        """Workers end when their pipe does (after the wave they are judging, if the run
-        was cut short); one still there after STOP_SECONDS is terminated."""
-        for worker in self.running:
-            if exc[0] is None:
-                with suppress(OSError):  # it ended already
-                    worker.conn.send(None)
-            worker.conn.close()
+        """Workers end after the wave they are judging, if the run was cut short; one
+        still there after STOP_SECONDS is terminated."""
         deadline = time.monotonic() + STOP_SECONDS
         for worker in self.running:
-            while not os.waitpid(worker.pid, os.WNOHANG)[0]:
-                if time.monotonic() > deadline:
-                    with suppress(ProcessLookupError):
-                        os.kill(worker.pid, signal.SIGTERM)
-                    os.waitpid(worker.pid, 0)
-                    break
-                time.sleep(0.01)
+            self.stop(worker)
+        for worker in self.running:
+            _reap(worker, deadline)
         self.running.clear()
+
+    def stop(self, worker: _Worker) -> None:
+        """Tell worker that no wave follows: it ends after the one it is judging (and
+        detaches its probes while it judges it, if it hears in time)."""
+        if not worker.stopped:
+            worker.stopped = True
+            with suppress(OSError):  # it ended already
+                worker.conn.send(None)
 
     def run(self, todo: Iterable[Probe], finish: Finish) -> Iterator[FlowResult]:
         pods = self.plan.pods()
@@ -140,7 +137,7 @@ class Pool:
                 for other in self.running:
                     other.conn.close()
                 _serve(child, Verifier(self.plan, self.buffer_pages, reset_caches=False,
-                                       worker=self.workers), finish, self.ship_hops)
+                                       worker=self.workers, once=True), finish, self.ship_hops)
             finally:
                 os._exit(1)  # whatever escaped _serve: the child never runs the run's code
         child.close()
@@ -168,10 +165,16 @@ class _Schedule:
         # first has compiled them
         for _ in range(pool.jobs if loader.cached(pool.buffer_pages) else 1):
             pool.start(self.finish)
+        if pool.plan.built:  # while the workers load their probes: no wave is out yet
+            with timed(pool.seconds, "caches"):
+                caches.reset(pool.plan)
         while True:
             if pending is None and self.more:
                 pending = next(todo, None)
                 self.more = pending is not None
+                if not self.more:  # every wave is handed out
+                    for worker in pool.running:
+                        pool.stop(worker)
             if pending is not None and not pool.running:
                 self._dead(count, pending, "every verify worker ended")
                 pending, count = None, count + 1
@@ -280,6 +283,21 @@ class _Schedule:
                            for p in wave]
 
 
+def _reap(worker: _Worker, deadline: float) -> None:
+    """Waits until worker has ended (its end of the pipe closes then), dropping what it
+    still sends; terminates it at deadline."""
+    try:
+        while worker.conn.poll(max(0.0, deadline - time.monotonic())):
+            worker.conn.recv()
+    except (EOFError, OSError):
+        pass  # it ended
+    else:
+        with suppress(ProcessLookupError):
+            os.kill(worker.pid, signal.SIGTERM)
+    worker.conn.close()
+    os.waitpid(worker.pid, 0)
+
+
 def _arp(wave: list[Probe]) -> bool:
     return any(p.proto == "arp" for p in wave)
 
@@ -302,8 +320,10 @@ def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool
             verifier.seconds = Counter()
             while (job := conn.recv()) is not None:
                 count, wave = job
+                # a message there once the wave's events are taken is the stop (Pool.stop)
                 flows = [finish(flow) for flow in verifier.wave(
-                    [Probe(pods[s], pods[d], proto, size) for s, d, proto, size in wave])]
+                    [Probe(pods[s], pods[d], proto, size) for s, d, proto, size in wave],
+                    conn.poll)]
                 if not ship_hops:
                     for flow in flows:
                         flow.hops = []
