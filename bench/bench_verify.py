@@ -41,6 +41,7 @@ from bench.common import DP, ROOT, Run, Targets, median_ratio, summary_line, tim
 from dataplane.cluster import lifecycle
 from dataplane.traffic import prober
 from dataplane.verify import verifier
+from dataplane.verify import pairs as choose
 from dataplane.cluster.plan import Plan  # noqa: E402
 
 BIG = ROOT / "topologies" / "flannel-vxlan-4x8.toml"
@@ -79,7 +80,7 @@ def ping_sweep(plan: Plan) -> float:
 def exchanges_only(name: str) -> int:
     """The child process of the exchanges baseline: verify's ICMP exchanges, untraced."""
     plan = lifecycle.attach(name).plan
-    todo = [verifier.Probe(src, dst, "icmp") for src, dst in verifier.pairs(plan)]
+    todo = [verifier.Probe(src, dst, "icmp") for src, dst in choose.pairs(plan)]
     with prober.Prober() as probing:
         unanswered = sum(not ex.answered for wave in verifier.waves(plan, todo)
                          for ex in probing.finish([probing.start(p.src, p.dst, p.proto)
@@ -113,7 +114,7 @@ def main() -> int:
     made = lifecycle.up(BIG, name=name)
     times: dict[str, list[float]] = {"verify": [], "fping": [], "exchanges": [], "ping": []}
     try:
-        pairs = len(verifier.pairs(made.plan))
+        pairs = len(choose.pairs(made.plan))
         for _ in range(RUNS):
             done = timed([*DP, "verify", "--running", name, "--proto", "icmp", "--no-mtu"])
             times["verify"].append(done.seconds)

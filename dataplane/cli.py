@@ -326,27 +326,34 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from dataplane.report import stream
-    from dataplane.verify import verifier
+    from dataplane.verify import pairs
 
     protos = tuple(dict.fromkeys(args.proto or PROTOCOLS))
     pcap = _output(args.pcap) if args.pcap else None  # an unwritable path before any work
 
     def which(plan):
-        return args.pairs or verifier.default_pairs(plan)
+        return args.pairs or pairs.default_pairs(plan)
 
     def work(plan):
-        streams = [stream.Json(sys.stdout) if args.json else stream.Text(sys.stdout)]
-        if pcap:
-            streams.append(stream.Pcap(pcap))
-        if not args.json and sys.stderr.isatty():
-            streams.append(stream.Progress())
-        return verifier.run(plan, which(plan), protos, mtu=args.mtu,
-                            stream=stream.Tee(streams), keep_hops=False, jobs=args.jobs)
+        from dataplane.verify import beside
+
+        # forked before the rest of the run is imported: its child resets and audits meanwhile
+        with beside.start(plan) as started:
+            from dataplane.report import stream
+            from dataplane.verify import verifier
+
+            streams = [stream.Json(sys.stdout) if args.json else stream.Text(sys.stdout)]
+            if pcap:
+                streams.append(stream.Pcap(pcap))
+            if not args.json and sys.stderr.isatty():
+                streams.append(stream.Progress())
+            return verifier.run(plan, which(plan), protos, mtu=args.mtu,
+                                stream=stream.Tee(streams), keep_hops=False, jobs=args.jobs,
+                                started=started)
 
     try:
         result = _on_cluster(args, "verify", work,
-                             check=lambda plan: verifier.some_pairs(plan, which(plan)))
+                             check=lambda plan: pairs.some_pairs(plan, which(plan)))
     finally:
         if pcap:
             pcap.close()

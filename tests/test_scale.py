@@ -7,6 +7,7 @@ import pytest
 from dataplane.cluster import spec
 from dataplane.cluster.plan import make_plan
 from dataplane.verify import verifier
+from dataplane.verify import pairs as choose
 
 
 def topology(tmp_path, nodes, pods):
@@ -42,8 +43,8 @@ def test_a_ring_buffer_too_small_is_inconclusive_never_pass(dataplane_cluster):
 
 def test_the_sample_covers_every_node_pair_and_every_pod_both_ways():
     plan = make_plan(spec.parse('[cluster]\nname = "big"\nnodes = 16\npods_per_node = 32\n'))
-    chosen = verifier.pairs(plan, "sample")
-    assert verifier.default_pairs(plan) == "sample" and len(chosen) < 2000
+    chosen = choose.pairs(plan, "sample")
+    assert choose.default_pairs(plan) == "sample" and len(chosen) < 2000
     assert {(s.node, d.node) for s, d in chosen} == {(a.name, b.name) for a in plan.nodes
                                                      for b in plan.nodes}
     assert {s.ref for s, _ in chosen} == {p.ref for p in plan.pods()}
@@ -55,7 +56,7 @@ def test_waves_fit_the_ring_buffer_and_the_neighbour_room(tmp_path):
     """Every wave of a 16x32 all-pairs run stays within the events and the ARP entries
     it may cost; a broken 4x8 ICMP run waits the answer timeout once."""
     plan = make_plan(spec.load(topology(tmp_path, 16, 32)))
-    todo = verifier.probes(plan, verifier.pairs(plan, "all"), ("icmp", "tcp"), mtu=False)
+    todo = verifier.probes(plan, choose.pairs(plan, "all"), ("icmp", "tcp"), mtu=False)
     count = 0
     for wave in verifier.waves(plan, todo):
         count += len(wave)
@@ -64,7 +65,7 @@ def test_waves_fit_the_ring_buffer_and_the_neighbour_room(tmp_path):
         assert len(learnt) <= verifier.NEIGHBOUR_MARGIN
     assert count == 2 * 512 * 511
     small = make_plan(spec.load(topology(tmp_path, 4, 8)))
-    icmp = verifier.probes(small, verifier.pairs(small, "all"), ("icmp",), mtu=False)
+    icmp = verifier.probes(small, choose.pairs(small, "all"), ("icmp",), mtu=False)
     assert len(list(verifier.waves(small, icmp))) == 1
 
 

@@ -16,6 +16,7 @@ from dataplane.cluster.plan import make_plan
 from dataplane.records import Exchange, Frame
 from dataplane.traffic import prober
 from dataplane.verify import verifier, workers
+from dataplane.verify import pairs as choose
 
 from .conftest import dp, ip_json, one_line_error, sh
 
@@ -62,7 +63,7 @@ def test_a_worker_killed_mid_wave_leaves_that_wave_inconclusive(dataplane_cluste
                                                                 monkeypatch):
     made = dataplane_clusters(topology(tmp_path, "wkill"))
     run = os.getpid()
-    first = next(verifier.probes(made.plan, verifier.pairs(made.plan), PROTOS, False))
+    first = next(verifier.probes(made.plan, choose.pairs(made.plan), PROTOS, False))
     judge_wave = verifier.Verifier.wave
 
     def wave(self, probes, *last):  # runs in the forked workers

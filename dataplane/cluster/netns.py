@@ -310,6 +310,7 @@ class _Visitor:
         self._requests: queue.SimpleQueue[tuple[str, Callable[[], None]]] = queue.SimpleQueue()
         self._answers: queue.SimpleQueue[BaseException | None] = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._serve, name="netns-visitor", daemon=True)
+        self.thread.fork_safe = True  # a forked child forgets it (see verify/forked.py)
         self.thread.start()
 
     def run(self, name: str, work: Callable[[], None]) -> None:

@@ -1,10 +1,13 @@
-"""A function run by a forked child while the caller goes on: work for the machine's other
-core (verify's audit beside its traffic), which a thread, sharing the interpreter's lock,
-would not give. The child sends back what the function returned or the error it raised;
-result() waits for it and raises that error as the caller's own.
+"""Functions run in turn by a forked child while the caller goes on: work for the machine's
+other core (verify resets the caches and audits beside its traffic), which a thread,
+sharing the interpreter's lock, would not give. The child sends back what each function
+returned, or the error it raised (and runs no more); result() waits for the next one and
+raises that error as the caller's own.
 
 A process whose threads run (a tracer's poller) is not forked: a lock one of them held
-would stay held in the child. There the function runs at once, in the caller.
+would stay held in the child. There the functions run at once, in the caller. A thread
+marked fork_safe does not count (netns' visitor: idle between works, and forgotten by a
+forked child).
 """
 
 from __future__ import annotations
@@ -15,33 +18,32 @@ import threading
 import traceback
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, Pipe
-from typing import Generic, TypeVar
-
-T = TypeVar("T")
+from typing import Any
 
 
 @dataclass
-class Pending(Generic[T]):
-    """What call() started; result() once, close() always (a context manager does)."""
+class Pending:
+    """What call() started; result() once per function, close() always (a context
+    manager does)."""
 
     pid: int | None = None
     conn: Connection | None = None
-    value: T | None = None  # when the function ran in the caller
+    values: list[Any] = field(default_factory=list)  # when the functions ran in the caller
 
-    def result(self) -> T:
+    def result(self) -> Any:
+        """The next function's value (waiting for it)."""
         if self.conn is None:
-            return self.value  # type: ignore[return-value]
+            return self.values.pop(0)
         try:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
+            self.conn.close()
+            self.conn = None
             _, status = os.waitpid(self.pid, 0)
             self.pid = None
             raise RuntimeError(f"the forked child {_how(status)} before it answered") from None
-        finally:
-            self.conn.close()
-            self.conn = None
         if kind == "error":
             error, text = payload
             raise error or RuntimeError(f"the forked child failed:\n{text}")
@@ -58,37 +60,41 @@ class Pending(Generic[T]):
             os.waitpid(self.pid, 0)
             self.pid = None
 
-    def __enter__(self) -> "Pending[T]":
+    def __enter__(self) -> "Pending":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
 
-def call(work: Callable[[], T]) -> Pending[T]:
-    if threading.active_count() > 1:
-        return Pending(value=work())
+def call(*works: Callable[[], Any]) -> Pending:
+    if any(not getattr(thread, "fork_safe", False) for thread in threading.enumerate()
+           if thread is not threading.current_thread()):
+        return Pending(values=[work() for work in works])
     parent, child = Pipe(duplex=False)
     pid = os.fork()
     if pid == 0:
-        _child(child, work)
+        _child(child, works)
     child.close()
     return Pending(pid, parent)
 
 
-def _child(conn: Connection, work: Callable[[], object]) -> None:
+def _child(conn: Connection, works: tuple[Callable[[], Any], ...]) -> None:
     """Never returns: nothing of the caller's own clean-up or buffered output may run twice."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
-        try:
-            answer = ("value", work())
-        except BaseException as err:
-            answer = ("error", (err, traceback.format_exc()))
-        try:
-            conn.send(answer)
-        except Exception:  # an error that does not pickle
-            conn.send(("error", (None, answer[1][1] if answer[0] == "error" else
-                                 traceback.format_exc())))
+        for work in works:
+            try:
+                answer = ("value", work())
+            except BaseException as err:
+                answer = ("error", (err, traceback.format_exc()))
+            try:
+                conn.send(answer)
+            except Exception:  # an error that does not pickle
+                conn.send(("error", (None, answer[1][1] if answer[0] == "error" else
+                                     traceback.format_exc())))
+            if answer[0] == "error":
+                break
     finally:
         os._exit(0)
 

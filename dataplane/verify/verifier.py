@@ -15,11 +15,11 @@ from typing import AbstractSet, Protocol
 from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import trail
 from dataplane.cluster.plan import Plan, PodPlan
-from dataplane.errors import UsageError
 from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Pairs, Proto,
                                frame_ends, frame_keys)
 from dataplane.traffic import prober
-from dataplane.verify import audit, caches, cause, forked
+from dataplane.verify import beside, caches, cause
+from dataplane.verify.pairs import some_pairs
 from dataplane.verify.verdict import judge
 
 # After a wave, the last of its events are in the ring buffer already (an answer reaches
@@ -75,58 +75,6 @@ class Stream(Protocol):
     def flow(self, flow: FlowResult) -> None: ...
 
     def end(self, report: Report) -> None: ...
-
-
-SAMPLE_ABOVE = 64  # pods: bigger clusters are sampled unless --pairs all is asked for
-
-
-def default_pairs(plan: Plan) -> Pairs:
-    return "all" if len(plan.pods()) <= SAMPLE_ABOVE else "sample"
-
-
-def pairs(plan: Plan, which: Pairs = "all") -> list[tuple[PodPlan, PodPlan]]:
-    """Every ordered pod pair, or those on the same node, or those across nodes, or a
-    sample of them."""
-    if which == "sample":
-        return sample(plan)
-    chosen = []
-    for src in plan.pods():
-        for dst in plan.pods():
-            same = src.node == dst.node
-            if src != dst and (which == "all" or (which == "same-node") == same):
-                chosen.append((src, dst))
-    return chosen
-
-
-def some_pairs(plan: Plan, which: Pairs) -> list[tuple[PodPlan, PodPlan]]:
-    """pairs(), refusing a choice that leaves nothing to verify."""
-    chosen = pairs(plan, which)
-    if not chosen:
-        raise UsageError(f"--pairs {which} selects no pod pair in cluster {plan.name} "
-                         f"({len(plan.nodes)} nodes x {len(plan.nodes[0].pods)} pods): "
-                         "nothing to verify; pick other --pairs or a bigger topology")
-    return chosen
-
-
-def sample(plan: Plan) -> list[tuple[PodPlan, PodPlan]]:
-    """A pair for every ordered (source node, destination node), the same node included
-    where it has two pods, and every pod once as source and once as destination (pods
-    paired with the pod half the cluster away), pods taken in turn on each node."""
-    chosen: dict[tuple[str, str], tuple[PodPlan, PodPlan]] = {}
-    for i, a in enumerate(plan.nodes):
-        for j, b in enumerate(plan.nodes):
-            src, dst = a.pods[j % len(a.pods)], b.pods[i % len(b.pods)]
-            if src == dst:
-                dst = b.pods[(i + 1) % len(b.pods)]
-            if src != dst:
-                chosen[(src.ref, dst.ref)] = (src, dst)
-    pods = plan.pods()
-    shift = max(1, len(pods) // 2)
-    for k, src in enumerate(pods):
-        dst = pods[(k + shift) % len(pods)]
-        if src != dst:
-            chosen[(src.ref, dst.ref)] = (src, dst)
-    return list(chosen.values())
 
 
 def by_exchange(hops: list[Hop], exchanges: list[Exchange],
@@ -337,11 +285,13 @@ class Verifier:
         return self._prober.exchange(src, dst, proto, self._tracer.watch, size)
 
     def run(self, todo: Iterable[Probe],
-            finish: Callable[[FlowResult], FlowResult] = lambda flow: flow) -> Iterator[FlowResult]:
+            finish: Callable[[FlowResult], FlowResult] = lambda flow: flow,
+            ready: Callable[[], object] = lambda: None) -> Iterator[FlowResult]:
         """Each wave of exchanges started together, finished together, judged, given to
-        finish and yielded."""
+        finish and yielded; ready() returns once the first may go out."""
         ahead = waves(self.plan, todo)
         wave = next(ahead, None)
+        ready()
         while wave is not None:
             if self.plan.built:  # a network we did not build is never changed
                 with timed(self.seconds, "neighbours"):
@@ -415,19 +365,20 @@ def trace(plan: Plan, src: str, dst: str, proto: Proto) -> TraceResult:
 def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         mtu: bool = True, stream: Stream | None = None, keep_hops: bool = True,
         buffer_pages: int | None = None, verifier: Verifier | None = None,
-        jobs: int | None = None) -> Report:
-    """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. The
-    live state is audited by a forked child while the traffic goes (forked.py: it reads
-    nothing the traffic changes); each failing flow is given its cause, then written to
-    stream as soon as it is judged. keep_hops=False drops each flow's hops after that,
-    so that memory does not grow with the hops of every flow. verifier: one already
-    entered (its probes loaded once for several runs; its caller resets the caches).
-    jobs: worker processes judging the waves (workers.py); None: one per core for a big
-    run whose hops are not kept."""
+        jobs: int | None = None, started: beside.Beside | None = None) -> Report:
+    """protos: exchanges per pair; mtu: also DF UDP probes at MTU-1, MTU and MTU+1. A
+    forked child resets the caches, then audits the live state while the traffic goes
+    (beside.py); each failing flow is given its cause, then written to stream as soon as
+    it is judged. keep_hops=False drops each flow's hops after that, so that memory does
+    not grow with the hops of every flow. verifier: one already entered (its probes
+    loaded once for several runs; its caller resets the caches). jobs: worker processes
+    judging the waves (workers.py); None: one per core for a big run whose hops are not
+    kept. started: beside.start(plan) called by the caller already (the CLI, before it
+    imports the rest of the run)."""
     from dataplane.verify import workers
 
     chosen = some_pairs(plan, which)
-    auditing = forked.call(lambda: _audited(plan))  # on the other core, beside the traffic
+    child = started or beside.start(plan, reset=verifier is None)
     known = cause.owners(plan)
     total, events = cost(plan, chosen, protos, mtu)
     ship_hops = keep_hops or bool(stream and stream.hops)  # every flow's hops must reach us
@@ -439,7 +390,7 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
         judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
                                ship_hops)
     else:
-        judging = Verifier(plan, buffer_pages, once=True)
+        judging = Verifier(plan, buffer_pages, reset_caches=False, once=True)
 
     def evidence(flow: FlowResult) -> FlowResult:  # where the flow's hops are
         flow.cause = cause.evidence(plan, flow, known)
@@ -447,11 +398,12 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
 
     flows: list[FlowResult] = []
     drift: list[Drift] | None = None
-    with auditing, judging as judge:
+    with child, judging as judge:
         # None: the end, so that the drift is taken even had no flow come
-        for flow in chain(judge.run(probes(plan, chosen, protos, mtu), evidence), [None]):
+        for flow in chain(judge.run(probes(plan, chosen, protos, mtu), evidence, child.reset),
+                          [None]):
             if drift is None:  # before the first flow is handed on
-                drift, audited = auditing.result()
+                drift, audited = child.drift()
                 if stream:
                     stream.start(drift, total)
             if flow is None:
@@ -462,16 +414,9 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
             if not keep_hops:
                 flow.hops = []
             flows.append(flow)
-        report = Report(flows, judge.backends, judge.lost, drift, judge.skipped,
-                        which, {"audit": audited, **judge.seconds},
-                        caches_reset=plan.built, probes=judge.origin,
-                        workers=judge.workers)
+        report = Report(flows, judge.backends, judge.lost, drift, judge.skipped, which,
+                        {"audit": audited, "caches": child.reset(), **judge.seconds},
+                        caches_reset=plan.built, probes=judge.origin, workers=judge.workers)
     if stream:
         stream.end(report)
     return report
-
-
-def _audited(plan: Plan) -> tuple[list[Drift], float]:
-    """The drift, and the seconds the audit took."""
-    began = time.perf_counter()
-    return audit.audit(plan), time.perf_counter() - began

@@ -3,7 +3,8 @@ events and judging are Python, so one process uses one core however many the mac
 
 Each worker is forked from the run, loads its own probes (their own maps and ring buffer:
 a worker sees only the flows it watches) and sends, traces and judges the waves it is
-handed. The run keeps what is shared: the caches are reset once before any wave goes out,
+handed. The run keeps what is shared: the caches are reset once before any wave goes out (by
+the run's child, beside.py),
 the kernel's ARP table is given room by deleting what the waves back taught and no wave out
 needs (a flushed entry would drop the packets waiting on it), ARP waves go alone, and flows
 are handed on in wave order, so the output is that of one process. A worker that dies
@@ -28,7 +29,6 @@ from dataplane.bpf import compiled, loader
 from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
-from dataplane.verify import caches
 from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
                                        Verifier, timed, waves)
 
@@ -113,13 +113,15 @@ class Pool:
             with suppress(OSError):  # it ended already
                 worker.conn.send(None)
 
-    def run(self, todo: Iterable[Probe], finish: Finish) -> Iterator[FlowResult]:
+    def run(self, todo: Iterable[Probe], finish: Finish,
+            ready: Callable[[], object] = lambda: None) -> Iterator[FlowResult]:
+        """As Verifier.run()."""
         pods = self.plan.pods()
         index = {pod.netns: k for k, pod in enumerate(pods)}
         # the waves out at once share the room one wave has alone
         room = NeighbourRoom(self.plan, NEIGHBOUR_MARGIN // self.jobs)
         try:
-            yield from _Schedule(self, room, finish, index).run(
+            yield from _Schedule(self, room, finish, index, ready).run(
                 waves(self.plan, todo, self.events, room.margin))
         finally:
             room.close()
@@ -153,6 +155,7 @@ class _Schedule:
     room: NeighbourRoom
     finish: Finish
     index: dict[str, int]
+    ready: Callable[[], object]  # returns once a wave may go out
     out: dict[int, list[FlowResult]] = field(default_factory=dict)  # judged, not yet yielded
     sent: dict[int, list[Probe]] = field(default_factory=dict)  # out at a worker
     taught: dict[int, set] = field(default_factory=dict)  # ARP entries of the waves out
@@ -165,9 +168,7 @@ class _Schedule:
         # first has compiled them
         for _ in range(pool.jobs if loader.cached(pool.buffer_pages) else 1):
             pool.start(self.finish)
-        if pool.plan.built:  # while the workers load their probes: no wave is out yet
-            with timed(pool.seconds, "caches"):
-                caches.reset(pool.plan)
+        self.ready()  # while the workers load their probes: no wave is out yet
         while True:
             if pending is None and self.more:
                 pending = next(todo, None)
