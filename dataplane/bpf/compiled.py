@@ -6,8 +6,9 @@ shape, with a checksum, to CACHE_DIR under a key of everything the compile depen
 (cache_file()). A later load() with the same key creates fresh maps (every run its own:
 runs on other clusters may be going on), puts their fds where the instructions refer to
 maps, and hands the programs to the kernel, which verifies them as it would bcc's: no
-clang, and no import of bcc's Python. An entry that cannot be read, fails its checksum or
-that the kernel refuses is compiled again (and rewritten).
+clang, no import of bcc's Python, and only bcc's runtime library loaded (libbcc_bpf, not
+libbcc, which links clang in). An entry that cannot be read, fails its checksum or that the
+kernel refuses is compiled again (and rewritten).
 
 Programs offers the part of bcc's BPF object the loader and the tracer use: maps by name
 (typed keys and values from bcc's descriptions, c_type()), the ring buffer, attaching raw
@@ -36,57 +37,67 @@ PERCPU_TYPES = (5, 6)  # BPF_MAP_TYPE_PERCPU_HASH, _PERCPU_ARRAY
 RINGBUF_CALLBACK = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)
 
 
-def _libbcc() -> ctypes.CDLL:
-    """Our own handle on libbcc, its functions declared here (bcc's Python declares only
-    some, and per version)."""
-    lib = ctypes.CDLL("libbcc.so.0", use_errno=True)
-    c = ctypes
-    for name, restype, argtypes in (
-            ("bpf_num_tables", c.c_ulonglong, [c.c_void_p]),
-            ("bpf_table_name", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_fd_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_type_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_max_entries_id", c.c_ulonglong, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_flags_id", c.c_int, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_key_size_id", c.c_size_t, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_leaf_size_id", c.c_size_t, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_key_desc_id", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_table_leaf_desc_id", c.c_char_p, [c.c_void_p, c.c_ulonglong]),
-            ("bpf_module_license", c.c_char_p, [c.c_void_p]),
-            ("bpf_module_kern_version", c.c_uint, [c.c_void_p]),
-            ("bcc_create_map", c.c_int, [c.c_int, c.c_char_p, c.c_int, c.c_int, c.c_int,
-                                         c.c_int]),
-            ("bcc_prog_load", c.c_int, [c.c_int, c.c_char_p, c.c_void_p, c.c_int, c.c_char_p,
-                                        c.c_uint, c.c_int, c.c_char_p, c.c_uint]),
-            ("bpf_attach_raw_tracepoint", c.c_int, [c.c_int, c.c_char_p]),
-            ("bpf_attach_kprobe", c.c_int, [c.c_int, c.c_int, c.c_char_p, c.c_char_p,
-                                            c.c_uint64, c.c_int]),
-            ("bpf_detach_kprobe", c.c_int, [c.c_char_p]),
-            ("bpf_close_perf_event_fd", c.c_int, [c.c_int]),
-            ("bpf_lookup_elem", c.c_int, [c.c_int, c.c_void_p, c.c_void_p]),
-            ("bpf_update_elem", c.c_int, [c.c_int, c.c_void_p, c.c_void_p, c.c_ulonglong]),
-            ("bpf_delete_elem", c.c_int, [c.c_int, c.c_void_p]),
-            ("bpf_new_ringbuf", c.c_void_p, [c.c_int, RINGBUF_CALLBACK, c.c_void_p]),
-            ("bpf_poll_ringbuf", c.c_int, [c.c_void_p, c.c_int]),
-            ("bpf_consume_ringbuf", c.c_int, [c.c_void_p]),
-            ("bpf_free_ringbuf", None, [c.c_void_p])):
-        function = getattr(lib, name)
-        function.restype, function.argtypes = restype, argtypes
-    return lib
+# bcc's runtime: maps, programs, attaching and the ring buffer (libbcc_bpf, 7 ms to load)
+RUNTIME = ("libbcc_bpf.so.0", (
+    ("bcc_create_map", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_int,
+                                      ctypes.c_int, ctypes.c_int]),
+    ("bcc_prog_load", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int,
+                                     ctypes.c_char_p, ctypes.c_uint, ctypes.c_int, ctypes.c_char_p,
+                                     ctypes.c_uint]),
+    ("bpf_attach_raw_tracepoint", ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
+    ("bpf_attach_kprobe", ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_char_p,
+                                         ctypes.c_char_p, ctypes.c_uint64, ctypes.c_int]),
+    ("bpf_detach_kprobe", ctypes.c_int, [ctypes.c_char_p]),
+    ("bpf_close_perf_event_fd", ctypes.c_int, [ctypes.c_int]),
+    ("bpf_lookup_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
+    ("bpf_update_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                       ctypes.c_ulonglong]),
+    ("bpf_delete_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
+    ("bpf_new_ringbuf", ctypes.c_void_p, [ctypes.c_int, RINGBUF_CALLBACK, ctypes.c_void_p]),
+    ("bpf_poll_ringbuf", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
+    ("bpf_consume_ringbuf", ctypes.c_int, [ctypes.c_void_p]),
+    ("bpf_free_ringbuf", None, [ctypes.c_void_p])))
+# bcc's compiler, for what it compiled (save()): libbcc, LLVM's clang linked in (30 ms to
+# load), loaded by bcc then already
+COMPILER = ("libbcc.so.0", tuple(
+    (name, restype, [ctypes.c_void_p] + ([ctypes.c_ulonglong] if by_id else []))
+    for name, restype, by_id in (
+        ("bpf_num_tables", ctypes.c_ulonglong, False),
+        ("bpf_table_name", ctypes.c_char_p, True),
+        ("bpf_table_fd_id", ctypes.c_int, True),
+        ("bpf_table_type_id", ctypes.c_int, True),
+        ("bpf_table_max_entries_id", ctypes.c_ulonglong, True),
+        ("bpf_table_flags_id", ctypes.c_int, True),
+        ("bpf_table_key_size_id", ctypes.c_size_t, True),
+        ("bpf_table_leaf_size_id", ctypes.c_size_t, True),
+        ("bpf_table_key_desc_id", ctypes.c_char_p, True),
+        ("bpf_table_leaf_desc_id", ctypes.c_char_p, True),
+        ("bpf_module_license", ctypes.c_char_p, False),
+        ("bpf_module_kern_version", ctypes.c_uint, False))))
 
 
-_lib: ctypes.CDLL | None = None
+def _open(library: tuple[str, tuple]) -> ctypes.CDLL:
+    """Our own handle on one of bcc's libraries, its functions declared here (bcc's Python
+    declares only some, and per version)."""
+    name, functions = library
+    lib_ = ctypes.CDLL(name, use_errno=True)
+    for function, restype, argtypes in functions:
+        declared = getattr(lib_, function)
+        declared.restype, declared.argtypes = restype, argtypes
+    return lib_
 
 
-def lib() -> ctypes.CDLL:
-    global _lib
-    if _lib is None:
-        _lib = _libbcc()
-    return _lib
+_libs: dict[str, ctypes.CDLL] = {}
+
+
+def lib(library: tuple[str, tuple] = RUNTIME) -> ctypes.CDLL:
+    if library[0] not in _libs:
+        _libs[library[0]] = _open(library)
+    return _libs[library[0]]
 
 
 def usable() -> bool:
-    """Whether this bcc's library has every function the cache needs (else: compile)."""
+    """Whether bcc's runtime library has every function the cache needs (else: compile)."""
     try:
         lib()
     except (OSError, AttributeError):
@@ -96,7 +107,7 @@ def usable() -> bool:
 
 def cache_file(directory: Path, text: str, cflags: list[str], headers: Path) -> Path:
     """Where the compile of text with cflags is kept: named by everything it depended on
-    (the kernel and its BTF, bcc's library, which compiles and holds bcc's helpers, the
+    (the kernel and its BTF, bcc's libraries, which compile and hold bcc's helpers, the
     header tree)."""
     library = _library_path()
     what = json.dumps([text, cflags, kernel.release(), str(headers), _stamp(btf.VMLINUX),
@@ -105,9 +116,10 @@ def cache_file(directory: Path, text: str, cflags: list[str], headers: Path) -> 
 
 
 def _library_path() -> Path | None:
-    """The libbcc file this process loaded (a package upgrade may keep its version)."""
+    """The file of bcc's runtime library this process loaded (a package upgrade may keep
+    its version): the compiler, libbcc, comes in the same package (libbpfcc)."""
     for line in Path("/proc/self/maps").read_text().splitlines():
-        if "libbcc.so" in line:
+        if f"/{RUNTIME[0]}" in line:
             return Path(line.split()[-1])
     return None
 
@@ -127,7 +139,7 @@ def _digest(payload: dict) -> str:
 def save(where: Path, bpf: Any, functions: list[str]) -> None:
     """Keep bpf's (a compiled bcc BPF) maps and the named functions' instructions.
     Nothing is kept when an instruction refers to something other than one of its maps."""
-    lib_, module = lib(), bpf.module
+    lib_, module = lib(COMPILER), bpf.module
     maps = []
     for i in range(lib_.bpf_num_tables(module)):
         maps.append({"name": lib_.bpf_table_name(module, i).decode(),

@@ -92,7 +92,7 @@ class Pool:
         return sum(self.lost_by_worker.values())
 
     def __enter__(self) -> "Pool":
-        compiled.usable()  # libbcc opened here (30 ms) is every forked worker's already
+        compiled.usable()  # bcc's runtime library opened here is every forked worker's already
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -253,8 +253,11 @@ class _Schedule:
 
     def _ready(self, worker: _Worker, backends: list[str], skipped: dict[str, str],
                origin: str, seconds: Counter[str]) -> None:
+        first = not any(w.ready for w in self.pool.running)
         worker.ready = True
-        self.pool.backends, self.pool.skipped, self.pool.origin = backends, skipped, origin
+        self.pool.backends, self.pool.skipped = backends, skipped
+        if first or origin == "compiled":  # compiled, if one worker compiled them
+            self.pool.origin = origin
         self.pool.seconds.update(seconds)
         if self.pool.workers < self.pool.jobs and self.more:
             self.pool.start(self.finish)
