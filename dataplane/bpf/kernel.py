@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import gzip
 import os
-import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +33,7 @@ class Fact:
 
 
 def release() -> str:
-    return platform.release()
+    return os.uname().release
 
 
 def matching_headers() -> Path | None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import ctypes
 import json
 import os
-import platform
 import re
 import time
 from dataclasses import asdict, dataclass, field, replace
@@ -131,7 +130,7 @@ def layout() -> Layout:
                       {int(k): v for k, v in data["drop_reasons"].items()})
     except (OSError, ValueError, KeyError):
         pass
-    found = layout_from(btf.BTF.load(), platform.machine())
+    found = layout_from(btf.BTF.load(), os.uname().machine)
     try:
         CACHE_DIR.mkdir(parents=True, exist_ok=True)
         tmp = cached.with_suffix(".tmp")
@@ -230,7 +229,7 @@ def _recipe(buffer: Buffer | None, pages: int | None) -> _Recipe:
         kernel_layout = replace(kernel_layout, drop_reasons={0: "no reason (before Linux 5.17)"})
     functions, skipped = _kprobe_targets()
     if functions and not kernel_layout.arguments:
-        functions, skipped = [], {"kprobes": f"argument registers unknown on {platform.machine()}"}
+        functions, skipped = [], {"kprobes": f"argument registers unknown on {os.uname().machine}"}
     text = kernel_layout.prelude + source("hops.c")
     tracepoints = list(TRACEPOINTS)
     if kernel_layout.fdb:
@@ -319,7 +318,7 @@ def _kernel_layout(headers: str) -> Layout:
             raise UsageError(f"cannot read kernel types from BTF ({err}); boot a kernel "
                              "built with CONFIG_DEBUG_INFO_BTF=y") from None
     if headers == "matching":
-        return layout_from_headers(platform.machine())
+        return layout_from_headers(os.uname().machine)
     raise UsageError(f"no BTF ({btf.VMLINUX}) and no headers matching {kernel.release()}: "
                      "struct layouts are unknown; install linux-headers-$(uname -r) or boot a "
                      "kernel built with CONFIG_DEBUG_INFO_BTF=y")

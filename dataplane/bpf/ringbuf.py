@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
-import platform
+import os
 import struct
 import sys
 from pathlib import Path
@@ -31,7 +31,7 @@ _LENGTH = struct.Struct("=I")
 
 def usable() -> bool:
     """x86-64, and a 64-bit Python: the positions are 64-bit, stored in one move."""
-    return platform.machine() == "x86_64" and sys.maxsize > 2**32
+    return os.uname().machine == "x86_64" and sys.maxsize > 2**32
 
 
 def data_size(fd: int) -> int:

@@ -107,8 +107,10 @@ def in_order(wanted: Sequence[object], seen: Iterable[T],
     found: list[T] = []
     rest = iter(seen)
     for want in wanted:
-        match = next((item for item in rest if key(item) == want), None)
-        if match is None:
+        for item in rest:  # a loop, not next() of a generator: judged at every leg
+            if key(item) == want:
+                found.append(item)
+                break
+        else:
             break
-        found.append(match)
     return found
