@@ -14,10 +14,11 @@ from dataplane.verify import forked
 
 @pytest.fixture
 def forks():
-    """call() forks only where no other thread runs; earlier tests of the session may have
-    left a daemon thread (netns' visitor): then it runs its function in the caller, which
-    test_with_threads_running_the_function_runs_in_the_caller covers."""
-    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()]
+    """call() forks only where no other thread runs (but fork_safe ones, as netns' visitor);
+    should an earlier test of the session have left one, it runs its functions in the
+    caller, which test_with_threads_running_the_function_runs_in_the_caller covers."""
+    others = [t.name for t in threading.enumerate() if t is not threading.current_thread()
+              and not getattr(t, "fork_safe", False)]
     if others:
         pytest.skip(f"threads run in this test process ({', '.join(others)}): call() would not fork")
 
