@@ -11,7 +11,7 @@ unanswered, not the node that asked; the device that dropped; the first hop miss
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 
 from dataplane.cluster.plan import Plan, PodPlan
@@ -30,6 +30,16 @@ class Owners:
 
     plan: Plan
     pods: dict[str, PodPlan]  # pod IP -> pod
+    _named: dict[Drift, frozenset[str]] = field(default_factory=dict, compare=False)
+
+    def named(self, item: Drift) -> frozenset[str]:
+        """The nodes a drift item's text names (looked up once per item: every flow it
+        may explain asks)."""
+        if item not in self._named:
+            text = f"{item.what} {item.expected} {item.found}"
+            self._named[item] = frozenset(node for node, mark in self.marks.items()
+                                          if mark.search(text))
+        return self._named[item]
 
     @cached_property
     def marks(self) -> dict[str, re.Pattern]:
@@ -71,8 +81,7 @@ def evidence(plan: Plan, flow: FlowResult, known: Owners) -> list[Drift]:
 
 def _about_others(item: Drift, involved: set[str], known: Owners) -> bool:
     """Whether the item names only nodes the flow does not involve (a peer's entry)."""
-    text = f"{item.what} {item.expected} {item.found}"
-    named = {node for node, mark in known.marks.items() if mark.search(text)}
+    named = known.named(item)
     return bool(named) and not named & involved
 
 
