@@ -5,6 +5,7 @@ never taken for an exchange's."""
 
 import os
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,36 @@ def test_forgetting_entries_deletes_just_those_and_keeps_the_permanent(dataplane
         room.close()
     assert str(a2.ip) not in learnt(a.netns) and str(a.gateway) in learnt(a.netns)
     assert kept and permanent(node.netns) == kept
+
+
+def echoes_sent(plan) -> int:
+    """ICMP echo requests every pod of plan sent, as each pod's kernel counts them."""
+    total = 0
+    for pod in plan.pods():
+        names, values = [line.split()[1:] for line in sh(pod.netns, "cat", "/proc/net/snmp")
+                         .splitlines() if line.startswith("Icmp:")]
+        total += int(values[names.index("OutEchos")])
+    return total
+
+
+@pytest.mark.needs_root
+@pytest.mark.needs_probes
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_no_wave_goes_out_before_the_run_is_ready(dataplane_cluster, jobs):
+    """The first wave waits for ready() (the run's child resetting the caches): no pod has
+    sent an echo when it returns, in one process and with workers; then every flow goes."""
+    plan = dataplane_cluster.plan
+    before, when_ready = echoes_sent(plan), []
+
+    def ready():
+        time.sleep(0.3)  # workers have loaded their probes by then: they must still wait
+        when_ready.append(echoes_sent(plan))
+
+    todo = verifier.probes(plan, choose.pairs(plan), ("icmp",), mtu=False)
+    judging = verifier.Verifier(plan, reset_caches=False, once=True) if jobs == 1 else \
+        workers.Pool(plan, jobs, workers.MIN_WAVE_EVENTS)
+    with judging as judge:
+        flows = list(judge.run(todo, lambda flow: flow, ready))
+    assert when_ready == [before]
+    assert len(flows) == 12 and all(f.passed for f in flows)
+    assert echoes_sent(plan) >= before + len(flows)

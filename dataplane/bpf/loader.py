@@ -292,7 +292,8 @@ def _compile(text: str, cflags: list[str]) -> BPF:
 
 def _cache_entry(text: str, inputs: list[str], buffer: Buffer, tree: Path) -> Path | None:
     """Where the probes compiled from text are kept (see bpf/compiled.py), or None when
-    they are not: a perf buffer, DATAPLANE_PROBE_CACHE=0, a bcc runtime library lacking a function."""
+    they are not: a perf buffer, DATAPLANE_PROBE_CACHE=0, bcc's runtime library lacking a
+    function."""
     if buffer != "ring" or os.environ.get("DATAPLANE_PROBE_CACHE", "1") == "0" \
             or not compiled.usable():
         return None

@@ -9,8 +9,8 @@ import socket
 import struct
 import sys
 import threading
-from contextlib import suppress
 import time
+from contextlib import suppress
 
 from dataplane.bpf import kernel, loader, packet, ringbuf
 from dataplane.cluster import netns

@@ -43,9 +43,15 @@ VXLAN_FLAGS = {"LEARNING": "learning", "UDP_CSUM": "udp_csum", "PROXY": "proxy",
 VXLAN_NUMBERS = {"ID": "vni", "PORT": "port", "TTL": "ttl", "TOS": "tos", "AGEING": "ageing",
                  "LIMIT": "limit"}
 VXLAN_DF = {0: "unset", 1: "set", 2: "inherit"}
-# the attributes read of each kind of entry (discover's scan.py reads links too)
+# the attributes read of each kind of entry, nested ones included (discover's scan.py
+# reads links too)
 LINK_ATTRS = ("IFLA_IFNAME", "IFLA_LINKINFO", "IFLA_OPERSTATE", "IFLA_MTU", "IFLA_ADDRESS",
-              "IFLA_MASTER", "IFLA_LINK", "IFLA_LINK_NETNSID")
+              "IFLA_MASTER", "IFLA_LINK", "IFLA_LINK_NETNSID", "IFLA_INFO_KIND",
+              "IFLA_INFO_DATA", "IFLA_INFO_SLAVE_KIND", "IFLA_INFO_SLAVE_DATA",
+              *(f"IFLA_VXLAN_{attr}" for attr in (*VXLAN_NUMBERS, *VXLAN_FLAGS, "LOCAL",
+                                                  "GROUP", "LINK", "DF")),
+              "IFLA_BR_STP_STATE", "IFLA_BR_VLAN_FILTERING",
+              *(f"IFLA_BRPORT_{attr}" for attr in (*PORT_FLAGS, "STATE")))
 ROUTE_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_PREFSRC", "RTA_PRIORITY")
 RULE_ATTRS = ("FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_TABLE",
               "FRA_PRIORITY")

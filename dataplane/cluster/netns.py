@@ -92,9 +92,10 @@ class Creation:
         # returning early the next time.
         self._changed = threading.Condition()
         self._working = WORKERS
-        for k in range(WORKERS):
-            threading.Thread(target=self._work, args=(self._names[k::WORKERS],),
-                             name=f"netns-create-{k}").start()
+        self._threads = [threading.Thread(target=self._work, args=(self._names[k::WORKERS],),
+                                          name=f"netns-create-{k}") for k in range(WORKERS)]
+        for thread in self._threads:
+            thread.start()
 
     def _work(self, names: list[str]) -> None:
         try:
@@ -138,6 +139,8 @@ class Creation:
         with self._changed:
             self._stop = True
             self._changed.wait_for(lambda: not self._working)
+        for thread in self._threads:  # done: gone in a moment (a fork may follow, forked.py)
+            thread.join()
         for sock in self._sockets.values():
             sock.close()
 

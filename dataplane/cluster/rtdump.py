@@ -14,29 +14,31 @@ import socket
 import struct
 import sys
 from collections.abc import Callable, Collection
-from functools import lru_cache
+from functools import lru_cache, partial
 from ipaddress import IPv4Address
 from typing import Any
 
-from dataplane.cluster.rtnl import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETNEIGH, ask, ifinfmsg,
-                                    ndmsg, replies)
+from dataplane.cluster.rtnl import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETNEIGH,
+                                    DumpInterrupted, ask, ifinfmsg, ndmsg, replies)
 
-Decoder = Callable[[bytes], Any]
+Decoder = Callable[[bytes], Any]  # None: a payload too short for its format (not kept)
 Table = dict[int, tuple[str, Decoder]]  # attribute number -> (name, decoder)
 _NLA = struct.Struct("=HH")
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 OPER_STATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
-SLAVE_DATA = {"bridge": "bridge_slave_data", "bridge_slave": "bridge_slave_data",
-              "bond": "bond_slave_data"}  # a port's IFLA_INFO_SLAVE_DATA class, by its kind
+SLAVE_DATA = {"bridge": "bridge_slave_data"}  # a port's IFLA_INFO_SLAVE_DATA class, by its kind
+DUMP_ATTEMPTS = 5  # a table changing while dumped (neighbours, under traffic): asked again
 
 
 def _number(layout: str) -> Decoder:
-    unpack = struct.Struct(layout).unpack_from
-    return lambda raw: unpack(raw)[0]
+    number = struct.Struct(layout)
+    return lambda raw: number.unpack_from(raw)[0] if len(raw) >= number.size else None
 
 
-def _address(raw: bytes) -> str:
-    return socket.inet_ntop(socket.AF_INET6 if len(raw) > 8 else socket.AF_INET, raw)
+def _address(raw: bytes) -> str | None:
+    if len(raw) not in (4, 16):
+        return None
+    return socket.inet_ntop(socket.AF_INET6 if len(raw) == 16 else socket.AF_INET, raw)
 
 
 def _mac(raw: bytes) -> str:
@@ -48,27 +50,33 @@ def _link_layer(raw: bytes) -> str:
     return _address(raw) if len(raw) in (4, 16) else _mac(raw)
 
 
+def _state(raw: bytes) -> str | None:
+    if not raw:
+        return None
+    return OPER_STATES[raw[0]] if raw[0] < len(OPER_STATES) else str(raw[0])
+
+
 DECODERS: dict[str, Decoder] = {
     "uint8": _number("=B"), "uint16": _number("=H"), "uint32": _number("=I"),
     "uint64": _number("=Q"), "int32": _number("=i"), "be16": _number(">H"),
-    "be32": _number(">I"), "asciiz": lambda raw: raw.split(b"\0", 1)[0].decode(),
+    "be32": _number(">I"), "asciiz": lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"),
     "ipaddr": _address, "target": _address, "ip4addr": _address, "l2addr": _mac,
-    "lladdr": _link_layer, "flag": lambda raw: True,
-    "state": lambda raw: OPER_STATES[raw[0]] if raw[0] < len(OPER_STATES) else str(raw[0]),
+    "lladdr": _link_layer, "flag": lambda raw: True, "state": _state,
     "info_data": bytes, "info_slave_data": bytes,  # decoded by the link's kind: _link_info
 }
 
 
-def table(nla_class: Any, names: Collection[str] | None = None) -> Table:
-    """The attributes of a pyroute2 class (those named, else all) in a format decoded here."""
+def table(nla_class: Any, names: Collection[str]) -> Table:
+    """The attributes of a pyroute2 class that are named, in a format decoded here (a link's
+    IFLA_LINKINFO with the named attributes of its kinds' data)."""
     found: Table = {}
     for number, entry in enumerate(nla_class.nla_map):
         if len(entry) == 3:
             number, name, form = entry
         else:
             name, form = entry
-        decoder = _link_info if form == "ifinfo" else DECODERS.get(form)
-        if decoder and (names is None or name in names):
+        decoder = partial(_link_info, tuple(names)) if form == "ifinfo" else DECODERS.get(form)
+        if decoder and name in names:
             found[number] = (name, decoder)
     return found
 
@@ -83,39 +91,38 @@ def attributes(data: bytes, start: int, end: int, known: Table,
             break
         entry = known.get(kind & NLA_TYPE_MASK)
         if entry:
-            found[entry[0]] = entry[1](data[start + _NLA.size:start + length])
+            value = entry[1](data[start + _NLA.size:start + length])
+            if value is not None:
+                found[entry[0]] = value
         start += (length + 3) & ~3
     return found
 
 
 @lru_cache(maxsize=None)
-def _kind_table(holder: str, kind: str) -> Table:
-    """The table of a link kind's IFLA_INFO_DATA (holder "data") or of a port kind's
-    IFLA_INFO_SLAVE_DATA (holder "slave"); empty for a kind pyroute2 does not know."""
+def _kind_table(holder: str, kind: str, names: tuple[str, ...]) -> Table:
+    """The named attributes of a link kind's IFLA_INFO_DATA (holder "data") or of a port
+    kind's IFLA_INFO_SLAVE_DATA (holder "slave"); none for a kind pyroute2 does not know."""
     info = ifinfmsg.ifinfo
     nla_class = info.data_map.get(kind) if holder == "data" else \
         getattr(info, SLAVE_DATA.get(kind, ""), None)
-    return table(nla_class) if nla_class is not None else {}
+    return table(nla_class, names) if nla_class is not None else {}
 
 
-_LINK_INFO = table(ifinfmsg.ifinfo)
-
-
-def _link_info(raw: bytes) -> dict[str, Any]:
+def _link_info(names: tuple[str, ...], raw: bytes) -> dict[str, Any]:
     """IFLA_LINKINFO: the kinds, and the data of each decoded by its kind's attributes."""
-    found = attributes(raw, 0, len(raw), _LINK_INFO)
-    kind, port = found.get("IFLA_INFO_KIND"), found.get("IFLA_INFO_SLAVE_KIND") or \
-        found.get("IFLA_INFO_KIND")
+    found = attributes(raw, 0, len(raw), _table(ifinfmsg.ifinfo, names))
+    kind, port = found.get("IFLA_INFO_KIND"), found.get("IFLA_INFO_SLAVE_KIND")
     for name, holder, by in (("IFLA_INFO_DATA", "data", kind),
-                             ("IFLA_INFO_SLAVE_DATA", "slave", port)):
+                             ("IFLA_INFO_SLAVE_DATA", "slave", port or kind)):
         if name in found:
             data = found[name]
-            found[name] = attributes(data, 0, len(data), _kind_table(holder, by or ""))
+            found[name] = attributes(data, 0, len(data), _kind_table(holder, by or "", names))
     return found
 
 
 @lru_cache(maxsize=None)
-def _header(message_class: Any) -> tuple[struct.Struct, tuple[str, ...], tuple[tuple[int, int], ...]]:
+def _header(message_class: Any) -> tuple[struct.Struct, tuple[str, ...],
+                                        tuple[tuple[int, int], ...]]:
     """The struct of a message class's fixed header (in host byte order), its fields'
     names (not padding), and (position, size) of those in network byte order ("!H")."""
     forms, names, swapped = [], [], []
@@ -130,10 +137,18 @@ def _header(message_class: Any) -> tuple[struct.Struct, tuple[str, ...], tuple[t
 
 def dump(sock: socket.socket, request: Any, kind: int, names: Collection[str] = ()) -> list[dict]:
     """Every entry a dump request of kind (a pyroute2 message: its fields and attributes
-    filter the dump where the kernel allows) gets, decoded (decode())."""
-    ask(sock, request, kind, NLM_F_REQUEST | NLM_F_DUMP)
-    return [decode(data, offset, length, type(request), names)
-            for data, offset, length in replies(sock, str(kind))]
+    filter the dump where the kernel allows) gets, decoded (decode()); asked again if the
+    table changed while it was dumped."""
+    attempts = 1
+    while True:
+        ask(sock, request, kind, NLM_F_REQUEST | NLM_F_DUMP)
+        try:
+            return [decode(data, offset, length, type(request), names)
+                    for data, offset, length in replies(sock, str(kind))]
+        except DumpInterrupted:
+            if attempts == DUMP_ATTEMPTS:
+                raise
+            attempts += 1
 
 
 def decode(data: bytes, offset: int, length: int, message_class: Any,

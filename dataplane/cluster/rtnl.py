@@ -8,6 +8,7 @@ request far cheaper to encode (bench_up measures the whole `up`).
 
 from __future__ import annotations
 
+import errno
 import importlib.util
 import os
 import queue
@@ -63,6 +64,7 @@ RTM_GETNSID = 90
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_EXCL, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x200, 0x400, 0x800
 NLM_F_DUMP = 0x300
+NLM_F_DUMP_INTR = 0x10  # a dump reply's flag: the table changed while it was dumped
 IPCTNL_MSG_CT_DELETE = (1 << 8) | 2  # NFNL_SUBSYS_CTNETLINK
 NETLINK_GET_STRICT_CHK = 12
 NEW = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL
@@ -336,14 +338,23 @@ class Batch:
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
 
 
+class DumpInterrupted(NetlinkError):
+    """The table changed while the kernel dumped it (NLM_F_DUMP_INTR): ask again."""
+
+
 def replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
-    """(buffer, offset, length) of each message a dump request gets, until its end."""
+    """(buffer, offset, length) of each message a dump request gets, until its end; then
+    DumpInterrupted if the table changed meanwhile (the dump may miss an entry)."""
+    interrupted = False
     while True:
         data = sock.recv(1 << 20)
         offset = 0
         while offset < len(data):
-            length, got, _, _, _ = HEADER.unpack_from(data, offset)
+            length, got, flags, _, _ = HEADER.unpack_from(data, offset)
+            interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
             if got == NLMSG_DONE:
+                if interrupted:
+                    raise DumpInterrupted(errno.EINTR, f"dump {what}: interrupted")
                 return
             if got == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", data, offset + HEADER.size)[0]
@@ -383,7 +394,8 @@ class Sender:
         self._failure: BaseException | None = None
         self._stop = False
         self._done = threading.Event()
-        threading.Thread(target=self._work, name="rtnl-send").start()
+        self._thread = threading.Thread(target=self._work, name="rtnl-send")
+        self._thread.start()
 
     @contextmanager
     def batch(self, sock: socket.socket, where: str) -> Iterator[Batch]:
@@ -422,5 +434,6 @@ class Sender:
         self._stop = kind is not None
         self._queue.put(None)
         self._done.wait()
+        self._thread.join()  # done: gone in a moment (a fork may follow, verify/forked.py)
         if kind is None:
             self._raise_failure()

@@ -43,10 +43,13 @@ class Pending:
             self.conn = None
             _, status = os.waitpid(self.pid, 0)
             self.pid = None
-            raise RuntimeError(f"the forked child {_how(status)} before it answered") from None
+            raise RuntimeError(f"the forked child ended ({how(status)}) before it answered") \
+                from None
+        except Exception as err:  # an answer that does not unpickle
+            raise RuntimeError(f"the forked child's answer cannot be read: {err!r}") from None
         if kind == "error":
             error, text = payload
-            raise error or RuntimeError(f"the forked child failed:\n{text}")
+            raise (error or RuntimeError("the forked child failed")) from ChildTraceback(text)
         return payload
 
     def close(self) -> None:
@@ -99,7 +102,15 @@ def _child(conn: Connection, works: tuple[Callable[[], Any], ...]) -> None:
         os._exit(0)
 
 
-def _how(status: int) -> str:
+class ChildTraceback(Exception):
+    """Where in the forked child an error was raised: the cause of the caller's copy."""
+
+    def __str__(self) -> str:
+        return f"\n{self.args[0]}"
+
+
+def how(status: int) -> str:
+    """How a child process ended, from its wait status."""
     if os.WIFSIGNALED(status):
-        return f"was killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"ended with exit code {os.waitstatus_to_exitcode(status)}"
+        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
+    return f"exit code {os.waitstatus_to_exitcode(status)}"

@@ -1,15 +1,16 @@
-"""`dataplane verify`: the cluster audited beside the traffic, earlier runs' caches reset, then exchanges for the
-chosen pod pairs in waves, each flow judged hop by hop, given its cause and handed on."""
+"""`dataplane verify`: earlier runs' caches reset, then the cluster audited beside the traffic
+(both by a forked child, beside.py); exchanges for the chosen pod pairs in waves, each flow
+judged hop by hop, given its cause and handed on."""
 
 from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Iterator
-from itertools import chain
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address
+from itertools import chain
 from typing import AbstractSet, Protocol
 
 from dataplane.bpf.tracer import Tracer
@@ -236,8 +237,8 @@ class Verifier:
 
     def __init__(self, plan: Plan, buffer_pages: int | None = None, reset_caches: bool = True,
                  worker: int | None = None, once: bool = False):
-        """reset_caches=False: the caller has reset them; worker: the k-th of a run's
-        workers, its probes apart from the others' (both for workers.py). once: for one
+        """reset_caches=False: the caller has reset them (run() and workers.py); worker: the
+        k-th of a run's workers, its probes apart from the others' (workers.py). once: for one
         run: its probes are detached as soon as its last wave's events are taken, while
         that wave is judged (a detach waits on the kernel, tens of ms when other runs
         use the tracepoints)."""
@@ -378,45 +379,46 @@ def run(plan: Plan, which: Pairs = "all", protos: tuple[Proto, ...] = PROTOCOLS,
     from dataplane.verify import workers
 
     chosen = some_pairs(plan, which)
-    child = started or beside.start(plan, reset=verifier is None)
-    known = cause.owners(plan)
-    total, events = cost(plan, chosen, protos, mtu)
-    ship_hops = keep_hops or bool(stream and stream.hops)  # every flow's hops must reach us
-    if jobs is None:
-        jobs = workers.jobs_for(events, ship_hops)
-    if verifier:
-        judging = nullcontext(verifier)
-    elif jobs > 1:
-        judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
-                               ship_hops)
-    else:
-        judging = Verifier(plan, buffer_pages, reset_caches=False, once=True)
+    with started or beside.start(plan, reset=verifier is None) as child:
+        known = cause.owners(plan)
+        total, events = cost(plan, chosen, protos, mtu)
+        ship_hops = keep_hops or bool(stream and stream.hops)  # every flow's hops must reach us
+        if jobs is None:
+            jobs = workers.jobs_for(events, ship_hops)
+        if verifier:
+            judging = nullcontext(verifier)
+        elif jobs > 1:
+            judging = workers.Pool(plan, jobs, workers.wave_events(events, jobs), buffer_pages,
+                                   ship_hops)
+        else:
+            judging = Verifier(plan, buffer_pages, reset_caches=False, once=True)
 
-    def evidence(flow: FlowResult) -> FlowResult:  # where the flow's hops are
-        flow.cause = cause.evidence(plan, flow, known)
-        return flow
+        def evidence(flow: FlowResult) -> FlowResult:  # where the flow's hops are
+            flow.cause = cause.evidence(plan, flow, known)
+            return flow
 
-    flows: list[FlowResult] = []
-    drift: list[Drift] | None = None
-    with child, judging as judge:
-        # None: the end, so that the drift is taken even had no flow come
-        for flow in chain(judge.run(probes(plan, chosen, protos, mtu), evidence, child.reset),
-                          [None]):
-            if drift is None:  # before the first flow is handed on
-                drift, audited = child.drift()
+        flows: list[FlowResult] = []
+        drift: list[Drift] | None = None
+        with judging as judge:
+            # None: the end, so that the drift is taken even had no flow come
+            for flow in chain(judge.run(probes(plan, chosen, protos, mtu), evidence,
+                                        child.reset), [None]):
+                if drift is None:  # before the first flow is handed on
+                    drift, audited = child.drift()
+                    if stream:
+                        stream.start(drift, total)
+                if flow is None:
+                    break
+                flow.cause = cause.explaining(plan, flow, drift, known) or flow.cause
                 if stream:
-                    stream.start(drift, total)
-            if flow is None:
-                break
-            flow.cause = cause.explaining(plan, flow, drift, known) or flow.cause
-            if stream:
-                stream.flow(flow)
-            if not keep_hops:
-                flow.hops = []
-            flows.append(flow)
-        report = Report(flows, judge.backends, judge.lost, drift, judge.skipped, which,
-                        {"audit": audited, "caches": child.reset(), **judge.seconds},
-                        caches_reset=plan.built, probes=judge.origin, workers=judge.workers)
+                    stream.flow(flow)
+                if not keep_hops:
+                    flow.hops = []
+                flows.append(flow)
+            report = Report(flows, judge.backends, judge.lost, drift, judge.skipped, which,
+                            {"audit": audited, "caches": child.reset(), **judge.seconds},
+                            caches_reset=plan.built, probes=judge.origin,
+                            workers=judge.workers)
     if stream:
         stream.end(report)
     return report

@@ -29,6 +29,7 @@ from dataplane.bpf import compiled, loader
 from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
+from dataplane.verify import forked
 from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
                                        Verifier, timed, waves)
 
@@ -249,7 +250,8 @@ class _Schedule:
                 self._judged(worker, *body)
             else:  # what one process would have raised: a missing kernel feature is exit 2
                 error, text = body
-                raise error or RuntimeError(f"verify worker {worker.pid} failed:\n{text}")
+                raise (error or RuntimeError(f"verify worker {worker.pid} failed")) \
+                    from forked.ChildTraceback(text)
 
     def _ready(self, worker: _Worker, backends: list[str], skipped: dict[str, str],
                origin: str, seconds: Counter[str]) -> None:
@@ -272,14 +274,15 @@ class _Schedule:
         worker.wave = None
 
     def _ended(self, worker: _Worker) -> None:
-        """A worker that closed its end unasked: it died. Its wave is INCONCLUSIVE."""
+        """A worker that closed its end: told to stop, or it died. A wave it was judging is
+        INCONCLUSIVE."""
         _, status = os.waitpid(worker.pid, 0)
         worker.conn.close()
         self.pool.running.remove(worker)
         if worker.wave is not None:
             self.learnt |= self.taught.pop(worker.wave)
             self._dead(worker.wave, self.sent.pop(worker.wave),
-                       f"verify worker {worker.pid} ended ({_how(status)}) before judging it")
+                       f"verify worker {worker.pid} ended ({forked.how(status)}) before judging it")
 
     def _dead(self, count: int, wave: list[Probe], why: str) -> None:
         self.out[count] = [self.finish(FlowResult(p.src.ref, p.dst.ref, p.proto, INCONCLUSIVE,
@@ -304,12 +307,6 @@ def _reap(worker: _Worker, deadline: float) -> None:
 
 def _arp(wave: list[Probe]) -> bool:
     return any(p.proto == "arp" for p in wave)
-
-
-def _how(status: int) -> str:
-    if os.WIFSIGNALED(status):
-        return f"killed by {signal.Signals(os.WTERMSIG(status)).name}"
-    return f"exit code {os.waitstatus_to_exitcode(status)}"
 
 
 def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool) -> None:
