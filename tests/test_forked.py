@@ -20,7 +20,8 @@ def forks():
     others = [t.name for t in threading.enumerate() if t is not threading.current_thread()
               and not getattr(t, "fork_safe", False)]
     if others:
-        pytest.skip(f"threads run in this test process ({', '.join(others)}): call() would not fork")
+        pytest.skip(f"threads run in this test process ({', '.join(others)}): "
+                    "call() would not fork")
 
 
 def test_the_value_comes_from_another_process(forks):

@@ -3,11 +3,11 @@ events and judging are Python, so one process uses one core however many the mac
 
 Each worker is forked from the run, loads its own probes (their own maps and ring buffer:
 a worker sees only the flows it watches) and sends, traces and judges the waves it is
-handed. The run keeps what is shared: the caches are reset once before any wave goes out (by
-the run's child, beside.py),
-the kernel's ARP table is given room by deleting what the waves back taught and no wave out
-needs (a flushed entry would drop the packets waiting on it), ARP waves go alone, and flows
-are handed on in wave order, so the output is that of one process. A worker that dies
+handed. The run keeps what is shared: the caches are reset once before any wave goes out
+(by the run's child, beside.py), the kernel's ARP table is given room by deleting what the
+waves back taught and no wave out needs (a flushed entry would drop the packets waiting on
+it), ARP waves go alone, and flows are handed on in wave order, so the output is that of one
+process. A worker that dies
 leaves its wave INCONCLUSIVE, never the run unfinished; an error in a worker is raised by
 the run as one process would raise it.
 """
@@ -282,7 +282,8 @@ class _Schedule:
         if worker.wave is not None:
             self.learnt |= self.taught.pop(worker.wave)
             self._dead(worker.wave, self.sent.pop(worker.wave),
-                       f"verify worker {worker.pid} ended ({forked.how(status)}) before judging it")
+                       f"verify worker {worker.pid} ended ({forked.how(status)}) before "
+                       "judging it")
 
     def _dead(self, count: int, wave: list[Probe], why: str) -> None:
         self.out[count] = [self.finish(FlowResult(p.src.ref, p.dst.ref, p.proto, INCONCLUSIVE,
