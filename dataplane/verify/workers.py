@@ -7,9 +7,9 @@ handed. The run keeps what is shared: the caches are reset once before any wave 
 (by the run's child, beside.py), the kernel's ARP table is given room by deleting what the
 waves back taught and no wave out needs (a flushed entry would drop the packets waiting on
 it), ARP waves go alone, and flows are handed on in wave order, so the output is that of one
-process. A worker that dies
-leaves its wave INCONCLUSIVE, never the run unfinished; an error in a worker is raised by
-the run as one process would raise it.
+process. A worker that dies leaves its wave INCONCLUSIVE, never the run unfinished; an error
+in a worker is raised by the run as one process would raise it. Once every wave is handed
+out, each worker is told that none follows: it detaches its probes while it judges its last.
 """
 
 from __future__ import annotations
