@@ -1,4 +1,5 @@
-"""forked.call: a function run by a forked child, its value or its error handed back."""
+"""forked.call: functions run in turn by a forked child, each value or the first error
+handed back."""
 
 from __future__ import annotations
 
@@ -29,12 +30,41 @@ def test_the_value_comes_from_another_process(forks):
         assert pending.result() != os.getpid()
 
 
-def test_the_childs_error_is_raised_by_the_caller(forks):
+def test_values_come_in_turn_and_nothing_runs_after_an_error(forks, tmp_path):
+    ran = tmp_path / "ran"
+
     def refuse():
         raise UsageError("no such topology; pick another")
 
-    with forked.call(refuse) as pending, pytest.raises(UsageError, match="no such topology"):
+    with forked.call(lambda: 1, refuse, lambda: ran.write_text("ran")) as pending:
+        assert pending.result() == 1
+        with pytest.raises(UsageError, match="no such topology") as raised:
+            pending.result()
+    assert isinstance(raised.value.__cause__, forked.ChildTraceback)
+    assert "in refuse" in str(raised.value.__cause__)  # where the child raised it
+    assert not ran.exists()
+
+
+class Unreadable(Exception):
+    """Pickles, but cannot be unpickled (its __init__ wants two arguments)."""
+
+    def __init__(self, what, why):
+        super().__init__(f"{what}: {why}")
+
+
+def test_an_error_or_a_value_that_cannot_cross_the_pipe_is_told_by_its_text(forks):
+    def unreadable():
+        raise Unreadable("probe", "refused")
+
+    with forked.call(unreadable) as pending, pytest.raises(RuntimeError) as raised:
         pending.result()
+    assert "Unreadable: probe: refused" in str(raised.value.__cause__)
+    with forked.call(lambda: threading.Lock(), os.getpid) as pending:
+        with pytest.raises(RuntimeError) as raised:
+            pending.result()  # a lock does not pickle: the child stops there
+        assert "pickle" in str(raised.value.__cause__)
+        with pytest.raises(RuntimeError, match="ended .exit code 0. before it answered"):
+            pending.result()
 
 
 def test_a_child_killed_before_it_answers_is_an_error_not_a_value(forks):

@@ -89,7 +89,7 @@ class Creation:
         self._failure: BaseException | None = None
         self._stop = False
         # Waited on instead of Thread.join, which a signal can cut short and leave
-        # returning early the next time.
+        # returning early the next time (close() joins them only once they are done).
         self._changed = threading.Condition()
         self._working = WORKERS
         self._threads = [threading.Thread(target=self._work, args=(self._names[k::WORKERS],),

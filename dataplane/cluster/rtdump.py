@@ -27,7 +27,7 @@ _NLA = struct.Struct("=HH")
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 OPER_STATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
 SLAVE_DATA = {"bridge": "bridge_slave_data"}  # a port's IFLA_INFO_SLAVE_DATA class, by its kind
-DUMP_ATTEMPTS = 5  # a table changing while dumped (neighbours, under traffic): asked again
+DUMP_ATTEMPTS = 5  # a table the kernel says changed while dumped: asked again
 
 
 def _number(layout: str) -> Decoder:
@@ -144,7 +144,7 @@ def dump(sock: socket.socket, request: Any, kind: int, names: Collection[str] = 
         ask(sock, request, kind, NLM_F_REQUEST | NLM_F_DUMP)
         try:
             return [decode(data, offset, length, type(request), names)
-                    for data, offset, length in replies(sock, str(kind))]
+                    for data, offset, length in replies(sock, type(request).__name__)]
         except DumpInterrupted:
             if attempts == DUMP_ATTEMPTS:
                 raise

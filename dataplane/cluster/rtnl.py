@@ -354,7 +354,8 @@ def replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
             interrupted = interrupted or bool(flags & NLM_F_DUMP_INTR)
             if got == NLMSG_DONE:
                 if interrupted:
-                    raise DumpInterrupted(errno.EINTR, f"dump {what}: interrupted")
+                    raise DumpInterrupted(errno.EINTR, f"dump {what}: the kernel's table "
+                                          "changed while it was dumped")
                 return
             if got == NLMSG_ERROR:
                 code = -struct.unpack_from("=i", data, offset + HEADER.size)[0]

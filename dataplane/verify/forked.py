@@ -13,6 +13,7 @@ forked child).
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import threading
 import traceback
@@ -90,16 +91,26 @@ def _child(conn: Connection, works: tuple[Callable[[], Any], ...]) -> None:
             try:
                 answer = ("value", work())
             except BaseException as err:
-                answer = ("error", (err, traceback.format_exc()))
+                answer = ("error", (portable(err), traceback.format_exc()))
             try:
                 conn.send(answer)
-            except Exception:  # an error that does not pickle
-                conn.send(("error", (None, answer[1][1] if answer[0] == "error" else
-                                     traceback.format_exc())))
+            except Exception:  # a value that does not pickle
+                answer = ("error", (None, traceback.format_exc()))
+                conn.send(answer)
             if answer[0] == "error":
                 break
     finally:
         os._exit(0)
+
+
+def portable(err: BaseException) -> BaseException | None:
+    """err, if it goes through a pipe (pickled, and unpickled by the other end); else None,
+    and its traceback's text alone tells it."""
+    try:
+        pickle.loads(pickle.dumps(err))
+    except Exception:
+        return None
+    return err
 
 
 class ChildTraceback(Exception):

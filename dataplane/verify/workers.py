@@ -82,6 +82,7 @@ class Pool:
     skipped: dict[str, str] = field(default_factory=dict)
     origin: str = "compiled"
     workers: int = 0  # started
+    readied: int = 0  # workers that loaded their probes
     running: list[_Worker] = field(default_factory=list)
     lost_by_worker: dict[int, int] = field(default_factory=dict)  # events, by pid
 
@@ -255,11 +256,11 @@ class _Schedule:
 
     def _ready(self, worker: _Worker, backends: list[str], skipped: dict[str, str],
                origin: str, seconds: Counter[str]) -> None:
-        first = not any(w.ready for w in self.pool.running)
         worker.ready = True
         self.pool.backends, self.pool.skipped = backends, skipped
-        if first or origin == "compiled":  # compiled, if one worker compiled them
+        if not self.pool.readied or origin == "compiled":  # compiled, if a worker did
             self.pool.origin = origin
+        self.pool.readied += 1
         self.pool.seconds.update(seconds)
         if self.pool.workers < self.pool.jobs and self.more:
             self.pool.start(self.finish)
@@ -336,12 +337,7 @@ def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool
     except BaseException as err:
         code = 1
         text = traceback.format_exc()
-        try:
-            conn.send(("error", err, text))
-        except Exception:  # not picklable, or the run is gone
-            try:
-                conn.send(("error", None, text))
-            except OSError:
-                pass
+        with suppress(OSError):  # the run is gone
+            conn.send(("error", forked.portable(err), text))
     finally:
         os._exit(code)
