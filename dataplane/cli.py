@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=TOPOLOGY_HELP + "; built for the trace, "
                        "then torn down")
-    where.add_argument("--running", metavar="N", help="trace in running cluster N")
+    where.add_argument("--running", metavar="N", type=_cluster, help="trace in running cluster N")
     p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
     p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
     p.add_argument("--proto", choices=PROTOCOLS, default="icmp")
@@ -99,7 +99,7 @@ def _parser() -> argparse.ArgumentParser:
                         "'IP(dst=pod(\"node-1/pod-1\"))/TCP(dport=80, flags=\"S\")', with "
                         "pod(\"NODE/POD\"), mac(\"NODE/POD\"), gw(\"NODE\"), "
                         "fragment(PACKET, fragsize=N)")
-    p.add_argument("--running", metavar="N", help="send in running cluster N")
+    p.add_argument("--running", metavar="N", type=_cluster, help="send in running cluster N")
     p.add_argument("--from", dest="src", required=True, metavar="NODE/POD")
     p.add_argument("--from-pcap", metavar="FILE", help="send the packets of a capture "
                    "instead of PACKET")
@@ -116,7 +116,7 @@ def _parser() -> argparse.ArgumentParser:
                        f"{DEFAULT_TOPOLOGY}, verify, tear down)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=f"{TOPOLOGY_HELP} (default {DEFAULT_TOPOLOGY})")
-    where.add_argument("--running", metavar="N", help="verify running cluster N")
+    where.add_argument("--running", metavar="N", type=_cluster, help="verify running cluster N")
     p.add_argument("--pairs", choices=PAIRS,
                    help="which ordered pod pairs (default: all up to 64 pods, else sample: "
                         "every node pair and every pod as source and as destination)")
@@ -131,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
-    p.add_argument("--running", metavar="N", required=True, help="the running cluster")
+    p.add_argument("--running", metavar="N", type=_cluster, required=True, help="the running cluster")
     p.add_argument("--duration", type=_seconds, default=10.0, metavar="S",
                    help="seconds to record (default 10; Ctrl-C stops early)")
     p.add_argument("--filter", metavar="EXPR", help="keep only matching hops: " + CAPTURE_HELP)
@@ -143,7 +143,7 @@ def _parser() -> argparse.ArgumentParser:
                          ("repair", "undo one fault: put back what the plan says")):
         p = faults.add_parser(action, help=what)
         p.add_argument("fault", metavar="NAME")
-        p.add_argument("--running", metavar="N", required=True, help="the running cluster")
+        p.add_argument("--running", metavar="N", type=_cluster, required=True, help="the running cluster")
         p.add_argument("--node", help="the node to break (default: the first)")
         p.add_argument("--pod", metavar="[NODE/]POD",
                        help="the pod to break (default: the node's first)")
@@ -182,6 +182,14 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds; give one "
                                          "of 0 or more, e.g. 10")
     return value
+
+
+def _cluster(text: str) -> str:
+    """A running cluster's name (an empty one would read as no --running at all)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty name names no cluster; `dataplane status` "
+                                         "lists the running ones")
+    return text
 
 
 def _count(text: str) -> int:

@@ -5,9 +5,10 @@ returned, or the error it raised (and runs no more); result() waits for the next
 raises that error as the caller's own.
 
 A process whose threads run (a tracer's poller) is not forked: a lock one of them held
-would stay held in the child. There the functions run at once, in the caller. A thread
-marked fork_safe does not count (netns' visitor: idle between works, and forgotten by a
-forked child).
+would stay held in the child. There each function runs in the caller when its value is
+asked for. A thread marked fork_safe does not count (netns' visitor: idle between works,
+and forgotten by a forked child). A child that ends before it answers (killed, out of
+memory) leaves its functions to the caller too.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import traceback
 from collections.abc import Callable
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection, Pipe
 from typing import Any
 
@@ -29,23 +30,21 @@ class Pending:
     """What call() started; result() once per function, close() always (a context
     manager does)."""
 
+    works: list[Callable[[], Any]]  # those whose value is not taken yet, in order
     pid: int | None = None
-    conn: Connection | None = None
-    values: list[Any] = field(default_factory=list)  # when the functions ran in the caller
+    conn: Connection | None = None  # None: no child (any more); the caller runs the works
 
     def result(self) -> Any:
-        """The next function's value (waiting for it)."""
+        """The next function's value (waiting for it). Should the child end before it
+        answers (killed, out of memory), the caller runs that function, and the rest."""
+        work = self.works.pop(0)
         if self.conn is None:
-            return self.values.pop(0)
+            return work()
         try:
             kind, payload = self.conn.recv()
         except (EOFError, OSError):
-            self.conn.close()
-            self.conn = None
-            _, status = os.waitpid(self.pid, 0)
-            self.pid = None
-            raise RuntimeError(f"the forked child ended ({how(status)}) before it answered") \
-                from None
+            self.close()
+            return work()
         except Exception as err:  # an answer that does not unpickle
             raise RuntimeError(f"the forked child's answer cannot be read: {err!r}") from None
         if kind == "error":
@@ -74,13 +73,13 @@ class Pending:
 def call(*works: Callable[[], Any]) -> Pending:
     if any(not getattr(thread, "fork_safe", False) for thread in threading.enumerate()
            if thread is not threading.current_thread()):
-        return Pending(values=[work() for work in works])
+        return Pending(list(works))
     parent, child = Pipe(duplex=False)
     pid = os.fork()
     if pid == 0:
         _child(child, works)
     child.close()
-    return Pending(pid, parent)
+    return Pending(list(works), pid, parent)
 
 
 def _child(conn: Connection, works: tuple[Callable[[], Any], ...]) -> None:
