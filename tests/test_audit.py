@@ -197,6 +197,9 @@ def broken(dataplane_cluster):
     sh(node, "nft", "add", "chain", "ip", "filter", "FORWARD",
        "{ type filter hook forward priority 0; policy drop; }")
     sh(node, "nft", "add", "rule", "ip", "filter", "FORWARD", "udp", "dport", "8472", "reject")
+    peer = plan.node("node-1")  # node-0's entry for it sent to another port and VNI
+    sh(plan.node("node-0").netns, "bridge", "fdb", "replace", peer.vtep_mac, "dev", "flannel.1",
+       "dst", str(peer.underlay_ip), "port", "4789", "vni", "7", "self", "permanent")
     return audit.audit(plan)
 
 
@@ -211,6 +214,8 @@ def broken(dataplane_cluster):
     Drift("node-1", "eth0", "oper state", "up", "down"),  # its peer is down
     Drift("node-1", None, "nftables chain ip filter FORWARD (hook forward)", "no drop",
           "policy drop; udp dport 8472 reject"),
+    Drift("node-0", "flannel.1", "fdb 0e:fa:ac:1e:00:02", "dst 172.30.0.2",
+          "dst 172.30.0.2 port 4789 vni 7"),
 ])
 def test_hand_made_breakage(broken, item):
     assert item in broken, "\n".join(map(str, broken))

@@ -55,7 +55,7 @@ LINK_ATTRS = ("IFLA_IFNAME", "IFLA_LINKINFO", "IFLA_OPERSTATE", "IFLA_MTU", "IFL
 ROUTE_ATTRS = ("RTA_TABLE", "RTA_DST", "RTA_OIF", "RTA_GATEWAY", "RTA_PREFSRC", "RTA_PRIORITY")
 RULE_ATTRS = ("FRA_SRC", "FRA_DST", "FRA_IIFNAME", "FRA_OIFNAME", "FRA_FWMARK", "FRA_TABLE",
               "FRA_PRIORITY")
-NEIGHBOUR_ATTRS = ("NDA_DST", "NDA_LLADDR")
+NEIGHBOUR_ATTRS = ("NDA_DST", "NDA_LLADDR", "NDA_PORT", "NDA_VNI")
 
 
 def snapshot(wanted: dict[str, NetState]) -> dict[str, NetState | None]:
@@ -192,7 +192,8 @@ def _fdb(sock: socket.socket, s: NetState, vxlans: dict[int, str]) -> None:
             # permanent whether noarp or not (`bridge fdb append` sets both), as bridge(8) reads it
             state = "permanent" if n["state"] & NUD_PERMANENT else \
                 NUD_STATES.get(n["state"], hex(n["state"]))
-            s.fdb(vxlans[n["ifindex"]], n.get("NDA_LLADDR"), n.get("NDA_DST"), state)
+            s.fdb(vxlans[n["ifindex"]], n.get("NDA_LLADDR"), n.get("NDA_DST"), state,
+                  n.get("NDA_PORT"), n.get("NDA_VNI"))  # the kernel gives them if not the device's
 
 
 def _offloads(s: NetState, wanted: list[tuple[str, str]]) -> None:

@@ -74,10 +74,13 @@ class NetState:
         """A permanent neighbour entry (the only kind a plan defines)."""
         self.items[(dev, f"neighbour {ip}")] = mac
 
-    def fdb(self, dev: str, mac: str, dst: object, state: str = "permanent") -> None:
-        """A VXLAN forwarding entry: mac is behind the remote dst."""
-        self._join((dev, f"fdb {mac}"), f"dst {dst}" + ("" if state == "permanent"
-                                                          else f" ({state})"))
+    def fdb(self, dev: str, mac: str, dst: object, state: str = "permanent",
+            port: int | None = None, vni: int | None = None) -> None:
+        """A VXLAN forwarding entry: mac is behind the remote dst (at port and vni when
+        the entry names its own, not the device's, as bridge(8) writes them)."""
+        self._join((dev, f"fdb {mac}"), f"dst {dst}" + (f" port {port}" if port else "")
+                   + (f" vni {vni}" if vni is not None else "")
+                   + ("" if state == "permanent" else f" ({state})"))
 
     def firewall(self, what: str, found: str) -> None:
         """A firewall chain or table that can drop traffic; a healthy build has none."""
