@@ -131,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
-    p.add_argument("--running", metavar="N", type=_cluster, required=True, help="the running cluster")
+    p.add_argument("--running", metavar="N", type=_cluster, required=True,
+                   help="the running cluster")
     p.add_argument("--duration", type=_seconds, default=10.0, metavar="S",
                    help="seconds to record (default 10; Ctrl-C stops early)")
     p.add_argument("--filter", metavar="EXPR", help="keep only matching hops: " + CAPTURE_HELP)
@@ -143,7 +144,8 @@ def _parser() -> argparse.ArgumentParser:
                          ("repair", "undo one fault: put back what the plan says")):
         p = faults.add_parser(action, help=what)
         p.add_argument("fault", metavar="NAME")
-        p.add_argument("--running", metavar="N", type=_cluster, required=True, help="the running cluster")
+        p.add_argument("--running", metavar="N", type=_cluster, required=True,
+                       help="the running cluster")
         p.add_argument("--node", help="the node to break (default: the first)")
         p.add_argument("--pod", metavar="[NODE/]POD",
                        help="the pod to break (default: the node's first)")

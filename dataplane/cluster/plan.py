@@ -152,7 +152,7 @@ class Plan:
 
     @cached_property
     def pod_addresses(self) -> frozenset[str]:
-        return frozenset(str(pod.ip) for pod in self.pods())
+        return frozenset(pod.ip_str for pod in self.pods())
 
     @cached_property
     def _nodes_by_name(self) -> dict[str, NodePlan]:

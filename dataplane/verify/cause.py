@@ -49,14 +49,14 @@ class Owners:
         for node in self.plan.nodes:
             idents = [str(node.underlay_ip), str(node.vtep_ip), str(node.pod_cidr),
                       str(node.gateway), node.vtep_mac, node.eth0_mac, node.cni0_mac]
-            idents += [str(pod.ip) for pod in node.pods] + [pod.mac for pod in node.pods]
+            idents += [pod.ip_str for pod in node.pods] + [pod.mac for pod in node.pods]
             marks[node.name] = re.compile("|".join(rf"(?<![\w.:]){re.escape(i)}(?![\w:]|\.\d)"
                                                    for i in idents))
         return marks
 
 
 def owners(plan: Plan) -> Owners:
-    return Owners(plan, {str(pod.ip): pod for pod in plan.pods()})
+    return Owners(plan, {pod.ip_str: pod for pod in plan.pods()})
 
 
 def explaining(plan: Plan, flow: FlowResult, drift: list[Drift], known: Owners) -> list[Drift]:
