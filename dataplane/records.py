@@ -141,16 +141,18 @@ class Hop:
     def __repr__(self) -> str:
         """One line, as a hop table row reads (no raw bytes): what assertion output shows."""
         what = f" {self.drop_reason}" if self.drop_reason else ""
-        frame = self.flow_frame()
+        frame = self.flow
         headers = f" {frame.src} > {frame.dst} {frame.proto}" if frame is not None else ""
         return f"Hop({self.at} {self.device} {self.dir} {self.func} len {self.length}" \
                f"{headers}{what})"
 
-    def flow_frame(self) -> Frame | None:
-        """The pod-to-pod packet inside: the inner frame of an encapsulated hop."""
-        if self.frame is not None and self.frame.inner is not None:
-            return self.frame.inner
-        return self.frame
+    def __post_init__(self) -> None:
+        # Read many times per hop by a verdict's checks, so made once; not fields (those
+        # are what the probes saw). place: where the hop was, as paths.py names places;
+        # flow: the pod-to-pod packet inside (the inner frame of an encapsulated hop).
+        self.place: tuple[str, str, str] = (self.at, self.device, self.dir)
+        self.flow: Frame | None = self.frame.inner \
+            if self.frame is not None and self.frame.inner is not None else self.frame
 
 
 @dataclass(frozen=True)

@@ -45,7 +45,7 @@ def test_every_kprobe_the_kernel_has_is_attached_and_fires(dataplane_clusters):
 def order(result, wanted):
     """Assert the request's hops hold the wanted (at, device or function) places, in order."""
     keys = [(h.at, h.func if h.dir == "fn" else h.device) for h in result.hops
-            if h.flow_frame() is not None and h.flow_frame().src == str(result.exchange.src.ip)]
+            if h.flow is not None and h.flow.src == str(result.exchange.src.ip)]
     found = in_order(wanted, keys)
     assert len(found) == len(wanted), (wanted[len(found)], trace_text(result))
 

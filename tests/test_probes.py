@@ -248,8 +248,8 @@ def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
                                watch=tracer.watch)
         hops = [h for h in tracer.take(50) if h.dir != "learn"]  # learning is always kept
     assert other.answered and mine.answered
-    assert len(hops) >= 20 and all(mine.matches(h.flow_frame()) for h in hops)
-    assert not any(other.matches(h.flow_frame()) for h in hops)
+    assert len(hops) >= 20 and all(mine.matches(h.flow) for h in hops)
+    assert not any(other.matches(h.flow) for h in hops)
     assert tracer.lost == 0
 
 

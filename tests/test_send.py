@@ -99,8 +99,8 @@ def test_every_fragment_crosses_the_tunnel_and_is_delivered(dataplane_cluster):
     assert len(result.sent) == 3 and result.lost_events == 0, text
     assert result.delivered_to == [Place("node-1/pod-0", "eth0")], text
     for offset in (0, 1400, 2800):
-        hops = [h for h in legs(result, "sent") if h.flow_frame().fragment
-                and h.flow_frame().frag_offset == offset]
+        hops = [h for h in legs(result, "sent") if h.flow.fragment
+                and h.flow.frag_offset == offset]
         assert seen_in_order(crossing(plan, "node-0/pod-2", "node-1/pod-0"), places(hops)), \
             f"fragment at {offset}:\n{text}"
     (datagram,) = result.judged.fragments

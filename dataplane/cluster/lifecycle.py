@@ -100,8 +100,7 @@ def start(topology: Topology) -> Cluster:
         raise UsageError(f"namespace {taken[0]} already exists; remove leftovers with "
                          "`dataplane clean` or pick another --name")
     try:
-        _make(plan, pods=not by_plugins)
-        record.write_files(nodefiles.node_files(plan))
+        _make(plan, record, pods=not by_plugins)
         if by_plugins:
             wiring.add(plan, record.dir)
         nodeconfig.apply(plan, record.dir)
@@ -117,7 +116,7 @@ def start(topology: Topology) -> Cluster:
     return Cluster(recorded(plan, record.dir), record)
 
 
-def _make(plan: Plan, pods: bool = True) -> None:
+def _make(plan: Plan, record: state.Record, pods: bool = True) -> None:
     # Four threads share the GIL here: this one encodes, two make namespaces, one sends
     # batches. The other three mostly wait on the kernel; at the default switch
     # interval each return from a system call could wait that long for the GIL, and
@@ -126,7 +125,9 @@ def _make(plan: Plan, pods: bool = True) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
     try:
-        # Imported and run while the namespaces are being made: only building needs pyroute2.
+        # Written, imported and run while the kernel makes the namespaces: the files'
+        # system calls and the namespaces' run on both cores; only building needs pyroute2.
+        record.write_files(nodefiles.node_files(plan))
         from dataplane.cluster import build
 
         build.build(plan, creation.socket, pods)

@@ -73,7 +73,7 @@ def hop_table(hops: list[Hop], sender_ip: str | None = None,
     row = "{:>3}  {:<7} {:<14} {:<14} {:<5} {:<19} {:>5}  {}"
     lines = [row.format("#", "PACKET", "AT", "DEVICE", "DIR", "FUNC", "LEN", "HEADERS")]
     for i, hop in enumerate(hops, 1):
-        name = leg(hop) if leg else direction(hop.flow_frame(), sender_ip)
+        name = leg(hop) if leg else direction(hop.flow, sender_ip)
         headers = describe(hop.frame)
         if hop.drop_reason:
             headers += f"  DROPPED: {hop.drop_reason}"

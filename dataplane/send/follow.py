@@ -98,7 +98,7 @@ class Sent:
         """Whether hop shows this frame (routed, bridged, encapsulated or not)."""
         if not self.known:
             return self.signature in hop.raw
-        f, mine = hop.flow_frame(), self.frame
+        f, mine = hop.flow, self.frame
         if f is None:
             return False
         if mine.proto == "arp":
@@ -128,7 +128,7 @@ class Matcher:
     def leg(self, hop: Hop) -> LegName | None:
         if any(s.seen_in(hop) for s in self.sent):
             return SENT
-        f = hop.flow_frame()
+        f = hop.flow
         if f is None or f.src is None:
             return None
         keys = set(frame_keys(f))

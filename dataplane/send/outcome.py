@@ -75,7 +75,7 @@ def judge(plan: Plan, sent: list[Sent], count: int, hops: list[Hop], legs: dict[
     drops = refused + [Drop(h.at, h.device, h.drop_reason or "?") for h in mine
                        if h.dir == "drop"]
     destinations = {s.frame.dst for s in sent if s.known}
-    if any(h.flow_frame().src in destinations for h in answers):
+    if any(h.flow.src in destinations for h in answers):
         outcome = ANSWERED
     elif drops:
         outcome = DROPPED
@@ -112,7 +112,7 @@ def _fragments(sent: list[Sent], count: int, mine: list[Hop], delivered: list[Ho
         length = max(p.frame.frag_offset + p.frame.ip_len - p.header_length for p in pieces) \
             + pieces[0].header_length
         received = Counter(str(Place(h.at, h.device)) for h in delivered
-                           if h.flow_frame().ip_id == ip_id and h.flow_frame().fragment)
+                           if h.flow.ip_id == ip_id and h.flow.fragment)
         found.append(Fragments(ip_id, len(pieces) * count, length, dict(received),
                                _reassembled(ip_id, length, mine, answers)))
     return found
@@ -124,7 +124,7 @@ def _reassembled(ip_id: int, length: int, mine: list[Hop], answers: list[Hop]) -
     def whole(f) -> bool:
         return f is not None and f.ip_id == ip_id and f.ip_len == length and not f.fragment
 
-    places = [h.at for h in mine if whole(h.flow_frame())]
-    places += [f"in the answer from {h.flow_frame().src}" for h in answers
-               if whole(h.flow_frame().quoted)]
+    places = [h.at for h in mine if whole(h.flow)]
+    places += [f"in the answer from {h.flow.src}" for h in answers
+               if whole(h.flow.quoted)]
     return list(dict.fromkeys(places))

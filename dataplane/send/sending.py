@@ -220,6 +220,6 @@ def as_dict(result: SendResult) -> dict[str, Any]:
 
 
 def _answer_dict(hop: Hop) -> dict[str, Any]:
-    f = hop.flow_frame()
+    f = hop.flow
     return {"at": hop.at, "device": hop.device, "src": f.src, "dst": f.dst, "proto": f.proto,
             "summary": dissect(hop).summary()}

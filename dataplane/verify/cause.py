@@ -132,7 +132,7 @@ def _misdelivery(plan: Plan, flow: FlowResult, stray: PodPlan, known: Owners) ->
     sending pod on stray's node, else by that node (it routed the packet to its bridge)."""
     hop = next((h for h in flow.hops if (h.at, h.device, h.dir) == (stray.ref, stray.ifname, "rx")
                 and h.frame is not None and h.frame.eth_dst == stray.mac), None)
-    frame = hop.flow_frame() if hop else None
+    frame = hop.flow if hop else None
     sender, meant = (known.pods.get(frame.src), known.pods.get(frame.dst)) if frame else (None,
                                                                                           None)
     if sender is None or meant is None:
@@ -146,7 +146,7 @@ def _misdelivery(plan: Plan, flow: FlowResult, stray: PodPlan, known: Owners) ->
 def _neighbour(plan: Plan, drop: Hop, known: Owners) -> tuple[str, str, str] | None:
     """(holder, device, address) of the neighbour a NEIGH_FAILED drop was resolving: the
     next hop of the dropped packet on that device."""
-    frame = drop.flow_frame()
+    frame = drop.flow
     pod = known.pods.get(frame.dst) if frame is not None else None
     if pod is None:
         return None

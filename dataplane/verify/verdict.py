@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from operator import attrgetter
 
 from dataplane.cluster.plan import Plan
 from dataplane.cluster.spec import VXLAN_OVERHEAD
@@ -76,7 +77,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
         return
     request, answer = legs(plan, src, dst)
     yield from _leg(plan, request, hops, "")
-    if exchange.answered or any(_sent_by(h, answer.sender.ip_str) for h in hops):
+    if exchange.answered or _sent_by(hops, answer.sender.ip_str):
         yield from _leg(plan, answer, hops, "answer ")
     if not exchange.answered:
         yield _undelivered(src.ref, hops, f"no answer reached {src.ref}'s socket")
@@ -130,21 +131,16 @@ ICMP_ERRORS = {(3, 0): "net unreachable", (3, 1): "host unreachable",
                (3, 13): "administratively prohibited", (11, 0): "TTL exceeded"}
 
 
-def _key(hop: Hop) -> tuple[str, str, str]:
-    return hop.at, hop.device, hop.dir
-
-
-def _sent_by(hop: Hop, sender_ip: str) -> bool:
-    """A copy of a packet sender_ip sent; an ICMP error quoting it is not one (a pod's
-    own stack sends one over lo when its neighbour fails: a consequence, not a copy)."""
-    frame = hop.flow_frame()
-    return frame is not None and frame.src == sender_ip and frame.quoted is None \
-        and hop.dir in PLACED
+def _sent_by(hops: list[Hop], sender_ip: str) -> list[Hop]:
+    """The hops of copies of packets sender_ip sent; an ICMP error quoting one is not one
+    (a pod's own stack sends one over lo when its neighbour fails: a consequence, not a
+    copy). One comprehension, no call per hop: judged for every leg of every flow."""
+    return [h for h in hops if (f := h.flow) is not None and f.src == sender_ip
+            and f.quoted is None and h.dir in PLACED]
 
 
 def _leg(plan: Plan, leg: Leg, hops: list[Hop], label: str) -> Iterator[Problem]:
-    sender_ip = leg.sender.ip_str
-    mine = [h for h in hops if _sent_by(h, sender_ip)]
+    mine = _sent_by(hops, leg.sender.ip_str)
     for check in LEG_CHECKS:
         problem = check(plan, leg, mine, hops)
         if problem:
@@ -202,14 +198,14 @@ def _extra(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     place seen more often than the sender sent."""
     expected = set(leg.hops)
     for hop in mine:
-        if _key(hop) not in expected:
+        if hop.place not in expected:
             return Problem("extra-hop", f"{_name(leg)}: a copy was seen at {hop.at} "
                            f"{hop.device} {hop.dir}, off its path", hop)
-    counts = Counter(_key(h) for h in mine)
+    counts = Counter(h.place for h in mine)
     sent = counts[leg.hops[0]]
     for place, seen in counts.items():
         if seen > sent:
-            hop = next(h for h in reversed(mine) if _key(h) == place)
+            hop = next(h for h in reversed(mine) if h.place == place)
             return Problem("duplicate", f"{_name(leg)}: seen {seen} times at {' '.join(place)}, "
                            f"sent {sent} times", hop)
     return None
@@ -222,7 +218,7 @@ def _missing_hop(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -
 def _first_missing(wanted: tuple[Step, ...], mine: list[Hop], everything: list[Hop],
                    label: str) -> Problem | None:
     """The first expected hop not seen, in order, with the last one that was."""
-    found = in_order(wanted, mine, _key)
+    found = in_order(wanted, mine, attrgetter("place"))
     if len(found) == len(wanted):
         return None
     last = found[-1] if found else None
@@ -239,7 +235,7 @@ def _macs(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Probl
     wanted = {(s.ref, s.ifname, "tx"): (s.mac, r.mac if same else plan.node(s.node).cni0_mac),
               (r.ref, r.ifname, "rx"): (s.mac if same else plan.node(r.node).cni0_mac, r.mac)}
     for hop in mine:
-        want = wanted.get(_key(hop))
+        want = wanted.get(hop.place)
         found = (hop.frame.eth_src, hop.frame.eth_dst)
         if want and found != want:
             return Problem("mac", f"{_name(leg)} at {hop.at} {hop.device} {hop.dir}: Ethernet "
@@ -250,9 +246,9 @@ def _macs(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Probl
 def _ttl(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Problem | None:
     """Bridged, a packet keeps its TTL; across nodes it passes two routers."""
     routers = 2 if leg.encapsulated else 0
-    sent = [h for h in mine if _key(h) == leg.hops[0]]
+    sent = [h for h in mine if h.place == leg.hops[0]]
     for hop in mine:
-        if _key(hop) == leg.hops[-1] and hop.frame.ttl != sent[0].frame.ttl - routers:
+        if hop.place == leg.hops[-1] and hop.frame.ttl != sent[0].frame.ttl - routers:
             return Problem("ttl", f"{leg.receiver.ref} got TTL {hop.frame.ttl}, sent with "
                            f"{sent[0].frame.ttl}: not {routers} routers", hop)
     return None
@@ -275,18 +271,18 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     # source address that makes them `mine`.
     receiver = leg.receiver.ip_str
     here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
-            and h.flow_frame() is not None and h.flow_frame().quoted is None
-            and h.flow_frame().src != receiver]
-    sent = [h for h in mine if _key(h) == (leg.sender.ref, leg.sender.ifname, "tx")]
+            and h.flow is not None and h.flow.quoted is None
+            and h.flow.src != receiver]
+    sent = [h for h in mine if h.place == (leg.sender.ref, leg.sender.ifname, "tx")]
     inner_tx = [h for h in here if h.device == s_node.vtep]
     outer = [h for h in here if h.device == s_node.ifname and h.frame.vni is not None]
     # TCP may move to another port after a retransmission timeout (Linux rehashes the
     # flow then); a datagram exchange is one packet each way and keeps its port
-    sports = {h.frame.sport for h in outer if h.flow_frame().proto != "tcp"}
+    sports = {h.frame.sport for h in outer if h.flow.proto != "tcp"}
     outer_ips = (s_node.underlay_str, r_node.underlay_str)
     inner_ips = (leg.sender.ip_str, receiver)
     for hop in outer:
-        f, inner = hop.frame, hop.flow_frame()
+        f, inner = hop.frame, hop.flow
         before = _partner(hop, inner_tx)
         # (rule, whether it holds, its message: made only when it does not)
         checks = (
@@ -373,7 +369,7 @@ def _arp(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
         problem = _first_missing(wanted, mine, hops, f"{label} {what}")
         if problem:
             yield problem
-    off_path = [h for h in replies if _key(h) not in set(arp.reply)]
+    off_path = [h for h in replies if h.place not in set(arp.reply)]
     if off_path:
         hop = off_path[0]
         yield Problem("extra-hop", f"{label} reply: a copy was seen at {hop.at} {hop.device} "

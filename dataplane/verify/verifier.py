@@ -87,7 +87,7 @@ def by_exchange(hops: list[Hop], exchanges: list[Exchange],
     index: dict[tuple, list[Hop]] = defaultdict(list)
     found: dict[int, tuple] = {}  # by frame: hops of one capture share its decoded frame
     for hop in hops:
-        frame = hop.flow_frame()
+        frame = hop.flow
         if frame is None:
             continue
         where = found.get(id(frame))
