@@ -1,5 +1,3 @@
-import sys
+from dataplane.cli import run
 
-from dataplane.cli import main
-
-sys.exit(main())
+run()

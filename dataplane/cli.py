@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import gettext
 import ipaddress
 import json
@@ -11,6 +12,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from dataplane.cluster import lifecycle, state
 from dataplane.cluster.spec import LABEL, LABEL_HINT
@@ -530,5 +532,14 @@ def main(argv: list[str] | None = None) -> int:
         return 128 + signum
 
 
+def run() -> NoReturn:
+    """The `dataplane` program: main(), then exit. Its objects are frozen first, out of
+    the garbage collector's reach: its last pass over every one of them, as the
+    interpreter shuts down, frees nothing the kernel would not (~15 ms of an `up`)."""
+    status = main()
+    gc.freeze()
+    sys.exit(status)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
