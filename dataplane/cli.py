@@ -17,7 +17,7 @@ from typing import NoReturn
 from dataplane.cluster import lifecycle, state
 from dataplane.cluster.spec import LABEL, LABEL_HINT
 from dataplane.errors import UsageError
-from dataplane.records import EXPECTABLE, PAIRS, PROTOCOLS
+from dataplane.names import EXPECTABLE, PAIRS, PROTOCOLS
 from dataplane.resources import DEFAULT_TOPOLOGY
 
 TOPOLOGY_HELP = ("a topology file, or a shipped topology by name (flannel-vxlan, "

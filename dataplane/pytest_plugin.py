@@ -26,7 +26,8 @@ import pytest
 
 from dataplane import resources
 from dataplane.bpf import btf, kernel
-from dataplane.records import Hop, Proto
+from dataplane.names import Proto
+from dataplane.records import Hop
 
 ROOT_REASON = "needs root: run sudo pytest"
 CLUSTER_PREFIX = f"pt{os.getpid()}-"  # the clusters this session builds: pt<pid>-0, ...

@@ -1,4 +1,4 @@
-"""The records the stages hand on, and the names they use. Pure.
+"""The records the stages hand on (names.py has the names they use). Pure.
 
 A decoded Frame, a Hop (one sighting of a packet by the probes), a Flow (what the
 probes watch), an Exchange (one request and its answer between two pods), a FlowResult
@@ -18,29 +18,13 @@ import sys
 from dataclasses import asdict, dataclass, field
 from enum import Enum
 from functools import cached_property
-from typing import TYPE_CHECKING, AbstractSet, Any, Literal, get_args
+from typing import TYPE_CHECKING, AbstractSet, Any
+
+from dataplane.names import (ARP_REPLY, ARP_REQUEST, ECHO, ECHO_REPLY, SERVICE_PORT, Direction,
+                             Proto)
 
 if TYPE_CHECKING:  # for type checkers only: an Exchange is made between two planned pods
     from dataplane.cluster.plan import PodPlan
-
-# The protocols dataplane sends between pods and verifies, by the names users give, and
-# the IP protocol numbers of those that are IP (the probes' maps key ARP as 0).
-Proto = Literal["icmp", "udp", "tcp", "arp"]
-PROTOCOLS: tuple[Proto, ...] = get_args(Proto)
-IP_PROTOCOLS: dict[Proto, int] = {"icmp": 1, "tcp": 6, "udp": 17}
-# The outcomes `send` can be told to expect.
-Expectation = Literal["delivered", "answered", "dropped"]
-EXPECTABLE: tuple[Expectation, ...] = get_args(Expectation)
-# Where a hop was seen going: out of a device, into one, dropped, a kernel function
-# (kprobe), a bridge learning a MAC.
-Direction = Literal["tx", "rx", "drop", "fn", "learn"]
-# Which ordered pod pairs a verify run probes.
-Pairs = Literal["all", "same-node", "cross-node", "sample"]
-PAIRS: tuple[Pairs, ...] = get_args(Pairs)
-
-ECHO_REPLY, ECHO = 0, 8  # ICMP types
-SERVICE_PORT = 7777  # where a destination pod listens for UDP and TCP (traffic/prober.py)
-ARP_REQUEST, ARP_REPLY = 1, 2  # ARP operations
 
 
 class Verdict(str, Enum):
@@ -58,9 +42,6 @@ class Verdict(str, Enum):
 PASS, FAIL, INCONCLUSIVE = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
 
 
-def format_mac(raw: bytes) -> str:
-    """A MAC address as every output writes it: 0a:58:0a:f4:00:02."""
-    return raw.hex(":")
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@ from collections.abc import Callable
 from dataplane.bpf.tracer import Tracer
 from dataplane.cluster.plan import Plan
 from dataplane.errors import UsageError
-from dataplane.records import PROTOCOLS, Hop
+from dataplane.names import PROTOCOLS
+from dataplane.records import Hop
 
 HELP = "see `dataplane capture --help` for the terms"
 

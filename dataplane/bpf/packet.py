@@ -7,7 +7,9 @@ import socket
 import struct
 from dataclasses import replace
 
-from dataplane.records import IP_PROTOCOLS, Frame, format_mac
+from dataplane.names import IP_PROTOCOLS, format_mac
+
+from dataplane.records import Frame
 
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806
 VLAN_TYPES = (0x8100, 0x88A8)  # 802.1Q, 802.1ad

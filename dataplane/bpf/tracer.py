@@ -15,7 +15,8 @@ from contextlib import suppress
 from dataplane.bpf import kernel, loader, packet, ringbuf
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.records import IP_PROTOCOLS, Direction, Flow, Frame, Hop, format_mac
+from dataplane.names import IP_PROTOCOLS, Direction, format_mac
+from dataplane.records import Flow, Frame, Hop
 
 # struct hop_event's kind -> (the tracepoint that saw it, direction)
 KINDS: dict[int, tuple[str, Direction]] = {

@@ -10,10 +10,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from dataplane import resources
-from dataplane.cluster import netns, nodeconfig, nodefiles, planfile, spec, state
-from dataplane.cluster.cni import plugins, wiring
+from dataplane.cluster import netns, nodeconfig, nodefiles, spec, state
 from dataplane.cluster.plan import Plan, make_plan, prefix_for
 from dataplane.errors import UsageError
+
+# The CNI plugins' modules (cni.plugins, cni.wiring) and planfile are imported where a
+# plugin-wired or an attached cluster needs them: `up` of a built-in cluster starts making
+# its namespaces sooner without them.
 
 SWITCH_INTERVAL = 1e-4  # seconds; see _make
 SHOWN_MISSING = 3  # namespaces named in a message; the rest are counted
@@ -31,6 +34,8 @@ class Cluster:
 
 def plan_of(record: state.Record) -> Plan:
     if record.attached:
+        from dataplane.cluster import planfile
+
         try:
             return planfile.loads((record.dir / state.PLAN_FILE).read_text())
         except (ValueError, TypeError, KeyError) as err:
@@ -44,6 +49,8 @@ def recorded(plan: Plan, root: Path) -> Plan:
     """The plan as the cluster built at root has it: the pods as the CNI plugins wired
     them, the user's configuration's firewall expected."""
     if plan.spec.cni.mode == "plugins":
+        from dataplane.cluster.cni import wiring
+
         plan = wiring.adopt(plan, root)
     return nodeconfig.recorded(plan, root)
 
@@ -51,6 +58,8 @@ def recorded(plan: Plan, root: Path) -> Plan:
 def adopt(plan: Plan, source: str) -> Cluster:
     """Record a network that exists already (discovered) as cluster plan.name: every
     command takes it as --running NAME; down and clean only forget it."""
+    from dataplane.cluster import planfile
+
     record = state.register(plan.name, plan.namespaces(), source,
                             plan_text=planfile.dumps(plan))
     return Cluster(plan, record)
@@ -90,6 +99,8 @@ def start(topology: Topology) -> Cluster:
     plan = make_plan(topology.spec)
     by_plugins = plan.spec.cni.mode == "plugins"
     if by_plugins:
+        from dataplane.cluster.cni import plugins, wiring
+
         plugins.require(wiring.PLUGINS, plan.spec.cni)
     # an absolute source: later commands resolve the topology's relative paths from it
     record = state.register(plan.name, plan.namespaces(), str(Path(topology.source).resolve()),
@@ -105,13 +116,12 @@ def start(topology: Topology) -> Cluster:
             wiring.add(plan, record.dir)
         nodeconfig.apply(plan, record.dir)
         record = state.change(plan.name, lambda r: setattr(r, "phase", "up"))
-    except plugins.PluginError as err:
+    except BaseException as err:
         _remove(record)
-        raise plugins.PluginError(f"{err}; cluster {plan.name} was taken down: fix the plugin or "
-                                  f"its configuration (CNI_PATH "
-                                  f"{':'.join(map(str, plugins.search_path(plan.spec.cni)))})") from None
-    except BaseException:
-        _remove(record)
+        if by_plugins and isinstance(err, plugins.PluginError):
+            raise plugins.PluginError(
+                f"{err}; cluster {plan.name} was taken down: fix the plugin or its configuration "
+                f"(CNI_PATH {':'.join(map(str, plugins.search_path(plan.spec.cni)))})") from None
         raise
     return Cluster(recorded(plan, record.dir), record)
 
@@ -292,6 +302,8 @@ def down(name: str, force: bool = False) -> list[str]:
         refused = _unwire(record)
         removed = _remove(record)
     if refused:
+        from dataplane.cluster.cni import plugins
+
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise plugins.PluginError(f"cluster {name} is down ({len(removed)} namespaces removed), "
                                   f"but CNI DEL failed: {refused[0]}{more}; fix the plugin's DEL")
@@ -307,7 +319,11 @@ def _unwire(record: state.Record) -> list[str]:
         plan = plan_of(record)
     except (OSError, UnicodeDecodeError, UsageError):
         return []
-    return wiring.delete(plan, record.dir) if plan.spec.cni.mode == "plugins" else []
+    if plan.spec.cni.mode != "plugins":
+        return []
+    from dataplane.cluster.cni import wiring
+
+    return wiring.delete(plan, record.dir)
 
 
 def _remove(record: state.Record) -> list[str]:

@@ -12,11 +12,10 @@ shows them. A failure names the node and the item, and the build is torn down.
 from __future__ import annotations
 
 import json
-import subprocess
 from dataclasses import replace
 from pathlib import Path
 
-from dataplane.cluster import firewall, netns, nsexec
+from dataplane.cluster import firewall, netns
 from dataplane.cluster.plan import NodePlan, Plan
 from dataplane.cluster.spec import Configure, Spec
 from dataplane.errors import UsageError
@@ -103,6 +102,10 @@ def _nftables(node: NodePlan, item: Configure, ruleset: str) -> None:
 
 
 def _command(node: NodePlan, key: str, argv: tuple[str, ...], cwd: Path) -> None:
+    import subprocess  # here: a configuration without commands (most) never needs it
+
+    from dataplane.cluster import nsexec
+
     shown = " ".join(argv)
     try:
         done = nsexec.run(node.netns, argv, cwd=cwd, timeout=COMMAND_TIMEOUT)

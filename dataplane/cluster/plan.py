@@ -15,7 +15,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 from dataplane.cluster.spec import Spec
 from dataplane.errors import UsageError
-from dataplane.records import format_mac
+from dataplane.names import format_mac
 
 NETNS_PREFIX = "dp-"  # every namespace of every run starts with this
 UNDERLAY_BRIDGE = "br0"

@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from dataplane.records import ARP_REQUEST, ECHO, Frame, Hop
+from dataplane.names import ARP_REQUEST, ECHO
+
+from dataplane.records import Frame, Hop
 from dataplane.traffic import prober
 
 if TYPE_CHECKING:  # only named here: a hop table needs no verifier loaded

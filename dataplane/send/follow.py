@@ -29,7 +29,8 @@ from typing import Literal, get_args
 
 from dataplane.bpf import packet
 from dataplane.bpf.tracer import Tracer
-from dataplane.records import IP_PROTOCOLS, Flow, Frame, Hop, frame_keys
+from dataplane.names import IP_PROTOCOLS
+from dataplane.records import Flow, Frame, Hop, frame_keys
 
 LegName = Literal["sent", "answer", "flow", "resolve"]  # what a kept hop is to the send
 SENT, ANSWER, FLOW, RESOLVE = get_args(LegName)

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from dataplane.cluster.plan import Plan
-from dataplane.records import EXPECTABLE, Expectation, Hop
+from dataplane.names import EXPECTABLE, Expectation
+from dataplane.records import Hop
 from dataplane.send.follow import ANSWER, SENT, LegName, Sent
 
 OutcomeName = Literal[Expectation, "lost"]

@@ -25,7 +25,8 @@ from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import without_backlog
 from dataplane.cluster import netns
 from dataplane.cluster.plan import POD_IFNAME, Plan, PodPlan
-from dataplane.records import Expectation, Hop
+from dataplane.names import Expectation
+from dataplane.records import Hop
 from dataplane.report.hoptable import hop_dict, hop_table
 from dataplane.send.follow import LegName, Matcher, Sent
 from dataplane.send.outcome import LOST, Drop, Outcome, Place, judge

@@ -16,7 +16,7 @@ from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
 from dataplane.cluster.rtnl import (RTM_GETNEIGH, RTM_GETROUTE, Batch, NetlinkError, get, ndmsg,
                                     rtmsg)
-from dataplane.records import format_mac
+from dataplane.names import format_mac
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"
 RTN_UNICAST, RTN_LOCAL, RTN_BROADCAST, RTN_MULTICAST = 1, 2, 3, 5

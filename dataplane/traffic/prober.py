@@ -28,7 +28,8 @@ from functools import partial
 from dataplane.bpf.packet import ETH_P_ARP
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
-from dataplane.records import ARP_REQUEST, SERVICE_PORT, Exchange, Flow, Proto, format_mac
+from dataplane.names import ARP_REQUEST, SERVICE_PORT, Proto, format_mac
+from dataplane.records import Exchange, Flow
 
 # Where the destination pod listens for UDP and TCP: SERVICE_PORT, and SERVICE_PORT + k for
 # the k-th of a run's workers (verify/workers.py), each with its own listeners in every pod

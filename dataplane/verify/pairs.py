@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataplane.cluster.plan import Plan, PodPlan
 from dataplane.errors import UsageError
-from dataplane.records import Pairs
+from dataplane.names import Pairs
 
 SAMPLE_ABOVE = 64  # pods: bigger clusters are sampled unless --pairs all is asked for
 

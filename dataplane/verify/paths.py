@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from dataplane.cluster.plan import Plan, PodPlan
-from dataplane.records import Direction, Proto
+from dataplane.names import Direction, Proto
 
 T = TypeVar("T")
 

@@ -16,8 +16,8 @@ from typing import AbstractSet, Protocol
 from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import trail
 from dataplane.cluster.plan import Plan, PodPlan
-from dataplane.records import (PROTOCOLS, Drift, Exchange, FlowResult, Hop, Pairs, Proto,
-                               frame_ends, frame_keys)
+from dataplane.names import PROTOCOLS, Pairs, Proto
+from dataplane.records import Drift, Exchange, FlowResult, Hop, frame_ends, frame_keys
 from dataplane.traffic import prober
 from dataplane.verify import beside, caches, cause
 from dataplane.verify.pairs import some_pairs
