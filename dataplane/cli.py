@@ -11,6 +11,7 @@ import math
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import NoReturn
 
@@ -26,9 +27,33 @@ CAPTURE_HELP = ("terms joined by 'and': icmp, udp, tcp, arp, host IP, port N, vn
                 "at WHERE, dev NAME")
 
 
+def _columns() -> int:
+    """The terminal's width as shutil.get_terminal_size() finds it (a positive COLUMNS,
+    else the terminal's, else 80), without importing shutil: argparse would import it
+    (and the compression modules it imports) for every parser, needed or not."""
+    columns = os.environ.get("COLUMNS", "")
+    if columns.isdigit() and int(columns) > 0:
+        return int(columns)
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
+class _Formatter(argparse.HelpFormatter):
+    def __init__(self, prog: str, indent_increment: int = 2, max_help_position: int = 24,
+                 width: int | None = None):
+        super().__init__(prog, indent_increment, max_help_position,
+                         _columns() - 2 if width is None else width)
+
+
 class _Parser(argparse.ArgumentParser):
     intermixed = False  # positionals before and after the options: send TOPOLOGY --from X PACKET
     _intermixing = False
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         """Subcommands are parsed with this (argparse cannot intermix at the top level)."""
@@ -55,31 +80,54 @@ def _untranslated() -> None:
         argparse.ngettext = lambda singular, plural, n: singular if n == 1 else plural
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """The command line's parser. When argv starts with a command, only that command's
+    parser is built: building every command's arguments (their help included) is a
+    visible part of a short command's start."""
     _untranslated()
     parser = _Parser(prog="dataplane", description="Build and verify a flannel-vxlan style "
                      "pod network made of network namespaces.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    named = argv[0] if argv and argv[0] in ADDERS else None
+    for command, add in ADDERS.items():
+        if named in (None, command):
+            add(sub)
+    return parser
+
+
+def _add_up(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="build a cluster and leave it running")
     p.add_argument("topology", help=TOPOLOGY_HELP)
     p.add_argument("--name", help="cluster name (default: the file's cluster.name)")
     p.add_argument("--cni", choices=("builtin", "plugins"),
                    help="who wires the pods: the built-in netlink builder or the real CNI "
                         "bridge + host-local plugins (default: the file's cni.mode, builtin)")
+
+
+def _add_status(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("status", help="show running clusters and their drift from the plan "
                        "(exit 1 if there is any)")
     p.add_argument("name", nargs="?", help="one cluster (default: all)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_down(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("down", help="tear a running cluster down")
     p.add_argument("name")
     p.add_argument("--force", action="store_true",
                    help="even while a live process (a verify --running, a test session) uses it")
+
+
+def _add_clean(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("clean", help="remove what dead processes left behind (half-built "
                        "clusters, clusters whose owner died)")
     p.add_argument("names", nargs="*", metavar="NAME",
                    help="remove these clusters, even if `up` left them running on purpose")
     p.add_argument("--all", dest="everything", action="store_true",
                    help="also remove every cluster `up` left running, and unreadable records")
+
+
+def _add_trace(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("trace", help="send one packet between two pods and show its hops")
     where = p.add_mutually_exclusive_group()
     where.add_argument("topology", nargs="?", help=TOPOLOGY_HELP + "; built for the trace, "
@@ -89,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", dest="dst", required=True, metavar="NODE/POD")
     p.add_argument("--proto", choices=PROTOCOLS, default="icmp")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_send(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="send any packet crafted with scapy from a pod and "
                        "follow it hop by hop",
                        usage="dataplane send (TOPOLOGY | --running N) --from NODE/POD "
@@ -113,7 +164,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="give the outcome at most S seconds (default 5)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write its hops")
+
+
+def _add_doctor(sub: argparse._SubParsersAction) -> None:
     sub.add_parser("doctor", help="show what the kernel offers the probes")
+
+
+def _add_verify(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("verify", help="verify every pod pair hop by hop (default: build "
                        f"{DEFAULT_TOPOLOGY}, verify, tear down)")
     where = p.add_mutually_exclusive_group()
@@ -132,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
                         "run of a few hundred exchanges or more, one with --json or --pcap)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--pcap", metavar="OUT.pcapng", help="also write every flow's hops")
+
+
+def _add_capture(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("capture", help="record every hop of every packet to pcapng")
     p.add_argument("--running", metavar="N", type=_cluster, required=True,
                    help="the running cluster")
@@ -139,6 +199,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="seconds to record (default 10; Ctrl-C stops early)")
     p.add_argument("--filter", metavar="EXPR", help="keep only matching hops: " + CAPTURE_HELP)
     p.add_argument("-o", "--output", required=True, metavar="OUT.pcapng")
+
+
+def _add_fault(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("fault", help="inject a fault into a running cluster")
     faults = p.add_subparsers(dest="fault_command", required=True, parser_class=_Parser)
     faults.add_parser("list", help="the faults there are")
@@ -153,6 +216,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="the pod to break (default: the node's first)")
         p.add_argument("--peer",
                        help="missing-fdb: the peer whose entry goes (default: the next node)")
+
+
+def _add_discover(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("discover", help="infer a pod network dataplane did not build from the "
                        "live kernel, and audit it against flannel's rules")
     where = p.add_mutually_exclusive_group(required=True)
@@ -165,7 +231,12 @@ def _parser() -> argparse.ArgumentParser:
                         "state directory's, for one of our clusters)")
     p.add_argument("--name", help="record it as attached cluster N, for --running N")
     p.add_argument("--json", action="store_true", help="machine-readable output")
-    return parser
+
+
+# Each command's arguments, in the order --help lists them.
+ADDERS = {"up": _add_up, "status": _add_status, "down": _add_down, "clean": _add_clean,
+          "trace": _add_trace, "send": _add_send, "doctor": _add_doctor, "verify": _add_verify,
+          "capture": _add_capture, "fault": _add_fault, "discover": _add_discover}
 
 
 def _network(text: str) -> ipaddress.IPv4Network:
@@ -513,7 +584,8 @@ def _terminate(signum: int, frame: object) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser(argv).parse_args(argv)
     signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)

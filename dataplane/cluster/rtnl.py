@@ -24,8 +24,10 @@ from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
 
-from dataplane.cluster import msgtemplate
-from dataplane.cluster.msgtemplate import Mac, Template, Value
+# Names taken from the module itself, not through the package: pytest's pytester re-imports
+# modules an inner run imported, and the package's attribute would name the older copy,
+# whose Mac a value made with the newer one is not.
+from dataplane.cluster.msgtemplate import Mac, Template, Value, encode, template
 
 
 def _load_message_classes():
@@ -189,10 +191,10 @@ class Batch:
         build = partial(make, *shape)
         found = _TEMPLATES.get(key, key)
         if found is key:
-            found = _TEMPLATES[key] = msgtemplate.template(build, values)
+            found = _TEMPLATES[key] = template(build, values)
         sequence = len(self._messages) + 1
         self._messages.append(found.fill(values, sequence) if found
-                              else msgtemplate.encode(build, values, sequence))
+                              else encode(build, values, sequence))
         self._what.append(what)
 
     # links
