@@ -9,6 +9,9 @@ from pathlib import Path
 from dataplane.errors import UsageError
 
 _PACKAGE = Path(__file__).resolve().parent
+# What a run computes for the next ones, each under a key of what it depends on: compiled
+# probes, the kernel's struct layout, netlink message templates.
+CACHE_DIR = Path("/var/cache/dataplane")
 TOPOLOGIES = "topologies"
 DEFAULT_TOPOLOGY = "flannel-vxlan"
 

@@ -1,9 +1,12 @@
 """Messages copied from a template are the bytes pyroute2 encodes for the same values."""
 
+import json
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
-from dataplane.cluster import msgtemplate, rtnl
+import pytest
+
+from dataplane.cluster import msgtemplate, rtmessages, rtnl
 from dataplane.cluster.msgtemplate import Mac
 
 
@@ -13,12 +16,18 @@ def direct(build, values, sequence=1):
 
 def test_templated_messages_are_pyroute2s_bytes():
     cases = [
-        (rtnl._addr, (24,), [(5, IPv4Address("10.244.1.7")), (300, IPv4Address("10.244.9.255"))]),
-        (rtnl._veth, (), [(5, "veth0001", 1450, 2, "eth0", Mac("0a:58:0a:f4:01:02"), 7, 3),
+        (rtmessages.addr, (24,), [(5, IPv4Address("10.244.1.7")), (300, IPv4Address("10.244.9.255"))]),
+        (rtmessages.veth, (), [(5, "veth0001", 1450, 2, "eth0", Mac("0a:58:0a:f4:01:02"), 7, 3),
                           (70000, "vethffff", 9000, 2, "eth0", Mac("ff:ee:dd:cc:bb:aa"), 999, 3)]),
-        (rtnl._route, (0, False), [(IPv4Address("10.244.1.1"), 2),
+        (rtmessages.vxlan, (8472, 0), [(4, "flannel.1", 1450, Mac("0e:fa:ac:1e:00:01"), 1,
+                                        IPv4Address("172.30.0.1"), 2),
+                                       (4, "flannel.1", 8950, Mac("0e:fa:ac:1e:00:02"), 70000,
+                                        IPv4Address("172.30.0.9"), 2)]),
+        (rtmessages.bridge, (), [(3, "cni0", 1450, Mac("0e:fa:ac:1e:00:01")),
+                                 (2, "br00", 1500, Mac("aa:bb:cc:dd:ee:ff"))]),
+        (rtmessages.route, (0, False), [(IPv4Address("10.244.1.1"), 2),
                                    (IPv4Address("10.244.3.1"), 2)]),
-        (rtnl._fdb, (rtnl.RTM_NEWNEIGH, rtnl.NLM_F_REQUEST),
+        (rtmessages.fdb, (rtnl.RTM_NEWNEIGH, rtnl.NLM_F_REQUEST),
          [(4, Mac("aa:bb:cc:dd:ee:01"), IPv4Address("172.18.0.2")),
           (4, Mac("aa:bb:cc:dd:ee:02"), IPv4Address("172.18.0.3"))]),
     ]
@@ -36,11 +45,44 @@ def test_a_batch_sends_what_pyroute2_encodes():
         b.route_add(IPv4Network(f"10.244.{k}.0/24"), IPv4Address(f"10.{k}.0.1"), 4, onlink=True)
     for k, data in enumerate(b._messages):
         values = (IPv4Address(f"10.{k}.0.1"), 4, IPv4Address(f"10.244.{k}.0"))
-        assert data == direct(lambda *v: rtnl._route(24, True, *v), values, k + 1)
+        assert data == direct(lambda *v: rtmessages.route(24, True, *v), values, k + 1)
 
 
 def test_a_field_narrower_than_its_value_is_not_templated():
     def narrow(prefixlen):  # ifaddrmsg's prefixlen is one byte: no u32 fits
-        return rtnl._addr(prefixlen, 2, IPv4Address("10.0.0.1"))
+        return rtmessages.addr(prefixlen, 2, IPv4Address("10.0.0.1"))
 
     assert msgtemplate.template(narrow, (24,)) is None
+
+
+def build_batch() -> rtnl.Batch:
+    b = rtnl.Batch(sock=None, where="test")
+    b.vxlan_add(4, "flannel.1", mtu=1450, address="0e:fa:ac:1e:00:01", vni=1,
+                local=IPv4Address("172.30.0.1"), link=2, port=8472, learning=False)
+    b.addr_add(4, IPv4Address("10.244.0.0"), 32)
+    b.fdb_append(4, "0e:fa:ac:1e:00:02", IPv4Address("172.30.0.2"))
+    return b
+
+
+def test_stored_templates_build_without_pyroute2(tmp_path, monkeypatch):
+    monkeypatch.setattr(rtnl, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
+    rtnl._store.cache_clear()
+    made = build_batch()._messages
+    (stored,) = tmp_path.iterdir()
+    assert len(json.loads(stored.read_text())) == 3
+    # a later run: nothing in memory, the store read again, pyroute2 never asked for
+    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
+    rtnl._store.cache_clear()
+    monkeypatch.setattr(rtnl, "_makers", lambda: pytest.fail("pyroute2 was needed"))
+    assert build_batch()._messages == made
+    rtnl._store.cache_clear()
+
+
+def test_an_unreadable_store_is_an_empty_one(tmp_path):
+    path = tmp_path / "store.json"
+    path.write_text("{not json")
+    store = msgtemplate.Store(path)
+    assert store.get("anything") is None
+    store.put("key", msgtemplate.Template(b"\x01\x02", ((0,),)))
+    assert msgtemplate.Store(path).get("key") == msgtemplate.Template(b"\x01\x02", ((0,),))

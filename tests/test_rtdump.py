@@ -9,10 +9,9 @@ import struct
 import pytest
 
 from dataplane.cluster import live, netns, rtdump
-from dataplane.cluster.rtnl import (AF_BRIDGE, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETADDR,
-                                    RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE, ask,
-                                    fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, replies,
-                                    rtmsg)
+from dataplane.cluster.rtmessages import fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg
+from dataplane.cluster.rtnl import (AF_BRIDGE, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETADDR, RTM_GETLINK,
+                                    RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE, ask, replies)
 
 KINDS = [(ifinfmsg, socket.AF_UNSPEC, RTM_GETLINK, live.LINK_ATTRS),
          (ifaddrmsg, socket.AF_INET, RTM_GETADDR, ("IFA_LOCAL",)),

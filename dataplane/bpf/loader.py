@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dataplane import resources
+from dataplane.resources import CACHE_DIR
 from dataplane.bpf import btf, compiled, kernel
 from dataplane.errors import UsageError
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:  # bcc is imported when the probes are loaded, not with this m
 
 TRACEPOINTS = ("net_dev_start_xmit", "netif_receive_skb", "netif_rx", "kfree_skb")
 FDB_TRACEPOINTS = ("br_fdb_update", "br_fdb_add")
-CACHE_DIR = Path("/var/cache/dataplane")
 Buffer = Literal["ring", "perf"]  # how events reach user space: BPF ring buffer, perf buffer
 Origin = Literal["compiled", "cached"]  # the probes compiled by this load, or by an earlier one
 RINGBUF_PAGES = 2048  # 8 MiB: a burst of ~43000 events between two polls

@@ -66,7 +66,7 @@ def _underlay(plan: Plan, sender: Sender, socket_of: Callable[[str], socket.sock
     mtu, where = plan.spec.underlay_mtu, plan.underlay_netns
     sock = socket_of(where)
     with sender.batch(sock, where) as b:
-        b.link_add(BR0, UNDERLAY_BRIDGE, "bridge", mtu=mtu)
+        b.bridge_add(BR0, UNDERLAY_BRIDGE, mtu=mtu)
     for i, node in enumerate(plan.nodes):
         with sender.batch(sock, where) as b:
             b.veth_add(FIRST_NODE_PORT + i, node.underlay_port, mtu=mtu, master=BR0,
@@ -85,7 +85,7 @@ def _node(plan: Plan, node: NodePlan, sender: Sender,
         vtep(plan, node, b, plan.spec.vni)
         if not pods:
             return
-        b.link_add(CNI0, CNI_BRIDGE, "bridge", mtu=spec.vtep_mtu, address=node.cni0_mac)
+        b.bridge_add(CNI0, CNI_BRIDGE, mtu=spec.vtep_mtu, address=node.cni0_mac)
         b.addr_add(CNI0, node.gateway, node.pod_cidr.prefixlen)
         for i, pod in enumerate(node.pods):  # what the CNI bridge plugin does per pod
             b.veth_add(FIRST_POD_VETH + i, pod.host_veth, mtu=pod.mtu, master=CNI0,
@@ -97,9 +97,8 @@ def vtep(plan: Plan, node: NodePlan, b: Batch, vni: int) -> None:
     """flannel.<vni> with its address, and per peer node what flannel's vxlan backend
     programs for a remote lease: a permanent neighbour, an FDB entry and a route."""
     spec = plan.spec
-    b.link_add(VTEP, spec.vtep_name, "vxlan", mtu=spec.vtep_mtu, address=node.vtep_mac, data=[
-        ("IFLA_VXLAN_ID", vni), ("IFLA_VXLAN_LOCAL", str(node.underlay_ip)),
-        ("IFLA_VXLAN_LINK", ETH0), ("IFLA_VXLAN_PORT", spec.port), ("IFLA_VXLAN_LEARNING", 0)])
+    b.vxlan_add(VTEP, spec.vtep_name, mtu=spec.vtep_mtu, address=node.vtep_mac, vni=vni,
+                local=node.underlay_ip, link=ETH0, port=spec.port, learning=False)
     b.addr_add(VTEP, node.vtep_ip, 32)
     for peer in node.peers:
         b.neigh_add(VTEP, peer.vtep_ip, peer.vtep_mac)

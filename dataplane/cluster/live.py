@@ -14,10 +14,10 @@ from pathlib import Path
 from dataplane.cluster import ethtool, firewall, netns
 from dataplane.cluster.netstate import NetState
 from dataplane.cluster.rtdump import dump
+from dataplane.cluster.rtmessages import fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg
 from dataplane.cluster.rtnl import (AF_BRIDGE, NETLINK_GET_STRICT_CHK, NUD_PERMANENT, RTM_GETADDR,
                                     RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE,
-                                    RTNH_F_ONLINK, RT_TABLE_MAIN, SOL_NETLINK, fibmsg,
-                                    ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg)
+                                    RTNH_F_ONLINK, RT_TABLE_MAIN, SOL_NETLINK)
 
 IFF_UP, IFF_LOOPBACK = 0x1, 0x8
 RTEXT_FILTER_SKIP_STATS = 1 << 3  # link dumps without counters: less to decode

@@ -7,15 +7,19 @@ with a placeholder per value, and later messages of that shape are the template'
 with their values written where the placeholders landed (a value may go in more than one
 field). A shape whose placeholders cannot all be found, or whose copy differs from
 pyroute2's own encoding of the first real values, is never templated: its messages are
-encoded by pyroute2 each time.
+encoded by pyroute2 each time. A Store keeps templates in a file for later runs, so that a
+run whose shapes are all stored needs no pyroute2 at all.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
+from pathlib import Path
 from typing import Any, Union
 
 _U32 = struct.Struct("=I")
@@ -99,3 +103,39 @@ def _places(data: bytes, raw: bytes) -> tuple[int, ...]:
         found.append(start)
         start = data.find(raw, start + len(raw))
     return tuple(found)
+
+
+class Store:
+    """Templates by key, kept in the file at path: read at the first get(), written again
+    at each put(). The file's name should change with whatever made its templates (see
+    rtnl.py). A file that cannot be read is an empty store, one that cannot be written
+    (not root) keeps nothing."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._kept: dict[str, Template] | None = None
+
+    def _templates(self) -> dict[str, Template]:
+        if self._kept is None:
+            try:
+                kept = json.loads(self.path.read_text())
+                self._kept = {key: Template(bytes.fromhex(data), tuple(map(tuple, offsets)))
+                              for key, (data, offsets) in kept.items()}
+            except (OSError, ValueError, TypeError):
+                self._kept = {}
+        return self._kept
+
+    def get(self, key: str) -> Template | None:
+        return self._templates().get(key)
+
+    def put(self, key: str, found: Template) -> None:
+        kept = self._templates()
+        kept[key] = found
+        text = json.dumps({k: [t.data.hex(), t.offsets] for k, t in kept.items()})
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(text)
+            tmp.rename(self.path)  # atomic: another run reads all of it or none
+        except OSError:
+            tmp.unlink(missing_ok=True)

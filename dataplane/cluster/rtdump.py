@@ -18,8 +18,9 @@ from functools import lru_cache, partial
 from ipaddress import IPv4Address
 from typing import Any
 
+from dataplane.cluster.rtmessages import ifinfmsg, ndmsg
 from dataplane.cluster.rtnl import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETNEIGH,
-                                    DumpInterrupted, ask, ifinfmsg, ndmsg, replies)
+                                    DumpInterrupted, ask, replies)
 
 Decoder = Callable[[bytes], Any]  # None: a payload too short for its format (not kept)
 Table = dict[int, tuple[str, Decoder]]  # attribute number -> (name, decoder)

@@ -1,25 +1,25 @@
-"""Batched rtnetlink requests, encoded with pyroute2's message classes.
+"""Batched rtnetlink requests, encoded with pyroute2's message classes (rtmessages.py).
 
 A Batch collects the requests for one namespace and sends them in a single
 sendmsg; the kernel runs them in order and acks each one. Going below
 IPRoute's request layer (mostly Python, per call) to its message classes makes a
-request far cheaper to encode (bench_up measures the whole `up`).
+request far cheaper to encode (bench_up measures the whole `up`), and the requests a
+build sends are copied from templates (msgtemplate.py) that later runs find stored: a
+build whose templates are all stored never imports pyroute2.
 """
 
 from __future__ import annotations
 
 import errno
-import importlib.util
 import os
 import queue
 import socket
 import struct
-import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import partial
+from functools import lru_cache, partial
 from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 from typing import Any
@@ -27,36 +27,9 @@ from typing import Any
 # Names taken from the module itself, not through the package: pytest's pytester re-imports
 # modules an inner run imported, and the package's attribute would name the older copy,
 # whose Mac a value made with the newer one is not.
-from dataplane.cluster.msgtemplate import Mac, Template, Value, encode, template
+from dataplane.cluster.msgtemplate import Mac, Store, Template, Value, encode, template
+from dataplane.resources import CACHE_DIR
 
-
-def _load_message_classes():
-    """Import pyroute2's rtnetlink message classes without pyroute2/__init__.py,
-    which imports every subsystem it has (ndb, ipdb, conntrack, ...: several times
-    the cost of these). The package is left unregistered again,
-    so a later `import pyroute2` still runs it in full."""
-    hollow = "pyroute2" not in sys.modules
-    if hollow:
-        found = importlib.util.find_spec("pyroute2")
-        if found is None:
-            raise ModuleNotFoundError("No module named 'pyroute2'", name="pyroute2")
-        sys.modules["pyroute2"] = importlib.util.module_from_spec(found)
-    try:
-        from pyroute2.netlink import nlmsgerr
-        from pyroute2.netlink.nfnetlink import nfgen_msg
-        from pyroute2.netlink.rtnl.fibmsg import fibmsg
-        from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
-        from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-        from pyroute2.netlink.rtnl.ndmsg import ndmsg
-        from pyroute2.netlink.rtnl.nsidmsg import nsidmsg
-        from pyroute2.netlink.rtnl.rtmsg import rtmsg
-    finally:
-        if hollow:
-            del sys.modules["pyroute2"]
-    return nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg
-
-
-nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg = _load_message_classes()
 
 # linux/rtnetlink.h, linux/netlink.h, linux/neighbour.h, linux/if.h
 RTM_NEWLINK, RTM_DELLINK, RTM_GETLINK, RTM_SETLINK, RTM_NEWADDR, RTM_GETADDR = 16, 17, 18, 19, 20, 22
@@ -83,86 +56,25 @@ class NetlinkError(OSError):
     pass
 
 
-# Templates by shape (see Batch._add_shaped); None for a shape that cannot be templated.
-_TEMPLATES: dict[tuple, Template | None] = {}
+def _makers():
+    """rtmessages, imported at the first request that needs pyroute2 (see _add_shaped)."""
+    from dataplane.cluster import rtmessages
+
+    return rtmessages
 
 
-def _request(msg, kind: int, flags: int):
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = flags
-    return msg
+@lru_cache(maxsize=None)
+def _store() -> Store:
+    """Templates kept for later runs, in a file named after the modules that make them:
+    another version of either is another file."""
+    here = Path(__file__).parent
+    made_by = [(here / name).stat() for name in ("rtmessages.py", "msgtemplate.py")]
+    version = "-".join(f"{st.st_size:x}{st.st_mtime_ns:x}" for st in made_by)
+    return Store(CACHE_DIR / f"rtnl-templates-{version}.json")
 
 
-def _link(index: int, ifname: str, kind: str, mtu: int, address: str | None = None,
-          master: int | None = None, data: list | None = None):
-    """An ifinfmsg creating a link, up, with a fixed index; data is the IFLA_INFO_DATA of
-    its kind."""
-    info: list = [("IFLA_INFO_KIND", kind)]
-    if data:
-        info.append(("IFLA_INFO_DATA", {"attrs": data}))
-    attrs = [("IFLA_IFNAME", ifname), ("IFLA_MTU", mtu), ("IFLA_LINKINFO", {"attrs": info})]
-    if address:
-        attrs.append(("IFLA_ADDRESS", address))
-    if master:
-        attrs.append(("IFLA_MASTER", master))
-    msg = ifinfmsg()
-    msg["index"], msg["flags"], msg["change"], msg["attrs"] = index, IFF_UP, IFF_UP, attrs
-    return _request(msg, RTM_NEWLINK, NEW)
-
-
-def _veth(index: int, ifname: str, mtu: int, peer_index: int, peer_ifname: str,
-          peer_address: str, peer_fd: int, master: int | None = None):
-    peer = {"index": peer_index, "attrs": [
-        ("IFLA_IFNAME", peer_ifname), ("IFLA_MTU", mtu), ("IFLA_ADDRESS", peer_address),
-        ("IFLA_NET_NS_FD", peer_fd)]}
-    return _link(index, ifname, "veth", mtu, master=master, data=[("VETH_INFO_PEER", peer)])
-
-
-def _link_up(index: int):
-    msg = ifinfmsg()
-    msg["index"], msg["flags"], msg["change"] = index, IFF_UP, IFF_UP
-    return _request(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
-
-
-def _addr(prefixlen: int, index: int, address: IPv4Address):
-    msg = ifaddrmsg()
-    msg["family"], msg["prefixlen"], msg["index"] = socket.AF_INET, prefixlen, index
-    msg["attrs"] = [("IFA_LOCAL", str(address)), ("IFA_ADDRESS", str(address))]
-    return _request(msg, RTM_NEWADDR, NEW)
-
-
-def _route(dst_len: int, onlink: bool, gateway: IPv4Address, oif: int,
-           dst: IPv4Address | None = None):
-    msg = rtmsg()
-    msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst_len, RT_TABLE_MAIN
-    msg["proto"], msg["type"] = RTPROT_BOOT, RTN_UNICAST  # as `ip route add` sets them
-    msg["flags"] = RTNH_F_ONLINK if onlink else 0
-    msg["attrs"] = [("RTA_GATEWAY", str(gateway)), ("RTA_OIF", oif)]
-    if dst is not None:
-        msg["attrs"].append(("RTA_DST", str(dst)))
-    return _request(msg, RTM_NEWROUTE, NEW)
-
-
-def _neigh(kind: int, flags: int, index: int, dst: IPv4Address):
-    msg = ndmsg()
-    msg["family"], msg["ifindex"] = socket.AF_INET, index
-    msg["attrs"] = [("NDA_DST", str(dst))]
-    return _request(msg, kind, flags)
-
-
-def _permanent_neigh(index: int, dst: IPv4Address, lladdr: str):
-    msg = ndmsg()
-    msg["family"], msg["ifindex"], msg["state"] = socket.AF_INET, index, NUD_PERMANENT
-    msg["attrs"] = [("NDA_DST", str(dst)), ("NDA_LLADDR", lladdr)]
-    return _request(msg, RTM_NEWNEIGH, NEW)
-
-
-def _fdb(kind: int, flags: int, index: int, lladdr: str, dst: IPv4Address):
-    msg = ndmsg()
-    msg["family"], msg["ifindex"], msg["state"] = AF_BRIDGE, index, NUD_PERMANENT
-    msg["flags"] = NTF_SELF
-    msg["attrs"] = [("NDA_LLADDR", lladdr), ("NDA_DST", str(dst))]
-    return _request(msg, kind, flags)
+# Templates by key (see Batch._add_shaped); None for a shape that cannot be templated.
+_TEMPLATES: dict[str, Template | None] = {}
 
 
 @dataclass
@@ -175,35 +87,49 @@ class Batch:
     _what: list[str] = field(default_factory=list)
     _fds: list[int] = field(default_factory=list)  # namespace files the requests name
 
-    def _add(self, msg, kind: int, flags: int, what: str) -> None:
-        _request(msg, kind, flags)
+    def _add(self, what: str, maker: str, *args: Any) -> None:
+        """Add the request rtmessages' maker makes of args, encoded by pyroute2."""
+        msg = getattr(_makers(), maker)(*args)
         msg["header"]["sequence_number"] = len(self._messages) + 1
         msg.encode()
         self._messages.append(bytes(msg.data))
         self._what.append(what)
 
-    def _add_shaped(self, what: str, make: Callable[..., Any], shape: tuple,
+    def _add_shaped(self, what: str, maker: str, shape: tuple,
                     values: tuple[Value, ...]) -> None:
-        """Add make(*shape, *values) (a request, its type and flags set), copied from
-        the template of its shape: the same make and shape, values of the same kinds
-        (and names of the same lengths)."""
-        key = (make, shape, tuple(len(v) if isinstance(v, str) else type(v) for v in values))
-        build = partial(make, *shape)
+        """Add rtmessages' maker(*shape, *values), copied from the template of its shape: the
+        same maker and shape, values of the same kinds (and names of the same lengths).
+        A template is looked for in memory, then in the store; only a shape found in
+        neither makes pyroute2 be imported, to make its template (then stored)."""
+        kinds = tuple(len(v) if isinstance(v, str) else type(v).__name__ for v in values)
+        key = f"{maker}{shape}{kinds}"
         found = _TEMPLATES.get(key, key)
         if found is key:
-            found = _TEMPLATES[key] = template(build, values)
+            found = _store().get(key)
+            if found is None:
+                found = template(partial(getattr(_makers(), maker), *shape), values)
+                if found is not None:
+                    _store().put(key, found)
+            _TEMPLATES[key] = found
         sequence = len(self._messages) + 1
-        self._messages.append(found.fill(values, sequence) if found
-                              else encode(build, values, sequence))
+        self._messages.append(
+            found.fill(values, sequence) if found
+            else encode(partial(getattr(_makers(), maker), *shape), values, sequence))
         self._what.append(what)
 
     # links
 
-    def link_add(self, index: int, ifname: str, kind: str, *, mtu: int, address: str | None = None,
-                 master: int | None = None, data: list | None = None) -> None:
-        """Create a link, up, with a fixed index; data is the IFLA_INFO_DATA of its kind."""
-        msg = _link(index, ifname, kind, mtu, address, master, data)
-        self._add(msg, RTM_NEWLINK, NEW, f"link add {ifname} type {kind}")
+    def bridge_add(self, index: int, ifname: str, *, mtu: int,
+                   address: str | None = None) -> None:
+        """A bridge, up, with a fixed index."""
+        self._add_shaped(f"link add {ifname} type bridge", "bridge", (),
+                         (index, ifname, mtu) + ((Mac(address),) if address else ()))
+
+    def vxlan_add(self, index: int, ifname: str, *, mtu: int, address: str, vni: int,
+                  local: IPv4Address, link: int, port: int, learning: bool) -> None:
+        """A VXLAN device, up, with a fixed index, sending from local through link."""
+        self._add_shaped(f"link add {ifname} type vxlan", "vxlan", (port, int(learning)),
+                         (index, ifname, mtu, Mac(address), vni, local, link))
 
     def veth_add(self, index: int, ifname: str, *, mtu: int, master: int | None,
                  peer_ifname: str, peer_index: int, peer_netns: Path, peer_address: str) -> None:
@@ -212,88 +138,65 @@ class Batch:
         fd = os.open(peer_netns, os.O_RDONLY)  # the kernel reads it when it gets the batch
         self._fds.append(fd)
         values = (index, ifname, mtu, peer_index, peer_ifname, Mac(peer_address), fd)
-        self._add_shaped(f"link add {ifname} type veth", _veth, (),
+        self._add_shaped(f"link add {ifname} type veth", "veth", (),
                          values + ((master,) if master else ()))
 
     def link_up(self, index: int) -> None:
-        self._add_shaped(f"link set {index} up", _link_up, (), (index,))
+        self._add_shaped(f"link set {index} up", "link_up", (), (index,))
 
     def link_set(self, ifname: str, *, master: int | None = None, mtu: int | None = None) -> None:
         """Change a link found by name: its master (0 detaches it) or its MTU."""
-        msg = ifinfmsg()
-        msg["attrs"] = [("IFLA_IFNAME", ifname)]
-        if master is not None:
-            msg["attrs"].append(("IFLA_MASTER", master))
-        if mtu is not None:
-            msg["attrs"].append(("IFLA_MTU", mtu))
-        self._add(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK, f"link set {ifname}")
+        self._add(f"link set {ifname}", "link_set", ifname, master, mtu)
 
     def bridge_fdb_flush(self, index: int) -> None:
         """Forget what bridge index learned: the kernel keeps its static entries."""
-        msg = ifinfmsg()
-        msg["index"] = index
-        msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [
-            ("IFLA_INFO_KIND", "bridge"),
-            ("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_FDB_FLUSH", None)]})]})]
-        self._add(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK, f"bridge fdb flush {index}")
+        self._add(f"bridge fdb flush {index}", "bridge_fdb_flush", index)
 
     def link_del(self, index: int) -> None:
-        msg = ifinfmsg()
-        msg["index"] = index
-        self._add(msg, RTM_DELLINK, NLM_F_REQUEST | NLM_F_ACK, f"link del {index}")
+        self._add(f"link del {index}", "link_del", index)
 
     # addresses, routes, neighbours
 
     def addr_add(self, index: int, address: IPv4Address, prefixlen: int) -> None:
-        self._add_shaped(f"addr add {address}/{prefixlen}", _addr, (prefixlen,),
+        self._add_shaped(f"addr add {address}/{prefixlen}", "addr", (prefixlen,),
                          (index, address))
 
     def route_add(self, dst: IPv4Network, gateway: IPv4Address, oif: int,
                   onlink: bool = False) -> None:
         values = (gateway, oif) + ((dst.network_address,) if dst.prefixlen else ())
-        self._add_shaped(f"route add {dst} via {gateway}", _route, (dst.prefixlen, onlink),
+        self._add_shaped(f"route add {dst} via {gateway}", "route", (dst.prefixlen, onlink),
                          values)
 
     def route_del(self, dst: IPv4Network, oif: int) -> None:
-        msg = rtmsg()
-        msg["family"], msg["dst_len"], msg["table"] = socket.AF_INET, dst.prefixlen, RT_TABLE_MAIN
-        msg["attrs"] = [("RTA_OIF", oif)]
-        if dst.prefixlen:
-            msg["attrs"].append(("RTA_DST", str(dst.network_address)))
-        self._add(msg, RTM_DELROUTE, NLM_F_REQUEST | NLM_F_ACK, f"route del {dst}")
+        self._add(f"route del {dst}", "route_del", dst.prefixlen, oif,
+                  dst.network_address if dst.prefixlen else None)
 
     def neigh_del(self, index: int, dst: IPv4Address) -> None:
-        self._add_shaped(f"neigh del {dst} dev {index}", _neigh,
+        self._add_shaped(f"neigh del {dst} dev {index}", "neigh",
                          (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, dst))
 
     def neigh_add(self, index: int, dst: IPv4Address, lladdr: str) -> None:
         """A permanent ARP entry."""
-        self._add_shaped(f"neigh add {dst} lladdr {lladdr}", _permanent_neigh, (),
+        self._add_shaped(f"neigh add {dst} lladdr {lladdr}", "permanent_neigh", (),
                          (index, dst, Mac(lladdr)))
 
     def neigh_use(self, index: int, dst: str) -> None:
         """Use the neighbour dst as a packet for it would: the kernel resolves it when it
         has no valid entry (a new one is made), and otherwise leaves it be."""
-        msg = ndmsg()
-        msg["family"], msg["ifindex"], msg["flags"] = socket.AF_INET, index, NTF_USE
-        msg["attrs"] = [("NDA_DST", dst)]
-        self._add(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE,
-                  f"neigh use {dst} dev {index}")
+        self._add(f"neigh use {dst} dev {index}", "neigh_use", index, dst)
 
     def conntrack_flush(self) -> None:
         """Delete every IPv4 connection tracking entry (for a NETLINK_NETFILTER socket)."""
-        msg = nfgen_msg()
-        msg["nfgen_family"] = socket.AF_INET
-        self._add(msg, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK, "conntrack flush")
+        self._add("conntrack flush", "conntrack_flush")
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""
-        self._add_shaped(f"fdb append {lladdr} dst {dst}", _fdb,
+        self._add_shaped(f"fdb append {lladdr} dst {dst}", "fdb",
                          (RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_APPEND),
                          (index, Mac(lladdr), dst))
 
     def fdb_del(self, index: int, lladdr: str, dst: IPv4Address) -> None:
-        self._add_shaped(f"fdb del {lladdr} dst {dst}", _fdb,
+        self._add_shaped(f"fdb del {lladdr} dst {dst}", "fdb",
                          (RTM_DELNEIGH, NLM_F_REQUEST | NLM_F_ACK), (index, Mac(lladdr), dst))
 
     def send(self) -> None:
@@ -333,10 +236,7 @@ class Batch:
             raise error
 
     def _error(self, errno_: int, raw: bytes, seq: int) -> NetlinkError:
-        msg = nlmsgerr(raw)
-        msg.decode()
-        detail = msg.get_attr("NLMSGERR_ATTR_MSG")
-        reason = detail or os.strerror(errno_)
+        reason = _makers().error_text(raw) or os.strerror(errno_)
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
 
 
@@ -368,7 +268,8 @@ def replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
 
 def ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
     """Send one request of kind (a dump or a get), not batched."""
-    _request(msg, kind, flags)["header"]["sequence_number"] = 1
+    msg["header"]["type"], msg["header"]["flags"] = kind, flags
+    msg["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))
 

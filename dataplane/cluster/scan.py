@@ -17,8 +17,8 @@ from ipaddress import IPv4Interface
 from dataplane.cluster import netns
 from dataplane.cluster.live import LINK_ATTRS, IFF_UP, RTEXT_FILTER_SKIP_STATS, vxlan_options
 from dataplane.cluster.rtdump import dump
-from dataplane.cluster.rtnl import (RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, get,
-                                    ifaddrmsg, ifinfmsg, nsidmsg)
+from dataplane.cluster.rtmessages import ifaddrmsg, ifinfmsg, nsidmsg
+from dataplane.cluster.rtnl import RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, get
 
 
 @dataclass

@@ -14,8 +14,8 @@ from ipaddress import IPv4Address
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import PodPlan
-from dataplane.cluster.rtnl import (RTM_GETNEIGH, RTM_GETROUTE, Batch, NetlinkError, get, ndmsg,
-                                    rtmsg)
+from dataplane.cluster.rtmessages import ndmsg, rtmsg
+from dataplane.cluster.rtnl import RTM_GETNEIGH, RTM_GETROUTE, Batch, NetlinkError, get
 from dataplane.names import format_mac
 
 BROADCAST = "ff:ff:ff:ff:ff:ff"

@@ -18,9 +18,10 @@ from pathlib import Path
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_DELAY, NUD_INCOMPLETE,
-                                    NUD_NOARP, NUD_PERMANENT, NUD_PROBE, RTM_GETLINK, SOL_NETLINK,
-                                    Batch, NetlinkError, ifinfmsg)
+from dataplane.cluster.rtmessages import ifinfmsg
+from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_DELAY, NUD_INCOMPLETE, NUD_NOARP,
+                                    NUD_PERMANENT, NUD_PROBE, RTM_GETLINK, SOL_NETLINK, Batch,
+                                    NetlinkError)
 from dataplane.cluster.rtdump import dump, neighbours
 
 NETLINK_NETFILTER = 12
