@@ -127,19 +127,22 @@ def start(topology: Topology) -> Cluster:
 
 
 def _make(plan: Plan, record: state.Record, pods: bool = True) -> None:
-    # Four threads share the GIL here: this one encodes, two make namespaces, one sends
-    # batches. The other three mostly wait on the kernel; at the default switch
+    # Four threads share the GIL here: this one writes and encodes, two make namespaces,
+    # one sends batches. The other three mostly wait on the kernel; at the default switch
     # interval each return from a system call could wait that long for the GIL, and
-    # beside a busy main thread the namespaces would be made many times slower.
+    # beside a busy main thread they would be made to wait many times over.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
     try:
-        # Written, imported and run while the kernel makes the namespaces: the files'
-        # system calls and the namespaces' run on both cores; only building needs pyroute2.
+        # Written while the kernel makes the namespaces: the files' system calls and the
+        # namespaces' run on both cores.
         record.write_files(nodefiles.node_files(plan))
         from dataplane.cluster import build
 
+        # Every namespace first, then their links: side by side the kernel makes both
+        # more slowly than one after the other (they contend for its locks; bench_up).
+        creation.wait()
         build.build(plan, creation.socket, pods)
     except BaseException as err:
         creation.abort()

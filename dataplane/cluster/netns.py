@@ -134,6 +134,11 @@ class Creation:
                 raise self._failure or KeyError(name)
             return self._sockets[name]
 
+    def wait(self) -> None:
+        """Return once every namespace is made; raise what stopped one being made."""
+        for name in self._names:
+            self.socket(name)
+
     def close(self) -> None:
         """Stop making namespaces and close the sockets; the namespaces stay."""
         with self._changed:
