@@ -18,7 +18,6 @@ from functools import lru_cache, partial
 from ipaddress import IPv4Address
 from typing import Any
 
-from dataplane.cluster.rtmessages import ifinfmsg, ndmsg
 from dataplane.cluster.rtnl import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETNEIGH,
                                     DumpInterrupted, ask, replies)
 
@@ -103,6 +102,8 @@ def attributes(data: bytes, start: int, end: int, known: Table,
 def _kind_table(holder: str, kind: str, names: tuple[str, ...]) -> Table:
     """The named attributes of a link kind's IFLA_INFO_DATA (holder "data") or of a port
     kind's IFLA_INFO_SLAVE_DATA (holder "slave"); none for a kind pyroute2 does not know."""
+    from dataplane.cluster.rtmessages import ifinfmsg  # here: see neighbours()
+
     info = ifinfmsg.ifinfo
     nla_class = info.data_map.get(kind) if holder == "data" else \
         getattr(info, SLAVE_DATA.get(kind, ""), None)
@@ -111,6 +112,8 @@ def _kind_table(holder: str, kind: str, names: tuple[str, ...]) -> Table:
 
 def _link_info(names: tuple[str, ...], raw: bytes) -> dict[str, Any]:
     """IFLA_LINKINFO: the kinds, and the data of each decoded by its kind's attributes."""
+    from dataplane.cluster.rtmessages import ifinfmsg  # here: see neighbours()
+
     found = attributes(raw, 0, len(raw), _table(ifinfmsg.ifinfo, names))
     kind, port = found.get("IFLA_INFO_KIND"), found.get("IFLA_INFO_SLAVE_KIND")
     for name, holder, by in (("IFLA_INFO_DATA", "data", kind),
@@ -171,6 +174,11 @@ def _table(message_class: Any, names: tuple[str, ...]) -> Table:
 
 def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
     """(ifindex, state, address) of every IPv4 neighbour entry."""
+    # pyroute2's classes are imported where a dump needs them, not with this module: a
+    # verify run's own process (forking its workers) needs none unless its waves must
+    # make room in the ARP table
+    from dataplane.cluster.rtmessages import ndmsg
+
     request = ndmsg()
     request["family"] = socket.AF_INET
     return [(n["ifindex"], n["state"], IPv4Address(n["NDA_DST"]))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
-from dataplane.cluster.rtmessages import ifinfmsg
 from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_DELAY, NUD_INCOMPLETE, NUD_NOARP,
                                     NUD_PERMANENT, NUD_PROBE, RTM_GETLINK, SOL_NETLINK, Batch,
                                     NetlinkError)
@@ -95,6 +94,8 @@ def _reset_here(name: str) -> None:
 
 
 def _flush_bridges(b: Batch) -> None:
+    from dataplane.cluster.rtmessages import ifinfmsg  # here: see rtdump.neighbours()
+
     request = ifinfmsg()  # the kernel lists just the bridges
     request["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
     for link in dump(b.sock, request, RTM_GETLINK):
