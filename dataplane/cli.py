@@ -31,9 +31,12 @@ def _columns() -> int:
     """The terminal's width as shutil.get_terminal_size() finds it (a positive COLUMNS,
     else the terminal's, else 80), without importing shutil: argparse would import it
     (and the compression modules it imports) for every parser, needed or not."""
-    columns = os.environ.get("COLUMNS", "")
-    if columns.isdigit() and int(columns) > 0:
-        return int(columns)
+    try:
+        columns = int(os.environ.get("COLUMNS", ""))
+    except ValueError:
+        columns = 0
+    if columns > 0:
+        return columns
     try:
         return os.get_terminal_size(sys.__stdout__.fileno()).columns or 80
     except (AttributeError, ValueError, OSError):

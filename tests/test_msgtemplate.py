@@ -1,12 +1,14 @@
 """Messages copied from a template are the bytes pyroute2 encodes for the same values."""
 
 import json
+import socket
+import struct
 from functools import partial
 from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from dataplane.cluster import msgtemplate, rtmessages, rtnl
+from dataplane.cluster import msgtemplate, netns, rtmessages, rtnl
 from dataplane.cluster.msgtemplate import Mac
 
 
@@ -70,7 +72,7 @@ def test_stored_templates_build_without_pyroute2(tmp_path, monkeypatch):
     rtnl._store.cache_clear()
     made = build_batch()._messages
     (stored,) = tmp_path.iterdir()
-    assert len(json.loads(stored.read_text())) == 3
+    assert len(json.loads(stored.read_text())["templates"]) == 3
     # a later run: nothing in memory, the store read again, pyroute2 never asked for
     monkeypatch.setattr(rtnl, "_TEMPLATES", {})
     rtnl._store.cache_clear()
@@ -79,10 +81,46 @@ def test_stored_templates_build_without_pyroute2(tmp_path, monkeypatch):
     rtnl._store.cache_clear()
 
 
-def test_an_unreadable_store_is_an_empty_one(tmp_path):
+@pytest.mark.parametrize("content", ["{not json", "[]", "null",
+                                     '{"crc32": 1, "templates": {"k": ["1000000000", [[0]]]}}'],
+                         ids=["garbage", "a list", "null", "a wrong checksum"])
+def test_a_damaged_store_is_an_empty_one(tmp_path, content):
     path = tmp_path / "store.json"
-    path.write_text("{not json")
+    path.write_text(content)
     store = msgtemplate.Store(path)
-    assert store.get("anything") is None
-    store.put("key", msgtemplate.Template(b"\x01\x02", ((0,),)))
-    assert msgtemplate.Store(path).get("key") == msgtemplate.Template(b"\x01\x02", ((0,),))
+    assert store.get("k") is None
+    kept = msgtemplate.Template(bytes.fromhex("1400000000000000000000000000000001020304"),
+                                ((16,),))
+    store.put("key", kept)
+    assert msgtemplate.Store(path).get("key") == kept
+
+
+def test_a_stored_template_that_values_do_not_fit_is_made_again(tmp_path, monkeypatch):
+    monkeypatch.setattr(rtnl, "CACHE_DIR", tmp_path)
+    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
+    rtnl._store.cache_clear()
+    made = build_batch()._messages
+    (stored,) = tmp_path.iterdir()
+    kept = json.loads(stored.read_text())["templates"]
+    for key, (data, offsets) in kept.items():  # each value's last place: its last byte
+        kept[key] = [data, [[len(data) // 2 - 1] for _ in offsets]]
+    stored.write_text(json.dumps({"crc32": msgtemplate._checksum(kept), "templates": kept}))
+    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
+    rtnl._store.cache_clear()
+    assert build_batch()._messages == made
+    assert json.loads(stored.read_text())["templates"] != kept  # made again, stored
+    rtnl._store.cache_clear()
+
+
+@pytest.mark.needs_root
+def test_requests_the_kernel_cannot_read_end_in_an_error(dataplane_cluster, monkeypatch):
+    """A message whose header claims more than was sent is dropped unread, unacked: the
+    batch ends in an error instead of waiting for its ack for ever."""
+    monkeypatch.setattr(rtnl, "ACK_SECONDS", 0.2)
+    pod = dataplane_cluster.plan.pods()[0]
+    with netns.socket_in(pod.netns, socket.AF_NETLINK, socket.SOCK_DGRAM, 0) as sock:
+        b = rtnl.Batch(sock, pod.netns)
+        b.link_up(1)
+        b._messages[0] = struct.pack("=I", 4096) + b._messages[0][4:]
+        with pytest.raises(rtnl.NetlinkError, match="unanswered"):
+            b.send()

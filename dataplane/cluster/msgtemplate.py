@@ -13,9 +13,11 @@ run whose shapes are all stored needs no pyroute2 at all.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -24,6 +26,7 @@ from typing import Any, Union
 
 _U32 = struct.Struct("=I")
 _SEQUENCE = 8  # offset of nlmsghdr's sequence number
+HEADER_SIZE = 16  # struct nlmsghdr
 
 
 class Mac(str):
@@ -62,13 +65,24 @@ class Template:
     offsets: tuple[tuple[int, ...], ...]  # where each value goes
 
     def fill(self, values: tuple[Value, ...], sequence: int) -> bytes:
+        """ValueError if a value does not fit where the template puts it (a template that
+        is not this shape's): a slice assignment would have grown the message instead."""
         out = bytearray(self.data)
         for offsets, value in zip(self.offsets, values):
             raw = _raw(value)
             for offset in offsets:
                 out[offset:offset + len(raw)] = raw
+        if len(out) != len(self.data):
+            raise ValueError("a value does not fit its place in the template")
         _U32.pack_into(out, _SEQUENCE, sequence)
         return bytes(out)
+
+    def sound(self) -> bool:
+        """Whether it could be one of ours: a whole netlink message (its header's length
+        is its own), every place inside it."""
+        return len(self.data) >= HEADER_SIZE and _U32.unpack_from(self.data)[0] == len(self.data) \
+            and all(isinstance(o, int) and 0 <= o < len(self.data)
+                    for places in self.offsets for o in places)
 
 
 def encode(make: Callable[..., Any], values: tuple[Value, ...], sequence: int) -> bytes:
@@ -107,9 +121,10 @@ def _places(data: bytes, raw: bytes) -> tuple[int, ...]:
 
 class Store:
     """Templates by key, kept in the file at path: read at the first get(), written again
-    at each put(). The file's name should change with whatever made its templates (see
-    rtnl.py). A file that cannot be read is an empty store, one that cannot be written
-    (not root) keeps nothing."""
+    at each put(), with a checksum. The file's name should change with whatever made its
+    templates (see rtnl.py). A file that cannot be read, fails its checksum or holds
+    anything but sound templates is an empty store; one that cannot be written (not root,
+    a read-only file system) keeps nothing."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -118,10 +133,8 @@ class Store:
     def _templates(self) -> dict[str, Template]:
         if self._kept is None:
             try:
-                kept = json.loads(self.path.read_text())
-                self._kept = {key: Template(bytes.fromhex(data), tuple(map(tuple, offsets)))
-                              for key, (data, offsets) in kept.items()}
-            except (OSError, ValueError, TypeError):
+                self._kept = _loaded(json.loads(self.path.read_text()))
+            except (OSError, ValueError, TypeError, AttributeError, KeyError):
                 self._kept = {}
         return self._kept
 
@@ -131,11 +144,30 @@ class Store:
     def put(self, key: str, found: Template) -> None:
         kept = self._templates()
         kept[key] = found
-        text = json.dumps({k: [t.data.hex(), t.offsets] for k, t in kept.items()})
+        templates = {k: [t.data.hex(), t.offsets] for k, t in kept.items()}
+        text = json.dumps({"crc32": _checksum(templates), "templates": templates})
         tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             tmp.write_text(text)
             tmp.rename(self.path)  # atomic: another run reads all of it or none
         except OSError:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only file system refuses this too
+                tmp.unlink(missing_ok=True)
+
+
+def _checksum(templates: dict) -> int:
+    """Against a file damaged on disk, not a signature: whoever may write it may run code."""
+    return zlib.crc32(json.dumps(templates, sort_keys=True).encode())
+
+
+def _loaded(kept: dict) -> dict[str, Template]:
+    """The templates of a store's file; ValueError (or a TypeError, AttributeError or
+    KeyError from a file of another shape) if it is damaged or holds one not sound."""
+    if kept["crc32"] != _checksum(kept["templates"]):
+        raise ValueError("checksum")
+    found = {key: Template(bytes.fromhex(data), tuple(tuple(places) for places in offsets))
+             for key, (data, offsets) in kept["templates"].items()}
+    if not all(t.sound() for t in found.values()):
+        raise ValueError("not a template")
+    return found

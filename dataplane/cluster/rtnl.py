@@ -15,8 +15,10 @@ import os
 import queue
 import socket
 import struct
+import sys
 import threading
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
@@ -50,6 +52,7 @@ NTF_USE, NTF_SELF = 0x1, 0x2
 AF_BRIDGE = 7
 RT_TABLE_MAIN, RTPROT_BOOT, RTN_UNICAST, RTNH_F_ONLINK = 254, 3, 1, 0x4
 HEADER = struct.Struct("=IHHII")  # struct nlmsghdr
+ACK_SECONDS = 10  # a batch the kernel acks none of for this long never will be
 
 
 class NetlinkError(OSError):
@@ -65,16 +68,37 @@ def _makers():
 
 @lru_cache(maxsize=None)
 def _store() -> Store:
-    """Templates kept for later runs, in a file named after the modules that make them:
-    another version of either is another file."""
+    """Templates kept for later runs, in a file named after what makes them: the makers,
+    the constants they use (here), the templating, and pyroute2 (the file of the package
+    an import would find): another version of any is another file."""
     here = Path(__file__).parent
-    made_by = [(here / name).stat() for name in ("rtmessages.py", "msgtemplate.py")]
-    version = "-".join(f"{st.st_size:x}{st.st_mtime_ns:x}" for st in made_by)
-    return Store(CACHE_DIR / f"rtnl-templates-{version}.json")
+    made_by = [here / name for name in ("rtmessages.py", "rtnl.py", "msgtemplate.py")]
+    made_by += [found for entry in sys.path
+                if (found := Path(entry or ".", "pyroute2", "__init__.py")).is_file()][:1]
+    version = "-".join(f"{st.st_size:x}{st.st_mtime_ns:x}" for st in map(Path.stat, made_by))
+    return Store(CACHE_DIR / f"rtnl-templates-{zlib.crc32(version.encode()):08x}.json")
 
 
 # Templates by key (see Batch._add_shaped); None for a shape that cannot be templated.
 _TEMPLATES: dict[str, Template | None] = {}
+
+
+def _stored(key: str, values: tuple[Value, ...]) -> Template | None:
+    """The template the store keeps under key, if values fit it."""
+    found = _store().get(key)
+    try:
+        return found if found is not None and found.fill(values, 1) else None
+    except ValueError:  # not this shape's: made again, and the store's replaced
+        return None
+
+
+def _made(key: str, build: Callable[..., Any], values: tuple[Value, ...]) -> Template | None:
+    """A template made by pyroute2 and checked against it (see msgtemplate.template), kept
+    in the store; None for a shape that cannot be templated."""
+    found = template(build, values)
+    if found is not None:
+        _store().put(key, found)
+    return found
 
 
 @dataclass
@@ -101,16 +125,14 @@ class Batch:
         same maker and shape, values of the same kinds (and names of the same lengths).
         A template is looked for in memory, then in the store; only a shape found in
         neither makes pyroute2 be imported, to make its template (then stored)."""
-        kinds = tuple(len(v) if isinstance(v, str) else type(v).__name__ for v in values)
+        # a name's length in bytes (with the NUL, what the message holds), a MAC's six bytes
+        kinds = tuple(len(v.encode()) if isinstance(v, str) and not isinstance(v, Mac)
+                      else type(v).__name__ for v in values)
         key = f"{maker}{shape}{kinds}"
         found = _TEMPLATES.get(key, key)
         if found is key:
-            found = _store().get(key)
-            if found is None:
-                found = template(partial(getattr(_makers(), maker), *shape), values)
-                if found is not None:
-                    _store().put(key, found)
-            _TEMPLATES[key] = found
+            found = _TEMPLATES[key] = _stored(key, values) or \
+                _made(key, partial(getattr(_makers(), maker), *shape), values)
         sequence = len(self._messages) + 1
         self._messages.append(
             found.fill(values, sequence) if found
@@ -222,7 +244,7 @@ class Batch:
         pending = len(self._messages)
         error: NetlinkError | None = None
         while pending:
-            data = self.sock.recv(65536)
+            data = self._answer(pending)
             offset = 0
             while offset < len(data):
                 length, kind, _, seq, _ = HEADER.unpack_from(data, offset)
@@ -234,6 +256,20 @@ class Batch:
                 offset += (length + 3) & ~3
         if error:
             raise error
+
+    def _answer(self, pending: int) -> bytes:
+        """The kernel's next acks. It acks every request it reads, at once: none within
+        ACK_SECONDS means requests it could not read as sent (a message whose length is
+        not its own), and a wait that would never end."""
+        self.sock.settimeout(ACK_SECONDS)
+        try:
+            return self.sock.recv(65536)
+        except TimeoutError:
+            raise NetlinkError(errno.ETIMEDOUT, f"{pending} of {len(self._messages)} requests "
+                               f"in {self.where} unanswered after {ACK_SECONDS} s: the kernel "
+                               "could not read them") from None
+        finally:
+            self.sock.settimeout(None)
 
     def _error(self, errno_: int, raw: bytes, seq: int) -> NetlinkError:
         reason = _makers().error_text(raw) or os.strerror(errno_)
