@@ -7,9 +7,10 @@ before it (its __init__ says its job and what it may import):
         -> verify (expected paths, verdicts, audit) -> report (text, JSON, pcapng)
         -> send (any packet, followed to an outcome)
 
-errors, resources and records (the pure records every stage hands on: Frame, Hop, Flow,
-Exchange, FlowResult, Drift) sit beneath them all; the faces, cli and pytest_plugin, on
-top.
+errors, resources, names (the names every stage and the command line share: protocols,
+directions, pair sets) and records (the pure records every stage hands on: Frame, Hop,
+Flow, Exchange, FlowResult, Drift) sit beneath them all; the faces, cli and
+pytest_plugin, on top.
 """
 
 __version__ = "0.1.0"
