@@ -278,7 +278,7 @@ class Tracer:
     def _decode(self, raw: bytes) -> Hop:
         ts, skb, inode, ifindex, length, reason, kind, caplen, dev, data = \
             _EVENT.unpack_from(raw)
-        where = self._where_by_inode.get(inode, str(inode))
+        where = self._where_by_inode.get(inode) or str(inode)
         device = self._devices.get(dev)
         if device is None:
             device = self._devices[dev] = dev.split(b"\0", 1)[0].decode(errors="replace")
@@ -292,11 +292,11 @@ class Tracer:
         else:
             func, direction = KINDS.get(kind, ("?", "?"))
         capture = data[:caplen]
-        return Hop(ts=ts, skb=skb, netns=inode, at=where, ifindex=ifindex, device=device,
-                   func=func, dir=direction, length=length, raw=capture,
-                   frame=self._frame(capture),
-                   drop_reason=self._reasons.get(reason, str(reason)) if direction == "drop"
-                   else None)
+        dropped = self._reasons.get(reason, str(reason)) if direction == "drop" else None
+        # by position (ts, skb, netns, at, ifindex, device, func, dir, length, frame,
+        # drop_reason, learned, raw): a call by keyword costs twice as much, once per event
+        return Hop(ts, skb, inode, where, ifindex, device, func, direction, length,
+                   self._frame(capture), dropped, None, capture)
 
     def _frame(self, data: bytes) -> Frame | None:
         """Decoded once per distinct capture: a packet is seen unchanged at several hops
