@@ -264,7 +264,7 @@ class Batch:
         self.sock.settimeout(ACK_SECONDS)
         try:
             return self.sock.recv(65536)
-        except TimeoutError:
+        except socket.timeout:  # TimeoutError since Python 3.10; not before
             raise NetlinkError(errno.ETIMEDOUT, f"{pending} of {len(self._messages)} requests "
                                f"in {self.where} unanswered after {ACK_SECONDS} s: the kernel "
                                "could not read them") from None
