@@ -42,8 +42,6 @@ class Verdict(str, Enum):
 PASS, FAIL, INCONCLUSIVE = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE
 
 
-
-
 @dataclass(frozen=True)
 class Drift:
     at: str
@@ -131,6 +129,7 @@ class Hop:
         # Read many times per hop by a verdict's checks, so made once; not fields (those
         # are what the probes saw). place: where the hop was, as paths.py names places;
         # flow: the pod-to-pod packet inside (the inner frame of an encapsulated hop).
+        # A hop is not changed once made (replace() makes another, these made anew).
         self.place: tuple[str, str, str] = (self.at, self.device, self.dir)
         self.flow: Frame | None = self.frame.inner \
             if self.frame is not None and self.frame.inner is not None else self.frame

@@ -9,6 +9,7 @@ import zipfile
 
 import pytest
 
+from dataplane import cli
 from dataplane.cluster import netns, state
 
 from .conftest import DEFAULT, ROOT, dp, is_root, one_line_error, unique_name
@@ -164,3 +165,7 @@ def test_probe_sources_found_from_anywhere(tmp_path):
                            "print(loader.source('hops.c')[:2])"],
                           cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.startswith("//"), done.stderr
+
+
+def test_every_command_has_its_parser_and_its_function():
+    assert set(cli.ADDERS) == set(cli.COMMANDS)

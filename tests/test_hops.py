@@ -1,5 +1,7 @@
 """Hop tables: each packet labelled by its own direction."""
 
+from dataclasses import fields
+
 import pytest
 
 from dataplane.records import Frame, Hop
@@ -37,3 +39,10 @@ def test_an_icmp_error_goes_back_as_a_reply():
                    proto="udp", sport=40000, dport=SERVICE_PORT)
     error = hop(src="10.244.0.1", proto="icmp", icmp_type=3, icmp_code=4, quoted=quoted)
     assert labels([error]) == ["reply"]
+
+
+def test_hop_fields_are_in_the_order_the_tracer_gives_them():
+    """bpf/tracer.py makes each event's Hop by position."""
+    assert [f.name for f in fields(Hop)] == ["ts", "skb", "netns", "at", "ifindex", "device",
+                                             "func", "dir", "length", "frame", "drop_reason",
+                                             "learned", "raw"]

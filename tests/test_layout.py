@@ -6,8 +6,8 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parent.parent / "dataplane"
 # Each stage may import from those before it: the base modules, then the stages in the order
 # a run flows, then the faces.
-ORDER = (("errors", "resources", "names", "records"), ("cluster",), ("bpf",), ("traffic",), ("verify",),
-         ("report",), ("send",), ("cli", "pytest_plugin"), ("__main__",))
+ORDER = (("errors", "resources", "names", "records"), ("cluster",), ("bpf",), ("traffic",),
+         ("verify",), ("report",), ("send",), ("cli", "pytest_plugin"), ("__main__",))
 RANK = {name: rank for rank, names in enumerate(ORDER) for name in names}
 
 

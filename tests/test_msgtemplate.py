@@ -18,9 +18,11 @@ def direct(build, values, sequence=1):
 
 def test_templated_messages_are_pyroute2s_bytes():
     cases = [
-        (rtmessages.addr, (24,), [(5, IPv4Address("10.244.1.7")), (300, IPv4Address("10.244.9.255"))]),
+        (rtmessages.addr, (24,), [(5, IPv4Address("10.244.1.7")),
+                                  (300, IPv4Address("10.244.9.255"))]),
         (rtmessages.veth, (), [(5, "veth0001", 1450, 2, "eth0", Mac("0a:58:0a:f4:01:02"), 7, 3),
-                          (70000, "vethffff", 9000, 2, "eth0", Mac("ff:ee:dd:cc:bb:aa"), 999, 3)]),
+                               (70000, "vethffff", 9000, 2, "eth0", Mac("ff:ee:dd:cc:bb:aa"), 999,
+                                3)]),
         (rtmessages.vxlan, (8472, 0), [(4, "flannel.1", 1450, Mac("0e:fa:ac:1e:00:01"), 1,
                                         IPv4Address("172.30.0.1"), 2),
                                        (4, "flannel.1", 8950, Mac("0e:fa:ac:1e:00:02"), 70000,
@@ -66,19 +68,29 @@ def build_batch() -> rtnl.Batch:
     return b
 
 
-def test_stored_templates_build_without_pyroute2(tmp_path, monkeypatch):
+@pytest.fixture
+def store_dir(tmp_path, monkeypatch):
+    """An empty store of templates in tmp_path, and none in memory."""
     monkeypatch.setattr(rtnl, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(rtnl, "_TEMPLATES", {})
     rtnl._store.cache_clear()
-    made = build_batch()._messages
-    (stored,) = tmp_path.iterdir()
-    assert len(json.loads(stored.read_text())["templates"]) == 3
-    # a later run: nothing in memory, the store read again, pyroute2 never asked for
+    yield tmp_path
+    rtnl._store.cache_clear()  # the next test's store is its own
+
+
+def a_later_run(monkeypatch):
+    """Nothing in memory: the store is read again."""
     monkeypatch.setattr(rtnl, "_TEMPLATES", {})
     rtnl._store.cache_clear()
+
+
+def test_stored_templates_build_without_pyroute2(store_dir, monkeypatch):
+    made = build_batch()._messages
+    (stored,) = store_dir.iterdir()
+    assert len(json.loads(stored.read_text())["templates"]) == 3
+    a_later_run(monkeypatch)
     monkeypatch.setattr(rtnl, "_makers", lambda: pytest.fail("pyroute2 was needed"))
     assert build_batch()._messages == made
-    rtnl._store.cache_clear()
 
 
 @pytest.mark.parametrize("content", ["{not json", "[]", "null",
@@ -95,21 +107,16 @@ def test_a_damaged_store_is_an_empty_one(tmp_path, content):
     assert msgtemplate.Store(path).get("key") == kept
 
 
-def test_a_stored_template_that_values_do_not_fit_is_made_again(tmp_path, monkeypatch):
-    monkeypatch.setattr(rtnl, "CACHE_DIR", tmp_path)
-    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
-    rtnl._store.cache_clear()
+def test_a_stored_template_that_values_do_not_fit_is_made_again(store_dir, monkeypatch):
     made = build_batch()._messages
-    (stored,) = tmp_path.iterdir()
+    (stored,) = store_dir.iterdir()
     kept = json.loads(stored.read_text())["templates"]
     for key, (data, offsets) in kept.items():  # each value's last place: its last byte
         kept[key] = [data, [[len(data) // 2 - 1] for _ in offsets]]
     stored.write_text(json.dumps({"crc32": msgtemplate._checksum(kept), "templates": kept}))
-    monkeypatch.setattr(rtnl, "_TEMPLATES", {})
-    rtnl._store.cache_clear()
+    a_later_run(monkeypatch)
     assert build_batch()._messages == made
     assert json.loads(stored.read_text())["templates"] != kept  # made again, stored
-    rtnl._store.cache_clear()
 
 
 @pytest.mark.needs_root

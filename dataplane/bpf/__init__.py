@@ -5,5 +5,5 @@ as dataplane/probes), kernel events turned into Hop records (tracer), frames dec
 packet's hops made into its trail (trails), and `dataplane capture`'s recording (capture).
 
 May import: bcc, the standard library, dataplane.errors, dataplane.resources,
-dataplane.records, dataplane.cluster. Nothing from traffic, verify, report or send.
+dataplane.names, dataplane.records, dataplane.cluster. Nothing from traffic, verify, report or send.
 """

@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 from dataplane import resources
-from dataplane.resources import CACHE_DIR
 from dataplane.bpf import btf, compiled, kernel
 from dataplane.errors import UsageError
+from dataplane.resources import CACHE_DIR
 
 if TYPE_CHECKING:  # bcc is imported when the probes are loaded, not with this module
     from bcc import BPF

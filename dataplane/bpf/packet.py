@@ -8,7 +8,6 @@ import struct
 from dataclasses import replace
 
 from dataplane.names import IP_PROTOCOLS, format_mac
-
 from dataplane.records import Frame
 
 ETH_P_IP, ETH_P_ARP = 0x0800, 0x0806

@@ -8,5 +8,5 @@ own node configuration (nodeconfig), faults to inject, and discovery of a networ
 dataplane did not build (scan, discover). cni/ wires pods with the real CNI plugins.
 
 May import: the standard library, pyroute2, dataplane.errors, dataplane.resources,
-dataplane.records. Nothing from a later stage (bpf, traffic, verify, report, send).
+dataplane.names, dataplane.records. Nothing from a later stage (bpf, traffic, verify, report, send).
 """

@@ -127,10 +127,10 @@ def start(topology: Topology) -> Cluster:
 
 
 def _make(plan: Plan, record: state.Record, pods: bool = True) -> None:
-    # Four threads share the GIL here: this one writes and encodes, two make namespaces,
-    # one sends batches. The other three mostly wait on the kernel; at the default switch
-    # interval each return from a system call could wait that long for the GIL, and
-    # beside a busy main thread they would be made to wait many times over.
+    # Threads share the GIL here: two make namespaces while this one writes files, then
+    # this one encodes while another sends batches. Each mostly waits on the kernel; at
+    # the default switch interval each return from a system call could wait that long for
+    # the GIL, and beside a busy thread the others would be made to wait many times over.
     switch = sys.getswitchinterval()
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)

@@ -105,8 +105,8 @@ def template(make: Callable[..., Any], values: tuple[Value, ...]) -> Template | 
             return None
         found = Template(data, offsets)
         same = found.fill(values, 1) == encode(make, values, 1)
-    except struct.error:  # a field narrower than a u32: pyroute2 encodes these each time
-        return None
+    except (struct.error, ValueError):  # a field narrower than a u32, or a value longer
+        return None  # than its stand-in at the end: pyroute2 encodes these each time
     return found if same else None
 
 

@@ -70,8 +70,8 @@ def _netlink_socket() -> socket.socket:
 
 
 class Creation:
-    """Namespaces made by worker threads, while the caller imports and
-    configures: socket(name) waits for just the namespace it needs.
+    """Namespaces made by worker threads while the caller goes on: socket(name)
+    waits for just the namespace it needs, wait() for all of them.
 
     Workers take the names in turn, so namespaces appear roughly in the order
     given. sysctls(name) gives the sysctls to write inside each new namespace.

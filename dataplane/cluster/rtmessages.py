@@ -2,8 +2,8 @@
 
 Importing this imports pyroute2's classes, tens of milliseconds: rtnl.py imports it only
 when a request has to be encoded by pyroute2 (a shape with no stored template, or a
-request that is never templated), and the audit, the discovery and the prober, which
-decode replies, import the classes from here.
+request that is never templated), and what decodes replies (the audit, the discovery,
+the reset, the next-hop lookup of `send`) imports the classes from here.
 
 Each maker returns a message with its header's type and flags set, not yet encoded.
 """

@@ -86,8 +86,10 @@ _TEMPLATES: dict[str, Template | None] = {}
 def _stored(key: str, values: tuple[Value, ...]) -> Template | None:
     """The template the store keeps under key, if values fit it."""
     found = _store().get(key)
+    if found is None or len(found.offsets) != len(values):
+        return None
     try:
-        return found if found is not None and found.fill(values, 1) else None
+        return found if found.fill(values, 1) else None
     except ValueError:  # not this shape's: made again, and the store's replaced
         return None
 
@@ -125,7 +127,8 @@ class Batch:
         same maker and shape, values of the same kinds (and names of the same lengths).
         A template is looked for in memory, then in the store; only a shape found in
         neither makes pyroute2 be imported, to make its template (then stored)."""
-        # a name's length in bytes (with the NUL, what the message holds), a MAC's six bytes
+        # a name by its length in bytes (what the message holds, before its NUL), a MAC
+        # (six bytes whatever its text) by its kind
         kinds = tuple(len(v.encode()) if isinstance(v, str) and not isinstance(v, Mac)
                       else type(v).__name__ for v in values)
         key = f"{maker}{shape}{kinds}"
@@ -272,7 +275,10 @@ class Batch:
             self.sock.settimeout(None)
 
     def _error(self, errno_: int, raw: bytes, seq: int) -> NetlinkError:
-        reason = _makers().error_text(raw) or os.strerror(errno_)
+        try:  # the kernel's own words, decoded by pyroute2's class
+            reason = _makers().error_text(raw) or os.strerror(errno_)
+        except ImportError:  # without pyroute2 the refusal is still the kernel's, not that
+            reason = os.strerror(errno_)
         return NetlinkError(errno_, f"{self._what[seq - 1]} in {self.where} failed: {reason}")
 
 

@@ -2,6 +2,6 @@
 a verify run as text lines, JSON or pcapng written flow by flow (stream), hops as a
 pcapng file (pcapng), and `dataplane status` (status).
 
-May import: dataplane.errors, dataplane.records and every earlier stage (cluster, bpf,
-traffic, verify). Nothing from send.
+May import: dataplane.errors, dataplane.names, dataplane.records and every earlier stage
+(cluster, bpf, traffic, verify). Nothing from send.
 """

@@ -7,7 +7,6 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dataplane.names import ARP_REQUEST, ECHO
-
 from dataplane.records import Frame, Hop
 from dataplane.traffic import prober
 

@@ -3,6 +3,6 @@ an outcome. Its packets told apart from all others (follow), the outcome judged 
 their hops (outcome: delivered, answered, dropped, lost), the command's run and its
 text and JSON (sending).
 
-May import: dataplane.errors, dataplane.records and every earlier stage (cluster, bpf,
-traffic, verify, report).
+May import: dataplane.errors, dataplane.names, dataplane.records and every earlier stage
+(cluster, bpf, traffic, verify, report).
 """

@@ -4,5 +4,6 @@ found), packets a user crafts with scapy (craft), and the next hop a pod's kerne
 pick for one (nexthop).
 
 May import: scapy (craft only), the standard library, dataplane.errors,
-dataplane.records, dataplane.cluster, dataplane.bpf. Nothing from verify, report or send.
+dataplane.names, dataplane.records, dataplane.cluster, dataplane.bpf. Nothing from verify,
+report or send.
 """

@@ -4,6 +4,6 @@ state audited against the plan (audit), the drift that explains a failure (cause
 kernel caches an earlier run left reset (caches), and the run itself: pod pairs in waves,
 each flow judged and handed on (verifier).
 
-May import: dataplane.errors, dataplane.records, dataplane.cluster, dataplane.bpf,
-dataplane.traffic. Nothing from report or send.
+May import: dataplane.errors, dataplane.names, dataplane.records, dataplane.cluster,
+dataplane.bpf, dataplane.traffic. Nothing from report or send.
 """

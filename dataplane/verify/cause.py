@@ -130,7 +130,7 @@ def _evidence(plan: Plan, flow: FlowResult, known: Owners) -> Drift:
 def _misdelivery(plan: Plan, flow: FlowResult, stray: PodPlan, known: Owners) -> Drift | None:
     """A packet sent to stray's MAC: the neighbour entry that named it, held by the
     sending pod on stray's node, else by that node (it routed the packet to its bridge)."""
-    hop = next((h for h in flow.hops if (h.at, h.device, h.dir) == (stray.ref, stray.ifname, "rx")
+    hop = next((h for h in flow.hops if h.place == (stray.ref, stray.ifname, "rx")
                 and h.frame is not None and h.frame.eth_dst == stray.mac), None)
     frame = hop.flow if hop else None
     sender, meant = (known.pods.get(frame.src), known.pods.get(frame.dst)) if frame else (None,

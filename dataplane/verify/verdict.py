@@ -67,7 +67,7 @@ def _problems(plan: Plan, exchange: Exchange, hops: list[Hop], lost: int,
         yield Problem("lost-events", f"{lost} events were lost: the trail may be incomplete",
                       verdict=INCONCLUSIVE)
     if exchange.error and not exchange.sent and \
-            not any((h.at, h.device, h.dir) == (src.ref, src.ifname, "tx") for h in hops):
+            not any(h.place == (src.ref, src.ifname, "tx") for h in hops):
         yield Problem("send", f"{src.ref} could not probe {dst.ref}: {exchange.error}")
     if exchange.size is not None and exchange.size > plan.spec.vtep_mtu:
         yield from _oversize(plan, exchange, hops)
@@ -332,7 +332,7 @@ LEG_CHECKS = (_bridged, _vxlan, _misdelivered, _missing_hop, _wrong_pod, _extra,
 def _oversize(plan: Plan, exchange: Exchange, hops: list[Hop]) -> Iterator[Problem]:
     """A DF packet above the pod MTU must be refused at the source with that MTU."""
     mtu, src = plan.spec.vtep_mtu, exchange.src
-    left = [h for h in hops if (h.at, h.device, h.dir) == (src.ref, src.ifname, "tx")]
+    left = [h for h in hops if h.place == (src.ref, src.ifname, "tx")]
     too_big = [h for h in hops if h.frame and h.frame.icmp_mtu]
     if left:
         why = (f"a {exchange.size}-byte DF packet left {src.ref} {src.ifname}: its MTU is "
