@@ -19,7 +19,7 @@ from dataplane.cluster.rtnl import (AF_BRIDGE, IFF_UP, IPCTNL_MSG_CT_DELETE, NEW
                                     NLM_F_CREATE, NLM_F_REQUEST, NTF_SELF, NTF_USE,
                                     NUD_PERMANENT, RT_TABLE_MAIN, RTM_DELLINK, RTM_DELROUTE,
                                     RTM_NEWADDR, RTM_NEWLINK, RTM_NEWNEIGH, RTM_NEWROUTE,
-                                    RTM_SETLINK, RTN_UNICAST, RTNH_F_ONLINK, RTPROT_BOOT)
+                                    RTM_SETLINK, RTN_UNICAST, RTNH_F_ONLINK, RTPROT_BOOT, request)
 
 
 def _load_message_classes():
@@ -49,12 +49,6 @@ def _load_message_classes():
 
 
 nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg = _load_message_classes()
-
-
-def request(msg, kind: int, flags: int):
-    msg["header"]["type"] = kind
-    msg["header"]["flags"] = flags
-    return msg
 
 
 def error_text(raw: bytes) -> str | None:

@@ -83,6 +83,11 @@ def _store() -> Store:
 _TEMPLATES: dict[str, Template | None] = {}
 
 
+def _maker(maker: str, shape: tuple) -> Callable[..., Any]:
+    """rtmessages' maker, its shape given: it takes the values."""
+    return partial(getattr(_makers(), maker), *shape)
+
+
 def _stored(key: str, values: tuple[Value, ...]) -> Template | None:
     """The template the store keeps under key, if values fit it."""
     found = _store().get(key)
@@ -115,10 +120,7 @@ class Batch:
 
     def _add(self, what: str, maker: str, *args: Any) -> None:
         """Add the request rtmessages' maker makes of args, encoded by pyroute2."""
-        msg = getattr(_makers(), maker)(*args)
-        msg["header"]["sequence_number"] = len(self._messages) + 1
-        msg.encode()
-        self._messages.append(bytes(msg.data))
+        self._messages.append(encode(getattr(_makers(), maker), args, len(self._messages) + 1))
         self._what.append(what)
 
     def _add_shaped(self, what: str, maker: str, shape: tuple,
@@ -135,11 +137,10 @@ class Batch:
         found = _TEMPLATES.get(key, key)
         if found is key:
             found = _TEMPLATES[key] = _stored(key, values) or \
-                _made(key, partial(getattr(_makers(), maker), *shape), values)
+                _made(key, _maker(maker, shape), values)
         sequence = len(self._messages) + 1
-        self._messages.append(
-            found.fill(values, sequence) if found
-            else encode(partial(getattr(_makers(), maker), *shape), values, sequence))
+        self._messages.append(found.fill(values, sequence) if found
+                              else encode(_maker(maker, shape), values, sequence))
         self._what.append(what)
 
     # links
@@ -308,10 +309,16 @@ def replies(sock: socket.socket, what: str) -> Iterator[tuple[bytes, int, int]]:
             offset += (length + 3) & ~3
 
 
+def request(msg, kind: int, flags: int):
+    """msg (a pyroute2 message) as a request of kind, with flags."""
+    msg["header"]["type"] = kind
+    msg["header"]["flags"] = flags
+    return msg
+
+
 def ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
     """Send one request of kind (a dump or a get), not batched."""
-    msg["header"]["type"], msg["header"]["flags"] = kind, flags
-    msg["header"]["sequence_number"] = 1
+    request(msg, kind, flags)["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))
 
