@@ -1,6 +1,6 @@
 """Read what the kernel holds in each namespace of a plan, in the audit's words.
 
-A few threads enter the namespaces in turn (netns.each); in each one, netlink
+A thread enters the namespaces in turn (netns.each); in each one, netlink
 dumps through a socket opened there, sysctls and offloads read from there, and
 the nftables ruleset listed by libnftables from there. Nothing is changed.
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 from dataplane.cluster import ethtool, firewall, netns
 from dataplane.cluster.netstate import NetState
 from dataplane.cluster.rtdump import dump
-from dataplane.cluster.rtmessages import fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg
+from dataplane.cluster.rtlayout import IFADDR, IFINFO, NEIGHBOUR, NFGEN, ROUTE, RULE
 from dataplane.cluster.rtnl import (AF_BRIDGE, NETLINK_GET_STRICT_CHK, NUD_PERMANENT, RTM_GETADDR,
                                     RTM_GETLINK, RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE,
                                     RTNH_F_ONLINK, RT_TABLE_MAIN, SOL_NETLINK)
@@ -87,9 +87,8 @@ def read(want: NetState) -> NetState:
 
 def _links(sock: socket.socket, s: NetState) -> tuple[dict[int, str], dict[int, str]]:
     """Every link; returns index -> name, and the same for the VXLAN devices."""
-    request = ifinfmsg()
-    request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    links = dump(sock, request, RTM_GETLINK, LINK_ATTRS)
+    links = dump(sock, IFINFO, RTM_GETLINK, LINK_ATTRS,
+                 attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)])
     names = {link["index"]: link.get("IFLA_IFNAME") for link in links}
     vxlans = {}
     for link in links:
@@ -137,17 +136,14 @@ def _port(data: dict) -> dict[str, object]:
 
 
 def _addresses(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
-    request = ifaddrmsg()
-    request["family"] = socket.AF_INET
-    for a in dump(sock, request, RTM_GETADDR, ["IFA_LOCAL"]):
+    for a in dump(sock, IFADDR, RTM_GETADDR, ["IFA_LOCAL"], {"family": socket.AF_INET}):
         s.address(names.get(a["index"], str(a["index"])), a.get("IFA_LOCAL"),
                   a["prefixlen"])
 
 
 def _routes(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
-    request = rtmsg()
-    request["family"], request["table"] = socket.AF_INET, RT_TABLE_MAIN
-    for r in dump(sock, request, RTM_GETROUTE, ROUTE_ATTRS):
+    asked = {"family": socket.AF_INET, "table": RT_TABLE_MAIN}
+    for r in dump(sock, ROUTE, RTM_GETROUTE, ROUTE_ATTRS, asked):
         if r.get("RTA_TABLE") not in (None, RT_TABLE_MAIN):
             continue
         dst = f"{r.get('RTA_DST')}/{r['dst_len']}" if r["dst_len"] else "default"
@@ -159,9 +155,7 @@ def _routes(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
 
 
 def _rules(sock: socket.socket, s: NetState) -> None:
-    request = fibmsg()
-    request["family"] = socket.AF_INET
-    for r in dump(sock, request, RTM_GETRULE, RULE_ATTRS):
+    for r in dump(sock, RULE, RTM_GETRULE, RULE_ATTRS, {"family": socket.AF_INET}):
         words = [f"from {r.get('FRA_SRC')}/{r['src_len']}" if r["src_len"] else "from all"]
         words += [f"to {r.get('FRA_DST')}/{r['dst_len']}"] if r["dst_len"] else []
         for attr, word in (("FRA_IIFNAME", "iif"), ("FRA_OIFNAME", "oif"),
@@ -176,18 +170,14 @@ def _rules(sock: socket.socket, s: NetState) -> None:
 
 def _neighbours(sock: socket.socket, s: NetState, names: dict[int, str]) -> None:
     """Permanent entries only: the rest the kernel learns and forgets on its own."""
-    request = ndmsg()
-    request["family"] = socket.AF_INET
-    for n in dump(sock, request, RTM_GETNEIGH, NEIGHBOUR_ATTRS):
+    for n in dump(sock, NEIGHBOUR, RTM_GETNEIGH, NEIGHBOUR_ATTRS, {"family": socket.AF_INET}):
         if n["state"] & NUD_PERMANENT:
             s.neighbour(names.get(n["ifindex"], str(n["ifindex"])), n.get("NDA_DST"),
                         n.get("NDA_LLADDR"))
 
 
 def _fdb(sock: socket.socket, s: NetState, vxlans: dict[int, str]) -> None:
-    request = ndmsg()
-    request["family"] = AF_BRIDGE
-    for n in dump(sock, request, RTM_GETNEIGH, NEIGHBOUR_ATTRS):
+    for n in dump(sock, NEIGHBOUR, RTM_GETNEIGH, NEIGHBOUR_ATTRS, {"family": AF_BRIDGE}):
         if n["ifindex"] in vxlans:
             # permanent whether noarp or not (`bridge fdb append` sets both), as bridge(8) reads it
             state = "permanent" if n["state"] & NUD_PERMANENT else \
@@ -220,7 +210,7 @@ def _firewall(s: NetState) -> None:
 def _has_nft_tables() -> bool:
     """A cheap look before loading libnftables: most namespaces have no table."""
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, NETLINK_NETFILTER) as sock:
-        return bool(dump(sock, nfgen_msg(), NFT_GET_TABLES))
+        return bool(dump(sock, NFGEN, NFT_GET_TABLES))
 
 
 def ruleset() -> dict:

@@ -1,8 +1,10 @@
-"""Netlink dumps decoded lean, for the audit, which reads every namespace of a cluster at
-each verify. pyroute2's message classes say the layout (header fields, attribute numbers
-and formats) and encode the requests; each entry of a reply is decoded here into a plain
-dict of its header fields and of the attributes asked for, by name. pyroute2 decodes every
-attribute of every entry into objects: that was most of the audit's time.
+"""Netlink dumps asked for and decoded lean, for the audit, which reads every namespace of
+a cluster at each verify, the reset before it and the discovery. rtlayout.py says each
+message's layout (header fields, attribute numbers and formats); a request is encoded
+here from it, and each entry of a reply decoded into a plain dict of its header fields and
+of the attributes asked for, by name. No pyroute2: it decodes every attribute of every
+entry into objects (that was most of the audit's time) and costs tens of milliseconds to
+import.
 
 Formats decoded as pyroute2 does: numbers, strings, IP and link-layer addresses, a link's
 oper state; IFLA_LINKINFO's data by the link's kind (and its port's, for a bridge port).
@@ -13,20 +15,21 @@ from __future__ import annotations
 import socket
 import struct
 import sys
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import lru_cache, partial
 from ipaddress import IPv4Address
 from typing import Any
 
+from dataplane.cluster.rtlayout import (LINK_DATA, LINK_INFO, NEIGHBOUR, PORT_DATA, Attributes,
+                                       Message)
 from dataplane.cluster.rtnl import (HEADER, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETNEIGH,
-                                    DumpInterrupted, ask, replies)
+                                    DumpInterrupted, replies)
 
 Decoder = Callable[[bytes], Any]  # None: a payload too short for its format (not kept)
 Table = dict[int, tuple[str, Decoder]]  # attribute number -> (name, decoder)
 _NLA = struct.Struct("=HH")
 NLA_TYPE_MASK = 0x3FFF  # without NLA_F_NESTED and NLA_F_NET_BYTEORDER
 OPER_STATES = ("UNKNOWN", "NOTPRESENT", "DOWN", "LOWERLAYERDOWN", "TESTING", "DORMANT", "UP")
-SLAVE_DATA = {"bridge": "bridge_slave_data"}  # a port's IFLA_INFO_SLAVE_DATA class, by its kind
 DUMP_ATTEMPTS = 5  # a table the kernel says changed while dumped: asked again
 
 
@@ -64,17 +67,15 @@ DECODERS: dict[str, Decoder] = {
     "lladdr": _link_layer, "flag": lambda raw: True, "state": _state,
     "info_data": bytes, "info_slave_data": bytes,  # decoded by the link's kind: _link_info
 }
+# the formats of the numbers a request may give (request())
+ENCODINGS = {"uint8": "=B", "uint16": "=H", "uint32": "=I", "int32": "=i"}
 
 
-def table(nla_class: Any, names: Collection[str]) -> Table:
-    """The attributes of a pyroute2 class that are named, in a format decoded here (a link's
+def table(attrs: Attributes, names: Collection[str]) -> Table:
+    """The attributes of a layout that are named, in a format decoded here (a link's
     IFLA_LINKINFO with the named attributes of its kinds' data)."""
     found: Table = {}
-    for number, entry in enumerate(nla_class.nla_map):
-        if len(entry) == 3:
-            number, name, form = entry
-        else:
-            name, form = entry
+    for number, (name, form) in attrs.items():
         decoder = partial(_link_info, tuple(names)) if form == "ifinfo" else DECODERS.get(form)
         if decoder and name in names:
             found[number] = (name, decoder)
@@ -101,20 +102,13 @@ def attributes(data: bytes, start: int, end: int, known: Table,
 @lru_cache(maxsize=None)
 def _kind_table(holder: str, kind: str, names: tuple[str, ...]) -> Table:
     """The named attributes of a link kind's IFLA_INFO_DATA (holder "data") or of a port
-    kind's IFLA_INFO_SLAVE_DATA (holder "slave"); none for a kind pyroute2 does not know."""
-    from dataplane.cluster.rtmessages import ifinfmsg  # here: see neighbours()
-
-    info = ifinfmsg.ifinfo
-    nla_class = info.data_map.get(kind) if holder == "data" else \
-        getattr(info, SLAVE_DATA.get(kind, ""), None)
-    return table(nla_class, names) if nla_class is not None else {}
+    kind's IFLA_INFO_SLAVE_DATA (holder "slave"); none for a kind not read here."""
+    return table((LINK_DATA if holder == "data" else PORT_DATA).get(kind, {}), names)
 
 
 def _link_info(names: tuple[str, ...], raw: bytes) -> dict[str, Any]:
     """IFLA_LINKINFO: the kinds, and the data of each decoded by its kind's attributes."""
-    from dataplane.cluster.rtmessages import ifinfmsg  # here: see neighbours()
-
-    found = attributes(raw, 0, len(raw), _table(ifinfmsg.ifinfo, names))
+    found = attributes(raw, 0, len(raw), _info_table(names))
     kind, port = found.get("IFLA_INFO_KIND"), found.get("IFLA_INFO_SLAVE_KIND")
     for name, holder, by in (("IFLA_INFO_DATA", "data", kind),
                              ("IFLA_INFO_SLAVE_DATA", "slave", port or kind)):
@@ -125,12 +119,17 @@ def _link_info(names: tuple[str, ...], raw: bytes) -> dict[str, Any]:
 
 
 @lru_cache(maxsize=None)
-def _header(message_class: Any) -> tuple[struct.Struct, tuple[str, ...],
-                                        tuple[tuple[int, int], ...]]:
-    """The struct of a message class's fixed header (in host byte order), its fields'
-    names (not padding), and (position, size) of those in network byte order ("!H")."""
+def _info_table(names: tuple[str, ...]) -> Table:
+    return table(LINK_INFO, names)
+
+
+@lru_cache(maxsize=None)
+def _header(message: Message) -> tuple[struct.Struct, tuple[str, ...],
+                                       tuple[tuple[int, int], ...]]:
+    """The struct of a message's fixed header (in host byte order), its fields' names
+    (not padding), and (position, size) of those in network byte order ("!H")."""
     forms, names, swapped = [], [], []
-    for name, form in message_class.fields:
+    for name, form in message.header:
         forms.append(form.lstrip("!>"))
         if not form.endswith("x"):
             if form[0] in "!>":
@@ -139,48 +138,80 @@ def _header(message_class: Any) -> tuple[struct.Struct, tuple[str, ...],
     return struct.Struct("=" + "".join(forms)), tuple(names), tuple(swapped)
 
 
-def dump(sock: socket.socket, request: Any, kind: int, names: Collection[str] = ()) -> list[dict]:
-    """Every entry a dump request of kind (a pyroute2 message: its fields and attributes
-    filter the dump where the kernel allows) gets, decoded (decode()); asked again if the
-    table changed while it was dumped."""
+def _swap(value: int, size: int) -> int:
+    """A number between network and host byte order."""
+    return int.from_bytes(value.to_bytes(size, sys.byteorder), "big")
+
+
+def request(message: Message, kind: int, flags: int, fields: Mapping[str, int] | None = None,
+            attrs: Sequence[tuple[str, Any]] = ()) -> bytes:
+    """A request of kind: message's header with fields (the rest zero), then attrs, each
+    (name, value): a number (as the attribute's format), a name, or a nested list of
+    IFLA_LINKINFO's."""
+    header, names, swapped = _header(message)
+    values = [(fields or {}).get(name, 0) for name in names]
+    for k, size in swapped:
+        values[k] = _swap(values[k], size)
+    body = header.pack(*values).ljust((header.size + 3) & ~3, b"\0") + \
+        _encoded(attrs, message.attrs)
+    return HEADER.pack(HEADER.size + len(body), kind, flags, 1, 0) + body
+
+
+def _encoded(attrs: Sequence[tuple[str, Any]], layout: Attributes) -> bytes:
+    numbers = {name: (number, form) for number, (name, form) in layout.items()}
+    out = b""
+    for name, value in attrs:
+        number, form = numbers[name]
+        if form == "ifinfo":
+            payload = _encoded(value, LINK_INFO)
+        elif isinstance(value, str):
+            payload = value.encode() + b"\0"
+        else:
+            payload = struct.pack(ENCODINGS[form], value)
+        size = _NLA.size + len(payload)
+        out += _NLA.pack(size, number) + payload + b"\0" * (-size % 4)
+    return out
+
+
+def dump(sock: socket.socket, message: Message, kind: int, names: Collection[str] = (),
+         fields: Mapping[str, int] | None = None,
+         attrs: Sequence[tuple[str, Any]] = ()) -> list[dict]:
+    """Every entry a dump request of kind gets (its fields and attributes filter the dump
+    where the kernel allows; see request()), decoded (decode()); asked again if the table
+    changed while it was dumped."""
+    asked = request(message, kind, NLM_F_REQUEST | NLM_F_DUMP, fields, attrs)
     attempts = 1
     while True:
-        ask(sock, request, kind, NLM_F_REQUEST | NLM_F_DUMP)
+        sock.sendall(asked)
         try:
-            return [decode(data, offset, length, type(request), names)
-                    for data, offset, length in replies(sock, type(request).__name__)]
+            return [decode(data, offset, length, message, names)
+                    for data, offset, length in replies(sock, message.name)]
         except DumpInterrupted:
             if attempts == DUMP_ATTEMPTS:
                 raise
             attempts += 1
 
 
-def decode(data: bytes, offset: int, length: int, message_class: Any,
+def decode(data: bytes, offset: int, length: int, message: Message,
            names: Collection[str] = ()) -> dict[str, Any]:
     """The message at offset: its header fields and the attributes named, by name."""
-    header, fields, swapped = _header(message_class)
+    header, fields, swapped = _header(message)
     body = offset + HEADER.size
     values = list(header.unpack_from(data, body))
     for k, size in swapped:
-        values[k] = int.from_bytes(values[k].to_bytes(size, sys.byteorder), "big")
+        values[k] = _swap(values[k], size)
     return attributes(data, body + ((header.size + 3) & ~3), offset + length,
-                      _table(message_class, tuple(names)), dict(zip(fields, values)))
+                      _table(message, tuple(names)), dict(zip(fields, values)))
 
 
 @lru_cache(maxsize=None)
-def _table(message_class: Any, names: tuple[str, ...]) -> Table:
-    return table(message_class, names)
+def _table(message: Message, names: tuple[str, ...]) -> Table:
+    return table(message.attrs, names)
 
 
 def neighbours(sock: socket.socket) -> list[tuple[int, int, IPv4Address]]:
     """(ifindex, state, address) of every IPv4 neighbour entry."""
-    # pyroute2's classes are imported where a dump needs them, not with this module: a
-    # verify run's own process (forking its workers) needs none unless its waves must
-    # make room in the ARP table
-    from dataplane.cluster.rtmessages import ndmsg
-
-    request = ndmsg()
-    request["family"] = socket.AF_INET
     return [(n["ifindex"], n["state"], IPv4Address(n["NDA_DST"]))
-            for n in dump(sock, request, RTM_GETNEIGH, ["NDA_DST"])
+            for n in dump(sock, NEIGHBOUR, RTM_GETNEIGH, ["NDA_DST"],
+                          {"family": socket.AF_INET})
             if n["family"] == socket.AF_INET and "NDA_DST" in n]

@@ -2,8 +2,9 @@
 
 Importing this imports pyroute2's classes, tens of milliseconds: rtnl.py imports it only
 when a request has to be encoded by pyroute2 (a shape with no stored template, or a
-request that is never templated), and what decodes replies (the audit, the discovery,
-the reset, the next-hop lookup of `send`) imports the classes from here.
+request that is never templated), and the gets whose replies pyroute2 decodes (the
+next-hop lookup of `send`, the discovery's namespace ids) import the classes from here.
+Dumps need none of it (rtdump.py, rtlayout.py).
 
 Each maker returns a message with its header's type and flags set, not yet encoded.
 """
@@ -145,7 +146,22 @@ def fdb(kind: int, flags: int, index: int, lladdr: str, dst: IPv4Address):
     return request(msg, kind, flags)
 
 
-# Requests encoded by pyroute2 each time: made where something is repaired or reset.
+def bridge_fdb_flush(index: int):
+    msg = ifinfmsg()
+    msg["index"] = index
+    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [
+        ("IFLA_INFO_KIND", "bridge"),
+        ("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_FDB_FLUSH", None)]})]})]
+    return request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
+
+
+def conntrack_flush():
+    msg = nfgen_msg()
+    msg["nfgen_family"] = socket.AF_INET
+    return request(msg, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK)
+
+
+# Requests encoded by pyroute2 each time: made where something is repaired.
 
 def link_set(ifname: str, master: int | None = None, mtu: int | None = None):
     msg = ifinfmsg()
@@ -155,15 +171,6 @@ def link_set(ifname: str, master: int | None = None, mtu: int | None = None):
     if mtu is not None:
         msg["attrs"].append(("IFLA_MTU", mtu))
     return request(msg, RTM_SETLINK, NLM_F_REQUEST | NLM_F_ACK)
-
-
-def bridge_fdb_flush(index: int):
-    msg = ifinfmsg()
-    msg["index"] = index
-    msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [
-        ("IFLA_INFO_KIND", "bridge"),
-        ("IFLA_INFO_DATA", {"attrs": [("IFLA_BR_FDB_FLUSH", None)]})]})]
-    return request(msg, RTM_NEWLINK, NLM_F_REQUEST | NLM_F_ACK)
 
 
 def link_del(index: int):
@@ -186,9 +193,3 @@ def neigh_use(index: int, dst: str):
     msg["family"], msg["ifindex"], msg["flags"] = socket.AF_INET, index, NTF_USE
     msg["attrs"] = [("NDA_DST", dst)]
     return request(msg, RTM_NEWNEIGH, NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE)
-
-
-def conntrack_flush():
-    msg = nfgen_msg()
-    msg["nfgen_family"] = socket.AF_INET
-    return request(msg, IPCTNL_MSG_CT_DELETE, NLM_F_REQUEST | NLM_F_ACK)

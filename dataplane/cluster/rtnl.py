@@ -176,7 +176,7 @@ class Batch:
 
     def bridge_fdb_flush(self, index: int) -> None:
         """Forget what bridge index learned: the kernel keeps its static entries."""
-        self._add(f"bridge fdb flush {index}", "bridge_fdb_flush", index)
+        self._add_shaped(f"bridge fdb flush {index}", "bridge_fdb_flush", (), (index,))
 
     def link_del(self, index: int) -> None:
         self._add(f"link del {index}", "link_del", index)
@@ -213,7 +213,7 @@ class Batch:
 
     def conntrack_flush(self) -> None:
         """Delete every IPv4 connection tracking entry (for a NETLINK_NETFILTER socket)."""
-        self._add("conntrack flush", "conntrack_flush")
+        self._add_shaped("conntrack flush", "conntrack_flush", (), ())
 
     def fdb_append(self, index: int, lladdr: str, dst: IPv4Address) -> None:
         """A permanent forwarding entry on a VXLAN device: lladdr is behind remote dst."""

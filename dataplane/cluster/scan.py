@@ -17,7 +17,8 @@ from ipaddress import IPv4Interface
 from dataplane.cluster import netns
 from dataplane.cluster.live import LINK_ATTRS, IFF_UP, RTEXT_FILTER_SKIP_STATS, vxlan_options
 from dataplane.cluster.rtdump import dump
-from dataplane.cluster.rtmessages import ifaddrmsg, ifinfmsg, nsidmsg
+from dataplane.cluster.rtlayout import IFADDR, IFINFO
+from dataplane.cluster.rtmessages import nsidmsg
 from dataplane.cluster.rtnl import RTM_GETADDR, RTM_GETLINK, RTM_GETNSID, NetlinkError, get
 
 
@@ -66,9 +67,7 @@ def read(names: list[str]) -> dict[str, Space | None]:
 def _read_here(names: list[str]) -> _Raw:
     with socket.socket(socket.AF_NETLINK, socket.SOCK_DGRAM, 0) as sock:
         links, peers = _links(sock)
-        request = ifaddrmsg()
-        request["family"] = socket.AF_INET
-        for a in dump(sock, request, RTM_GETADDR, ["IFA_LOCAL"]):
+        for a in dump(sock, IFADDR, RTM_GETADDR, ["IFA_LOCAL"], {"family": socket.AF_INET}):
             if a["index"] in links:
                 links[a["index"]].addresses.append(
                     IPv4Interface(f"{a.get('IFA_LOCAL')}/{a['prefixlen']}"))
@@ -77,9 +76,8 @@ def _read_here(names: list[str]) -> _Raw:
 
 
 def _links(sock: socket.socket) -> tuple[dict[int, Link], dict[str, tuple[int | None, int]]]:
-    request = ifinfmsg()
-    request["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)]
-    found = dump(sock, request, RTM_GETLINK, LINK_ATTRS)
+    found = dump(sock, IFINFO, RTM_GETLINK, LINK_ATTRS,
+                 attrs=[("IFLA_EXT_MASK", RTEXT_FILTER_SKIP_STATS)])
     names = {link["index"]: link.get("IFLA_IFNAME") for link in found}
     links, peers = {}, {}
     for link in found:

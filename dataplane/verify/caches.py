@@ -22,6 +22,7 @@ from dataplane.cluster.rtnl import (NETLINK_GET_STRICT_CHK, NUD_DELAY, NUD_INCOM
                                     NUD_PERMANENT, NUD_PROBE, RTM_GETLINK, SOL_NETLINK, Batch,
                                     NetlinkError)
 from dataplane.cluster.rtdump import dump, neighbours
+from dataplane.cluster.rtlayout import IFINFO
 
 NETLINK_NETFILTER = 12
 NO_CONNTRACK = (errno.EPROTONOSUPPORT, errno.EOPNOTSUPP, errno.ENOENT)
@@ -94,11 +95,8 @@ def _reset_here(name: str) -> None:
 
 
 def _flush_bridges(b: Batch) -> None:
-    from dataplane.cluster.rtmessages import ifinfmsg  # here: see rtdump.neighbours()
-
-    request = ifinfmsg()  # the kernel lists just the bridges
-    request["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "bridge")]})]
-    for link in dump(b.sock, request, RTM_GETLINK):
+    bridges = [("IFLA_LINKINFO", [("IFLA_INFO_KIND", "bridge")])]  # the kernel lists just these
+    for link in dump(b.sock, IFINFO, RTM_GETLINK, attrs=bridges):
         b.bridge_fdb_flush(link["index"])
     b.send()
 
