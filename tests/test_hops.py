@@ -46,3 +46,11 @@ def test_hop_fields_are_in_the_order_the_tracer_gives_them():
     assert [f.name for f in fields(Hop)] == ["ts", "skb", "netns", "at", "ifindex", "device",
                                              "func", "dir", "length", "frame", "drop_reason",
                                              "learned", "raw"]
+
+
+def test_frame_fields_start_in_the_order_the_decoder_gives_them():
+    """bpf/packet.py makes a Frame by position from its Ethernet and IPv4 fields, then its
+    ports and UDP checksum."""
+    assert [f.name for f in fields(Frame)][:15] == [
+        "eth_src", "eth_dst", "ethertype", "src", "dst", "proto", "ttl", "ip_len", "ip_id",
+        "df", "more_fragments", "frag_offset", "sport", "dport", "udp_checksum"]

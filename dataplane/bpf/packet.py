@@ -15,58 +15,68 @@ VLAN_TYPES = (0x8100, 0x88A8)  # 802.1Q, 802.1ad
 PROTO_NAMES = {number: name for name, number in IP_PROTOCOLS.items()}
 ICMP, TCP, UDP = (IP_PROTOCOLS[name] for name in ("icmp", "tcp", "udp"))
 VXLAN_HEADER = 8
+# A frame is decoded per distinct capture, thousands a wave: each header is read by one
+# struct, and a Frame made by position from its Ethernet and IPv4 fields (the order of
+# Frame's first fields; tests/test_hops.py pins it), not built up in dicts.
+_ETHERNET = struct.Struct("!6s6sH")
+_IPV4 = struct.Struct("!BxHHHBB2x4s4s")  # version+IHL, length, id, fragment, TTL, proto, addresses
+_ICMP = struct.Struct("!BBxxHH")  # type, code, id, sequence
+_PORTS = struct.Struct("!HH")
+_UDP = struct.Struct("!HHxxH")  # ports, checksum
 
 
 def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
     """The headers of an Ethernet frame; None when too short to hold one."""
     if len(data) < 14:
         return None
-    dst, src, ethertype = data[:6], data[6:12], struct.unpack_from("!H", data, 12)[0]
+    dst, src, ethertype = _ETHERNET.unpack_from(data)
     if ethertype in VLAN_TYPES and len(data) >= 18:  # decoded as the bridge passes it on
         untagged = decode(data[:12] + data[16:], vxlan_port)
         vid = struct.unpack_from("!H", data, 14)[0] & 0x0FFF
         return replace(untagged, vlans=(vid, *untagged.vlans))
-    base = {"eth_src": format_mac(src), "eth_dst": format_mac(dst), "ethertype": ethertype}
+    eth_src, eth_dst = format_mac(src), format_mac(dst)
     if ethertype == ETH_P_ARP and len(data) >= 42:
-        return Frame(**base, proto="arp", src=socket.inet_ntoa(data[28:32]),
+        return Frame(eth_src, eth_dst, ethertype, proto="arp", src=socket.inet_ntoa(data[28:32]),
                      dst=socket.inet_ntoa(data[38:42]), arp_op=struct.unpack_from("!H", data, 20)[0],
                      arp_sender_mac=format_mac(data[22:28]))
     if ethertype != ETH_P_IP or len(data) < 34:
-        return Frame(**base)
-    return Frame(**base, **_ipv4(data, 14, vxlan_port))
+        return Frame(eth_src, eth_dst, ethertype)
+    return _ipv4(data, 14, vxlan_port, eth_src, eth_dst)
 
 
-def _ipv4(data: bytes, ip: int, vxlan_port: int | None) -> dict:
-    """The fields of the IPv4 packet at data[ip:], and what it carries."""
-    ihl = (data[ip] & 0x0F) * 4
-    ip_len, ip_id, frag, ttl, proto = struct.unpack_from("!HHHBB", data, ip + 2)
-    fields = dict(src=socket.inet_ntoa(data[ip + 12:ip + 16]),
-                  dst=socket.inet_ntoa(data[ip + 16:ip + 20]),
-                  proto=PROTO_NAMES.get(proto, str(proto)), ttl=ttl, ip_len=ip_len,
-                  ip_id=ip_id, df=bool(frag & 0x4000), more_fragments=bool(frag & 0x2000),
-                  frag_offset=(frag & 0x1FFF) * 8)
-    l4 = ip + ihl
-    if fields["frag_offset"]:  # its bytes are the middle of the datagram's payload
-        return fields
+def _ipv4(data: bytes, ip: int, vxlan_port: int | None, eth_src: str = "",
+          eth_dst: str = "") -> Frame:
+    """The IPv4 packet at data[ip:] and what it carries, with these Ethernet addresses (none
+    for the packet an ICMP error quotes)."""
+    first, ip_len, ip_id, frag, ttl, proto, src, dst = _IPV4.unpack_from(data, ip)
+    frag_offset = (frag & 0x1FFF) * 8
+    ip_fields = (eth_src, eth_dst, ETH_P_IP, socket.inet_ntoa(src), socket.inet_ntoa(dst),
+                 PROTO_NAMES.get(proto) or str(proto), ttl, ip_len, ip_id, bool(frag & 0x4000),
+                 bool(frag & 0x2000), frag_offset)
+    l4 = ip + (first & 0x0F) * 4
+    if frag_offset:  # its bytes are the middle of the datagram's payload
+        return Frame(*ip_fields)
     if proto == ICMP and len(data) >= l4 + 8:
-        kind, code, _, ident, seq = struct.unpack_from("!BBHHH", data, l4)
-        fields.update(icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq)
-        if kind == 3 and code == 4:
-            fields["icmp_mtu"] = seq  # the next-hop MTU sits where an echo has its sequence
-        if kind in (3, 11) and len(data) >= l4 + 8 + 20 + 4:
-            fields["quoted"] = Frame(eth_src="", eth_dst="", ethertype=ETH_P_IP,
-                                     **_ipv4(data, l4 + 8, None))
-    elif proto in (TCP, UDP) and len(data) >= l4 + 4:
-        fields["sport"], fields["dport"] = struct.unpack_from("!HH", data, l4)
-        if proto == TCP and len(data) >= l4 + 14:
-            fields["tcp_flags"] = data[l4 + 13]
-        if proto == UDP and len(data) >= l4 + 8:
-            fields["udp_checksum"] = struct.unpack_from("!H", data, l4 + 6)[0]
-        if proto == UDP and _is_vxlan(data, l4 + 8, fields["dport"] == vxlan_port):
-            vxlan = l4 + 8
-            fields["vni"] = int.from_bytes(data[vxlan + 4:vxlan + 7], "big")
-            fields["inner"] = decode(data[vxlan + VXLAN_HEADER:], None)
-    return fields
+        kind, code, ident, seq = _ICMP.unpack_from(data, l4)
+        quoted = _ipv4(data, l4 + 8, None) if kind in (3, 11) and len(data) >= l4 + 8 + 20 + 4 \
+            else None
+        # the next-hop MTU of a fragmentation-needed message sits where an echo has its sequence
+        return Frame(*ip_fields, icmp_type=kind, icmp_code=code, icmp_id=ident, icmp_seq=seq,
+                     icmp_mtu=seq if kind == 3 and code == 4 else None, quoted=quoted)
+    if proto == TCP and len(data) >= l4 + 4:
+        return Frame(*ip_fields, *_PORTS.unpack_from(data, l4),
+                     tcp_flags=data[l4 + 13] if len(data) >= l4 + 14 else None)
+    if proto == UDP and len(data) >= l4 + 8:
+        sport, dport, checksum = _UDP.unpack_from(data, l4)
+        if not _is_vxlan(data, l4 + 8, dport == vxlan_port):
+            return Frame(*ip_fields, sport, dport, checksum)
+        vxlan = l4 + 8
+        return Frame(*ip_fields, sport, dport, checksum,
+                     vni=int.from_bytes(data[vxlan + 4:vxlan + 7], "big"),
+                     inner=decode(data[vxlan + VXLAN_HEADER:], None))
+    if proto == UDP and len(data) >= l4 + 4:
+        return Frame(*ip_fields, *_PORTS.unpack_from(data, l4))
+    return Frame(*ip_fields)
 
 
 def _is_vxlan(data: bytes, at: int, on_port: bool) -> bool:
