@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from dataplane.cluster.plan import Plan
-from dataplane.records import Drift
 from dataplane.verify import forked
+
+if TYPE_CHECKING:
+    from dataplane.records import Drift
 
 
 @dataclass

@@ -4,6 +4,10 @@ sharing the interpreter's lock, would not give. The child sends back what each f
 returned, or the error it raised (and runs no more); result() waits for the next one and
 raises that error as the caller's own.
 
+Light to import (no multiprocessing, no traceback): a verify run forks its child as soon
+as it knows its cluster, and the pipe's two ends import multiprocessing.connection after
+the fork, each in its own process.
+
 A process whose threads run (a tracer's poller) is not forked: a lock one of them held
 would stay held in the child. There each function runs in the caller when its value is
 asked for. A thread marked fork_safe does not count (netns' visitor: idle between works,
@@ -17,12 +21,13 @@ import os
 import pickle
 import signal
 import threading
-import traceback
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from multiprocessing.connection import Connection, Pipe
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 
 @dataclass
@@ -32,7 +37,16 @@ class Pending:
 
     works: list[Callable[[], Any]]  # those whose value is not taken yet, in order
     pid: int | None = None
-    conn: Connection | None = None  # None: no child (any more); the caller runs the works
+    fd: int | None = None  # the end the child answers through; None: no child (any more)
+    _conn: Connection | None = None  # on fd, made at the first answer read
+
+    @property
+    def conn(self) -> Connection | None:
+        if self._conn is None and self.fd is not None:
+            from multiprocessing.connection import Connection
+
+            self._conn = Connection(self.fd, writable=False)
+        return self._conn
 
     def result(self) -> Any:
         """The next function's value (waiting for it). Should the child end before it
@@ -54,9 +68,12 @@ class Pending:
 
     def close(self) -> None:
         """Ends the child if it still works (the caller stopped early), and reaps it."""
-        if self.conn is not None:
-            self.conn.close()
-            self.conn = None
+        if self.fd is not None:
+            if self._conn is not None:
+                self._conn.close()  # closes fd
+            else:
+                os.close(self.fd)
+            self.fd, self._conn = None, None
             with suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
         if self.pid is not None:
@@ -74,32 +91,43 @@ def call(*works: Callable[[], Any]) -> Pending:
     if any(not getattr(thread, "fork_safe", False) for thread in threading.enumerate()
            if thread is not threading.current_thread()):
         return Pending(list(works))
-    parent, child = Pipe(duplex=False)
+    answers, answering = os.pipe()
     pid = os.fork()
     if pid == 0:
-        _child(child, works)
-    child.close()
-    return Pending(list(works), pid, parent)
+        os.close(answers)
+        _child(answering, works)
+    os.close(answering)
+    return Pending(list(works), pid, answers)
 
 
-def _child(conn: Connection, works: tuple[Callable[[], Any], ...]) -> None:
+def _child(fd: int, works: tuple[Callable[[], Any], ...]) -> None:
     """Never returns: nothing of the caller's own clean-up or buffered output may run twice."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
+        from multiprocessing.connection import Connection
+
+        conn = Connection(fd, readable=False)
         for work in works:
             try:
                 answer = ("value", work())
             except BaseException as err:
-                answer = ("error", (portable(err), traceback.format_exc()))
+                answer = ("error", (portable(err), traceback_text()))
             try:
                 conn.send(answer)
             except Exception:  # a value that does not pickle
-                answer = ("error", (None, traceback.format_exc()))
+                answer = ("error", (None, traceback_text()))
                 conn.send(answer)
             if answer[0] == "error":
                 break
     finally:
         os._exit(0)
+
+
+def traceback_text() -> str:
+    """The error being handled, as Python prints it (traceback imported only then)."""
+    import traceback
+
+    return traceback.format_exc()
 
 
 def portable(err: BaseException) -> BaseException | None:

@@ -18,7 +18,6 @@ import math
 import os
 import signal
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
@@ -336,7 +335,7 @@ def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool
         code = 1
     except BaseException as err:
         code = 1
-        text = traceback.format_exc()
+        text = forked.traceback_text()
         with suppress(OSError):  # the run is gone
             conn.send(("error", forked.portable(err), text))
     finally:
