@@ -175,8 +175,8 @@ def test_cached_probes_see_what_compiled_ones_see(dataplane_cluster, monkeypatch
     monkeypatch.setattr(loader, "CACHE_DIR", tmp_path)
     real, origins = loader.load, []
 
-    def load(*args):
-        loaded = real(*args)
+    def load(*args, **kwargs):
+        loaded = real(*args, **kwargs)
         origins.append(loaded.origin)
         return loaded
 
@@ -256,11 +256,14 @@ def test_flow_mode_records_only_watched_flows(dataplane_cluster, buffer):
 @pytest.mark.needs_probes
 def test_netif_rx_is_attached_only_while_recording_everything(dataplane_cluster):
     """A watched flow's trail needs no netif_rx hop: recording flows, that program is
-    detached (no cost per veth crossing); recording everything, its hops are there."""
+    detached (no cost per veth crossing), and loaded from the cache, not even loaded until
+    then; recording everything, its hops are there."""
     plan = dataplane_cluster.plan
     a, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1")
     with Tracer(plan, record_all=False) as tracer:
         assert tracer_module.QUEUED not in tracer.loaded.attached
+        if tracer.loaded.origin == "cached":
+            assert "tp_netif_rx" not in tracer.loaded.bpf._programs
         assert "raw_tracepoint:netif_receive_skb" in tracer.loaded.attached
         assert prober.exchange(a, b, "icmp", watch=tracer.watch).answered
         assert not [h for h in tracer.take(50) if h.func == "netif_rx"]

@@ -24,7 +24,7 @@ import hashlib
 import json
 import os
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -195,9 +195,10 @@ def patched(insns: bytes, fds: dict[int, int]) -> bytes:
     return bytes(out)
 
 
-def load(where: Path) -> "Programs | None":
-    """The probes kept at where, with maps of their own; None when there are none there
-    or they cannot be used (the caller compiles)."""
+def load(where: Path, now: Collection[str] | None = None) -> "Programs | None":
+    """The probes kept at where, with maps of their own, the programs named now loaded
+    (all of them by default; the others when they are attached); None when there are
+    none there or they cannot be used (the caller compiles)."""
     try:
         kept = json.loads(where.read_text())
         data = kept["payload"]
@@ -207,7 +208,7 @@ def load(where: Path) -> "Programs | None":
         return None
     programs = Programs(data)
     try:
-        programs.create()
+        programs.create(now)
     except Exception:  # whatever makes an entry unusable: it is compiled instead
         programs.cleanup()
         return None
@@ -336,7 +337,7 @@ class Programs:
         self._ringbuf: int | None = None
         self._callback: Any = None  # kept alive while the kernel's buffer may call it
 
-    def create(self) -> None:
+    def create(self, now: Collection[str] | None = None) -> None:
         cpus = possible_cpus()
         _unlimit_locked_memory()
         for m in self._data["maps"]:
@@ -351,8 +352,8 @@ class Programs:
                     (m["key_size"], m["leaf_size"]):
                 raise ValueError(f"map {m['name']}: types do not match its sizes")
             self._maps[m["name"]] = Map(fd, m["type"], key, leaf, cpus, self)
-        for name in self._data["programs"]:  # all now: a refusal means compile, not skip
-            self._program(name)
+        for name in self._data["programs"] if now is None else now:
+            self._program(name)  # a refusal now means compile, not skip
 
     def _program(self, name: str) -> int:
         if name not in self._programs:

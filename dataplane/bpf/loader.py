@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Collection
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -256,18 +257,24 @@ def cached(pages: int | None = None) -> bool:
     return kept is not None and kept.exists()
 
 
-def load(buffer: Buffer | None = None, pages: int | None = None) -> Loaded:
+def load(buffer: Buffer | None = None, pages: int | None = None,
+         later: Collection[str] = ()) -> Loaded:
     """Compile the probes against the best headers there are and attach them:
     tracepoints always, kprobes on the bridge/VXLAN functions where possible.
     buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
-    pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default."""
+    pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default.
+    later: probes the caller attaches only if it needs them; loaded from the cache, their
+    programs are not even loaded before (the kernel checks each, milliseconds)."""
     started = time.perf_counter()
     recipe = _recipe(buffer, pages)
-    programs = compiled.load(recipe.kept) if recipe.kept else None
+    now = [name for name, probe in zip(recipe.names, recipe.wanted) if probe not in later]
+    programs = compiled.load(recipe.kept, now) if recipe.kept else None
     loaded = Loaded(bpf=programs or _compile(recipe.text, recipe.cflags), skipped=recipe.skipped,
                     backends=["tracepoints"], headers=recipe.headers, buffer=recipe.buffer,
                     layout=recipe.layout, origin="cached" if programs else "compiled")
     for probe in recipe.wanted:
+        if programs and probe in later:
+            continue  # a compile attaches them all: its every program must load to be kept
         try:
             loaded.attach(probe)
         except ProbeRefused as err:

@@ -92,7 +92,8 @@ class Tracer:
         self._reader: ringbuf.Reader | None = None  # the ring buffer, where read directly
 
     def __enter__(self) -> "Tracer":
-        self.loaded = loader.load(self._buffer, self._pages)
+        self.loaded = loader.load(self._buffer, self._pages,
+                                  later=() if self._record_all else (QUEUED,))
         try:
             self._reasons = self.loaded.layout.drop_reasons
             watched = self.loaded.bpf[b"watched"]
