@@ -201,7 +201,10 @@ def _extra(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
         if hop.place not in expected:
             return Problem("extra-hop", f"{_name(leg)}: a copy was seen at {hop.at} "
                            f"{hop.device} {hop.dir}, off its path", hop)
-    counts = Counter(h.place for h in mine)
+    seen = [h.place for h in mine]
+    if len(set(seen)) == len(seen) and leg.hops[0] in seen:
+        return None  # every place once, the first too: a healthy leg, told without counting
+    counts = Counter(seen)
     sent = counts[leg.hops[0]]
     for place, seen in counts.items():
         if seen > sent:
@@ -236,8 +239,7 @@ def _macs(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Probl
               (r.ref, r.ifname, "rx"): (s.mac if same else plan.node(r.node).cni0_mac, r.mac)}
     for hop in mine:
         want = wanted.get(hop.place)
-        found = (hop.frame.eth_src, hop.frame.eth_dst)
-        if want and found != want:
+        if want and (found := (hop.frame.eth_src, hop.frame.eth_dst)) != want:
             return Problem("mac", f"{_name(leg)} at {hop.at} {hop.device} {hop.dir}: Ethernet "
                            f"{found[0]} > {found[1]}, not {want[0]} > {want[1]}", hop)
     return None
@@ -269,13 +271,16 @@ def _vxlan(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
     s_node, r_node = plan.node(leg.sender.node), plan.node(leg.receiver.node)
     # This leg's packets on the sender node, by place: NAT may have rewritten the
     # source address that makes them `mine`.
-    receiver = leg.receiver.ip_str
-    here = [h for h in everything if h.at == s_node.name and h.dir == "tx"
-            and h.flow is not None and h.flow.quoted is None
-            and h.flow.src != receiver]
-    sent = [h for h in mine if h.place == (leg.sender.ref, leg.sender.ifname, "tx")]
-    inner_tx = [h for h in here if h.device == s_node.vtep]
-    outer = [h for h in here if h.device == s_node.ifname and h.frame.vni is not None]
+    receiver, node, vtep, eth0 = leg.receiver.ip_str, s_node.name, s_node.vtep, s_node.ifname
+    inner_tx, outer = [], []  # one pass over the flow's hops (judged for every leg)
+    for h in everything:
+        if h.at == node and h.dir == "tx" and (f := h.flow) is not None and f.quoted is None \
+                and f.src != receiver:
+            if h.device == vtep:
+                inner_tx.append(h)
+            elif h.device == eth0 and h.frame.vni is not None:
+                outer.append(h)
+    sent = [h for h in mine if h.place == leg.hops[0]]
     # TCP may move to another port after a retransmission timeout (Linux rehashes the
     # flow then); a datagram exchange is one packet each way and keeps its port
     sports = {h.frame.sport for h in outer if h.flow.proto != "tcp"}
