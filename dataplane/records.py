@@ -23,6 +23,9 @@ from typing import TYPE_CHECKING, AbstractSet, Any
 from dataplane.names import (ARP_REPLY, ARP_REQUEST, ECHO, ECHO_REPLY, SERVICE_PORT, Direction,
                              Proto)
 
+# Records made by the thousand: no per-instance dict (slots came with Python 3.10).
+SLOTS: dict[str, bool] = {"slots": True} if sys.version_info >= (3, 10) else {}
+
 if TYPE_CHECKING:  # for type checkers only: an Exchange is made between two planned pods
     from dataplane.cluster.plan import PodPlan
 
@@ -60,7 +63,7 @@ class Drift:
 
 # Not frozen, yet hashed by value: a frozen dataclass's __init__ sets each field through
 # object.__setattr__, several times the cost, and a run decodes a frame per packet seen.
-@dataclass(unsafe_hash=True)
+@dataclass(unsafe_hash=True, **SLOTS)
 class Frame:
     """The headers of a captured frame, decoded (bpf/packet.py)."""
 
@@ -99,7 +102,7 @@ class Frame:
 
 
 # Not frozen, yet hashed by value, as Frame: a run makes one Hop per event.
-@dataclass(unsafe_hash=True)
+@dataclass(unsafe_hash=True, **SLOTS)
 class Hop:
     """One sighting of a packet by the probes (bpf/tracer.py)."""
 
@@ -116,6 +119,11 @@ class Hop:
     drop_reason: str | None = None
     learned: str | None = None  # FDB events: "MAC vlan N" learned on this device
     raw: bytes = b""  # the captured start of the frame, from its Ethernet header
+    # Read many times per hop by a verdict's checks, so made once (__post_init__); not
+    # what the probes saw. place: where the hop was, as paths.py names places; flow: the
+    # pod-to-pod packet inside (the inner frame of an encapsulated hop).
+    place: tuple[str, str, str] = field(init=False, repr=False, compare=False)
+    flow: Frame | None = field(init=False, repr=False, compare=False)
 
     def __repr__(self) -> str:
         """One line, as a hop table row reads (no raw bytes): what assertion output shows."""
@@ -126,12 +134,9 @@ class Hop:
                f"{headers}{what})"
 
     def __post_init__(self) -> None:
-        # Read many times per hop by a verdict's checks, so made once; not fields (those
-        # are what the probes saw). place: where the hop was, as paths.py names places;
-        # flow: the pod-to-pod packet inside (the inner frame of an encapsulated hop).
         # A hop is not changed once made (replace() makes another, these made anew).
-        self.place: tuple[str, str, str] = (self.at, self.device, self.dir)
-        self.flow: Frame | None = self.frame.inner \
+        self.place = (self.at, self.device, self.dir)
+        self.flow = self.frame.inner \
             if self.frame is not None and self.frame.inner is not None else self.frame
 
 
@@ -244,8 +249,8 @@ def frame_ends(frame: Frame, pods: AbstractSet[str] = frozenset()) -> \
     return ()  # ARP is never NATed: its pair is its key
 
 
-# A run keeps one per flow: no per-instance dict (slots came with Python 3.10).
-@dataclass(**({"slots": True} if sys.version_info >= (3, 10) else {}))
+# A run keeps one per flow: no per-instance dict.
+@dataclass(**SLOTS)
 class FlowResult:
     """A flow's verdict, with what broke, where, and why (verify/verdict.py judges it)."""
 

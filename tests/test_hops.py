@@ -43,9 +43,9 @@ def test_an_icmp_error_goes_back_as_a_reply():
 
 def test_hop_fields_are_in_the_order_the_tracer_gives_them():
     """bpf/tracer.py makes each event's Hop by position."""
-    assert [f.name for f in fields(Hop)] == ["ts", "skb", "netns", "at", "ifindex", "device",
-                                             "func", "dir", "length", "frame", "drop_reason",
-                                             "learned", "raw"]
+    assert [f.name for f in fields(Hop) if f.init] == [
+        "ts", "skb", "netns", "at", "ifindex", "device", "func", "dir", "length", "frame",
+        "drop_reason", "learned", "raw"]
 
 
 def test_frame_fields_start_in_the_order_the_decoder_gives_them():
