@@ -88,7 +88,7 @@ def test_a_worker_killed_mid_wave_leaves_that_wave_inconclusive(dataplane_cluste
 @pytest.mark.needs_root
 def test_a_worker_that_cannot_load_probes_fails_the_run_as_one_process_would(
         dataplane_cluster, monkeypatch):
-    def load(*args):  # runs in the forked worker
+    def load(*args, **kwargs):  # runs in the forked worker
         raise UsageError("no kernel headers for this test; install them")
 
     monkeypatch.setattr(loader, "load", load)

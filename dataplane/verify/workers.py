@@ -136,6 +136,7 @@ class Pool:
                 # The run stops it (its pipe closed), not a Ctrl-C that would cut its
                 # clean-up short (probes detached, kprobe events removed).
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
+                forked.calm_collector()
                 parent.close()
                 for other in self.running:
                     other.conn.close()
