@@ -5,8 +5,7 @@ returned, or the error it raised (and runs no more); result() waits for the next
 raises that error as the caller's own.
 
 Light to import (no multiprocessing, no traceback): a verify run forks its child as soon
-as it knows its cluster, and the pipe's two ends import multiprocessing.connection after
-the fork, each in its own process.
+as it knows its cluster.
 
 A process whose threads run (a tracer's poller) is not forked: a lock one of them held
 would stay held in the child. There each function runs in the caller when its value is
@@ -25,10 +24,9 @@ import threading
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from multiprocessing.connection import Connection
+from dataplane.verify.channel import Channel, one_way
 
 
 @dataclass
@@ -38,25 +36,16 @@ class Pending:
 
     works: list[Callable[[], Any]]  # those whose value is not taken yet, in order
     pid: int | None = None
-    fd: int | None = None  # the end the child answers through; None: no child (any more)
-    _conn: Connection | None = None  # on fd, made at the first answer read
-
-    @property
-    def conn(self) -> Connection | None:
-        if self._conn is None and self.fd is not None:
-            from multiprocessing.connection import Connection
-
-            self._conn = Connection(self.fd, writable=False)
-        return self._conn
+    answers: Channel | None = None  # None: no child (any more); the caller runs the works
 
     def result(self) -> Any:
         """The next function's value (waiting for it). Should the child end before it
         answers (killed, out of memory), the caller runs that function, and the rest."""
         work = self.works.pop(0)
-        if self.conn is None:
+        if self.answers is None:
             return work()
         try:
-            kind, payload = self.conn.recv()
+            kind, payload = self.answers.recv()
         except (EOFError, OSError):
             self.close()
             return work()
@@ -69,12 +58,9 @@ class Pending:
 
     def close(self) -> None:
         """Ends the child if it still works (the caller stopped early), and reaps it."""
-        if self.fd is not None:
-            if self._conn is not None:
-                self._conn.close()  # closes fd
-            else:
-                os.close(self.fd)
-            self.fd, self._conn = None, None
+        if self.answers is not None:
+            self.answers.close()
+            self.answers = None
             with suppress(ProcessLookupError):
                 os.kill(self.pid, signal.SIGTERM)
         if self.pid is not None:
@@ -92,12 +78,12 @@ def call(*works: Callable[[], Any]) -> Pending:
     if any(not getattr(thread, "fork_safe", False) for thread in threading.enumerate()
            if thread is not threading.current_thread()):
         return Pending(list(works))
-    answers, answering = os.pipe()
+    answers, answering = one_way()
     pid = os.fork()
     if pid == 0:
-        os.close(answers)
+        answers.close()
         _child(answering, works)
-    os.close(answering)
+    answering.close()
     return Pending(list(works), pid, answers)
 
 
@@ -116,14 +102,11 @@ def calm_collector() -> None:
     gc.set_threshold(CHILD_GC_THRESHOLD)
 
 
-def _child(fd: int, works: tuple[Callable[[], Any], ...]) -> None:
+def _child(conn: Channel, works: tuple[Callable[[], Any], ...]) -> None:
     """Never returns: nothing of the caller's own clean-up or buffered output may run twice."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
         calm_collector()
-        from multiprocessing.connection import Connection
-
-        conn = Connection(fd, readable=False)
         for work in works:
             try:
                 answer = ("value", work())

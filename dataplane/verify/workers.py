@@ -22,13 +22,13 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import suppress
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection, Pipe, wait
 
 from dataplane.bpf import compiled, loader
 from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
 from dataplane.verify import forked
+from dataplane.verify.channel import Channel, pair, wait
 from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
                                        Verifier, timed, waves)
 
@@ -60,7 +60,7 @@ def wave_events(events: int, jobs: int) -> int:
 @dataclass
 class _Worker:
     pid: int
-    conn: Connection
+    conn: Channel
     wave: int | None = None  # the wave it is judging
     ready: bool = False
     stopped: bool = False  # told that no wave follows
@@ -129,7 +129,7 @@ class Pool:
 
     def start(self, finish: Finish) -> None:
         """One more worker, forked now: it inherits the plan and finish."""
-        parent, child = Pipe()
+        parent, child = pair()
         pid = os.fork()
         if pid == 0:
             try:
@@ -311,7 +311,7 @@ def _arp(wave: list[Probe]) -> bool:
     return any(p.proto == "arp" for p in wave)
 
 
-def _serve(conn: Connection, verifier: Verifier, finish: Finish, ship_hops: bool) -> None:
+def _serve(conn: Channel, verifier: Verifier, finish: Finish, ship_hops: bool) -> None:
     """A worker's life, in the forked child: never returns (nothing of the run's own
     clean-up or buffered output may run twice)."""
     code = 0
