@@ -99,6 +99,23 @@ def test_a_worker_that_cannot_load_probes_fails_the_run_as_one_process_would(
 
 
 @pytest.mark.needs_root
+@pytest.mark.needs_root
+def test_workers_load_the_probes_the_run_prepared(dataplane_cluster, monkeypatch):
+    """Preparing a load reads the kernel's symbols where it has kprobes (/proc/kallsyms,
+    50 ms and more): the run prepares once, and its workers load what it prepared."""
+    run, real = os.getpid(), loader.prepare
+
+    def prepare(*args, **kwargs):
+        if os.getpid() != run:
+            raise UsageError("a worker prepared its probes again")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loader, "prepare", prepare)
+    report = verifier.run(dataplane_cluster.plan, protos=("icmp",), mtu=False, keep_hops=False,
+                          jobs=2)
+    assert report.workers == 2 and report.passed
+
+
 def test_jobs_must_be_a_count():
     done = dp("verify", "--jobs", "0")
     assert done.returncode == 2

@@ -8,7 +8,6 @@ same answers to choose its backends.
 from __future__ import annotations
 
 import ctypes
-import gzip
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +51,9 @@ def header_source() -> tuple[str, Path | None]:
 
 
 def _config() -> dict[str, str]:
-    """The kernel's build config, where it is published."""
+    """The kernel's build config, where it is published (doctor's: gzip imported here)."""
+    import gzip
+
     for path in (Path("/proc/config.gz"), Path(f"/boot/config-{release()}")):
         try:
             raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()

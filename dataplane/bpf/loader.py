@@ -199,8 +199,8 @@ def ring_buffer_supported(release: str) -> bool:
 
 
 @dataclass
-class _Recipe:
-    """What a load compiles (or finds compiled) and attaches."""
+class Recipe:
+    """What a load compiles (or finds compiled) and attaches (prepare())."""
 
     text: str
     cflags: list[str]
@@ -213,7 +213,10 @@ class _Recipe:
     kept: Path | None  # where its compile is kept (bpf/compiled.py), None if it is not
 
 
-def _recipe(buffer: Buffer | None, pages: int | None) -> _Recipe:
+def prepare(buffer: Buffer | None = None, pages: int | None = None) -> Recipe:
+    """What load(buffer, pages) would do on this kernel now. Telling it reads the kernel's
+    symbols where it has kprobes (/proc/kallsyms: 50 ms and more): a process that forks
+    several loaders (verify's workers) prepares once and hands them the recipe."""
     headers, tree = kernel.header_source()
     if tree is None:
         raise UsageError(f"no kernel headers for {kernel.release()}; install "
@@ -247,29 +250,30 @@ def _recipe(buffer: Buffer | None, pages: int | None) -> _Recipe:
     cflags = [f"-D{k}={v}" for k, v in macros.items()]
     names = [f"tp_{tp}" for tp in tracepoints] + [f"fn_{fn}" for fn in functions]
     wanted = [f"raw_tracepoint:{tp}" for tp in tracepoints] + [f"kprobe:{fn}" for fn in functions]
-    return _Recipe(text, cflags, names, wanted, skipped, headers, buffer, kernel_layout,
+    return Recipe(text, cflags, names, wanted, skipped, headers, buffer, kernel_layout,
                    _cache_entry(text, [*cflags, *names], buffer, tree))
 
 
-def cached(pages: int | None = None) -> bool:
-    """Whether load(pages=pages) would find its probes compiled by an earlier run."""
-    kept = _recipe(None, pages).kept
-    return kept is not None and kept.exists()
+def cached(recipe: Recipe) -> bool:
+    """Whether a load of recipe would find its probes compiled by an earlier run."""
+    return recipe.kept is not None and recipe.kept.exists()
 
 
 def load(buffer: Buffer | None = None, pages: int | None = None,
-         later: Collection[str] = ()) -> Loaded:
+         later: Collection[str] = (), recipe: Recipe | None = None) -> Loaded:
     """Compile the probes against the best headers there are and attach them:
     tracepoints always, kprobes on the bridge/VXLAN functions where possible.
     buffer: "ring" or "perf"; by default a ring buffer where the kernel has them.
     pages: the ring buffer's size in pages (a power of two), RINGBUF_PAGES by default.
     later: probes the caller attaches only if it needs them; loaded from the cache, their
-    programs are not even loaded before (the kernel checks each, milliseconds)."""
+    programs are not even loaded before (the kernel checks each, milliseconds).
+    recipe: prepare(buffer, pages) made already (then buffer and pages are its)."""
     started = time.perf_counter()
-    recipe = _recipe(buffer, pages)
+    recipe = recipe or prepare(buffer, pages)
     now = [name for name, probe in zip(recipe.names, recipe.wanted) if probe not in later]
     programs = compiled.load(recipe.kept, now) if recipe.kept else None
-    loaded = Loaded(bpf=programs or _compile(recipe.text, recipe.cflags), skipped=recipe.skipped,
+    loaded = Loaded(bpf=programs or _compile(recipe.text, recipe.cflags),
+                    skipped=dict(recipe.skipped),
                     backends=["tracepoints"], headers=recipe.headers, buffer=recipe.buffer,
                     layout=recipe.layout, origin="cached" if programs else "compiled")
     for probe in recipe.wanted:

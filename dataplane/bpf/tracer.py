@@ -68,12 +68,13 @@ class Tracer:
     POLL_MS = 10
 
     def __init__(self, plan: Plan, record_all: bool = True, buffer: loader.Buffer | None = None,
-                 pages: int | None = None):
+                 pages: int | None = None, recipe: loader.Recipe | None = None):
         self._where_by_inode = _inodes(plan)
         self._vxlan_port = plan.spec.port
         self._record_all = record_all
         self._buffer = buffer
         self._pages = pages  # the ring buffer's size, when not the default
+        self._recipe = recipe  # loader.prepare() made by the caller
         self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
         self._tagged: set[int] = set()  # tags whose bit is set (a bit is never cleared)
         self._frames: dict[bytes, Frame | None] = {}  # decoded captures, during take()
@@ -93,7 +94,7 @@ class Tracer:
 
     def __enter__(self) -> "Tracer":
         self.loaded = loader.load(self._buffer, self._pages,
-                                  later=() if self._record_all else (QUEUED,))
+                                  later=() if self._record_all else (QUEUED,), recipe=self._recipe)
         try:
             self._reasons = self.loaded.layout.drop_reasons
             watched = self.loaded.bpf[b"watched"]

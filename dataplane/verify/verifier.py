@@ -13,6 +13,7 @@ from ipaddress import IPv4Address
 from itertools import chain
 from typing import AbstractSet, Protocol
 
+from dataplane.bpf import loader
 from dataplane.bpf.tracer import Tracer
 from dataplane.bpf.trails import trail
 from dataplane.cluster.plan import Plan, PodPlan
@@ -236,15 +237,16 @@ class Verifier:
     workers = 1  # processes judging (workers.Pool has more)
 
     def __init__(self, plan: Plan, buffer_pages: int | None = None, reset_caches: bool = True,
-                 worker: int | None = None, once: bool = False):
+                 worker: int | None = None, once: bool = False,
+                 recipe: loader.Recipe | None = None):
         """reset_caches=False: the caller has reset them (run() and workers.py); worker: the
         k-th of a run's workers, its probes apart from the others' (workers.py). once: for one
         run: its probes are detached as soon as its last wave's events are taken, while
         that wave is judged (a detach waits on the kernel, tens of ms when other runs
-        use the tracepoints)."""
+        use the tracepoints). recipe: the probes' loader.prepare(), made by the caller."""
         self.plan = plan
         self._once = once
-        self._tracer = Tracer(plan, record_all=False, pages=buffer_pages)
+        self._tracer = Tracer(plan, record_all=False, pages=buffer_pages, recipe=recipe)
         self._prober = prober.Prober(worker)
         self._room = NeighbourRoom(plan)
         self._reset = reset_caches and plan.built

@@ -84,6 +84,7 @@ class Pool:
     readied: int = 0  # workers that loaded their probes
     running: list[_Worker] = field(default_factory=list)
     lost_by_worker: dict[int, int] = field(default_factory=dict)  # events, by pid
+    recipe: loader.Recipe | None = None  # the workers' probes, prepared when the pool opens
 
     def __post_init__(self) -> None:
         self.jobs = min(self.jobs, len(SERVICE_PORTS))  # a port of its own each
@@ -94,6 +95,7 @@ class Pool:
 
     def __enter__(self) -> "Pool":
         compiled.usable()  # bcc's runtime library opened here is every forked worker's already
+        self.recipe = loader.prepare(pages=self.buffer_pages)  # and what their loads will do
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -141,7 +143,8 @@ class Pool:
                 for other in self.running:
                     other.conn.close()
                 _serve(child, Verifier(self.plan, self.buffer_pages, reset_caches=False,
-                                       worker=self.workers, once=True), finish, self.ship_hops)
+                                       worker=self.workers, once=True, recipe=self.recipe),
+                       finish, self.ship_hops)
             finally:
                 os._exit(1)  # whatever escaped _serve: the child never runs the run's code
         child.close()
@@ -168,7 +171,7 @@ class _Schedule:
         pool, pending, count, emitted = self.pool, None, 0, 0
         # all at once when the probes are compiled already, else the others once the
         # first has compiled them
-        for _ in range(pool.jobs if loader.cached(pool.buffer_pages) else 1):
+        for _ in range(pool.jobs if loader.cached(pool.recipe) else 1):
             pool.start(self.finish)
         self.ready()  # while the workers load their probes: no wave is out yet
         while True:
