@@ -324,13 +324,19 @@ def _serve(conn: Channel, verifier: Verifier, finish: Finish, ship_hops: bool) -
             conn.send(("ready", verifier.backends, verifier.skipped, verifier.origin,
                        verifier.seconds))
             verifier.seconds = Counter()
+            sent: list = []  # the hops of the flows last sent (see below)
             while (job := conn.recv()) is not None:
+                sent.clear()
                 count, wave = job
                 # a message there once the wave's events are taken is the stop (Pool.stop)
                 flows = [finish(flow) for flow in verifier.wave(
                     [Probe(pods[s], pods[d], proto, size) for s, d, proto, size in wave],
                     conn.poll)]
+                # hops not shipped are freed when the next wave comes, not before the flows
+                # are sent: the run waits for the flows, not for their memory (a wave's
+                # thousands of hops, ms to free); after the last wave, never
                 if not ship_hops:
+                    sent.extend(flow.hops for flow in flows)
                     for flow in flows:
                         flow.hops = []
                 conn.send(("judged", count, flows, verifier.lost, verifier.seconds))
