@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import gc
 import gettext
 import ipaddress
@@ -614,9 +615,20 @@ def main(argv: list[str] | None = None) -> int:
 def run() -> NoReturn:
     """The `dataplane` program: main(), then exit. Its objects are frozen first, out of
     the garbage collector's reach: its last pass over every one of them, as the
-    interpreter shuts down, frees nothing the kernel would not (~15 ms of an `up`)."""
+    interpreter shuts down, frees nothing the kernel would not (~15 ms of an `up`).
+    When nothing is left for the interpreter to run at exit (no exit handler, no other
+    thread), the process ends once its output is flushed: tearing down every module it
+    imported frees nothing the kernel would not either (~5 ms of a `verify`)."""
     status = main()
     gc.freeze()
+    threading = sys.modules.get("threading")
+    if atexit._ncallbacks() == 0 and (threading is None or threading.active_count() == 1):
+        try:
+            sys.stdout.flush()
+        except BrokenPipeError:  # the reader went away: as main() answers it
+            status = 1
+        sys.stderr.flush()
+        os._exit(status)
     sys.exit(status)
 
 
