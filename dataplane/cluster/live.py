@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 from dataplane.cluster import ethtool, firewall, netns
 from dataplane.cluster.netstate import NetState
@@ -201,8 +200,12 @@ def _firewall(s: NetState) -> None:
         for what, how in firewall.dropping(ruleset()).items():
             s.firewall(what, how)
     for names in LEGACY_TABLES:
-        tables = Path("/proc/thread-self/net", names)
-        for table in (tables.read_text().split() if tables.exists() else []):
+        try:
+            with open(f"/proc/thread-self/net/{names}") as listed:
+                tables = listed.read().split()
+        except FileNotFoundError:
+            tables = []
+        for table in tables:
             s.firewall(f"iptables-legacy table {names.split('_')[0]} {table}",
                        "present (its rules are not read: list them with iptables-legacy -S)")
 

@@ -190,21 +190,24 @@ def listed(prefix: str) -> list[str]:
     return sorted(entry.name for entry in NETNS_RUN.iterdir() if entry.name.startswith(prefix))
 
 
-def sysctl_path(key: str) -> Path:
+def sysctl_path(key: str) -> str:
     """The /proc/sys file of key; a '/' in a part stands for a '.' of a device name, as
-    sysctl(8) writes net.ipv4.conf.flannel/1.forwarding."""
-    return Path("/proc/sys", *(part.replace("/", ".") for part in key.split(".")))
+    sysctl(8) writes net.ipv4.conf.flannel/1.forwarding. A string, not a Path: the audit
+    reads a few per namespace."""
+    return "/proc/sys/" + "/".join(part.replace("/", ".") for part in key.split("."))
 
 
 def write_sysctl(key: str, value: str) -> None:
     """Write a sysctl of the calling thread's network namespace (net.* keys are per namespace)."""
-    sysctl_path(key).write_text(value)
+    with open(sysctl_path(key), "w") as written:
+        written.write(value)
 
 
 def read_sysctl(key: str) -> str | None:
     """A sysctl of the calling thread's namespace, whitespace normalised; None if absent."""
     try:
-        return " ".join(sysctl_path(key).read_text().split())
+        with open(sysctl_path(key)) as value:
+            return " ".join(value.read().split())
     except FileNotFoundError:
         return None
 
