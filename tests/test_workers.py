@@ -175,7 +175,7 @@ def test_a_packet_to_or_from_a_third_party_with_the_same_tag_is_not_the_exchange
 def test_a_wave_handed_out_names_the_arp_entries_it_teaches():
     plan = make_plan(spec.parse('[cluster]\nname = "t"\nnodes = 2\npods_per_node = 2\n'))
     a, a2, b = plan.pod("node-0/pod-0"), plan.pod("node-0/pod-1"), plan.pod("node-1/pod-0")
-    wave = [verifier.Probe(a, a2, "icmp"), verifier.Probe(a, b, "icmp")]
+    (wave,) = verifier.waves(plan, [verifier.Probe(a, a2, "icmp"), verifier.Probe(a, b, "icmp")])
     room = verifier.NeighbourRoom(plan)
     try:
         assert room.took(wave) == set().union(*(verifier.neighbours(plan, p) for p in wave))
