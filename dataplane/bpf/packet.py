@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import struct
+from collections.abc import Callable
 from dataclasses import replace
 
 from dataplane.names import IP_PROTOCOLS, format_mac
@@ -25,13 +26,15 @@ _PORTS = struct.Struct("!HH")
 _UDP = struct.Struct("!HHxxH")  # ports, checksum
 
 
-def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
-    """The headers of an Ethernet frame; None when too short to hold one."""
+def decode(data: bytes, vxlan_port: int | None = None,
+           inner: Callable[[bytes], Frame | None] | None = None) -> Frame | None:
+    """The headers of an Ethernet frame; None when too short to hold one. inner decodes
+    the frame a VXLAN packet carries (by default decode(frame), no VXLAN port)."""
     if len(data) < 14:
         return None
     dst, src, ethertype = _ETHERNET.unpack_from(data)
     if ethertype in VLAN_TYPES and len(data) >= 18:  # decoded as the bridge passes it on
-        untagged = decode(data[:12] + data[16:], vxlan_port)
+        untagged = decode(data[:12] + data[16:], vxlan_port, inner)
         vid = struct.unpack_from("!H", data, 14)[0] & 0x0FFF
         return replace(untagged, vlans=(vid, *untagged.vlans))
     eth_src, eth_dst = format_mac(src), format_mac(dst)
@@ -41,11 +44,11 @@ def decode(data: bytes, vxlan_port: int | None = None) -> Frame | None:
                      arp_sender_mac=format_mac(data[22:28]))
     if ethertype != ETH_P_IP or len(data) < 34:
         return Frame(eth_src, eth_dst, ethertype)
-    return _ipv4(data, 14, vxlan_port, eth_src, eth_dst)
+    return _ipv4(data, 14, vxlan_port, eth_src, eth_dst, inner or decode)
 
 
 def _ipv4(data: bytes, ip: int, vxlan_port: int | None, eth_src: str = "",
-          eth_dst: str = "") -> Frame:
+          eth_dst: str = "", inner: Callable[[bytes], Frame | None] = decode) -> Frame:
     """The IPv4 packet at data[ip:] and what it carries, with these Ethernet addresses (none
     for the packet an ICMP error quotes)."""
     first, ip_len, ip_id, frag, ttl, proto, src, dst = _IPV4.unpack_from(data, ip)
@@ -73,7 +76,7 @@ def _ipv4(data: bytes, ip: int, vxlan_port: int | None, eth_src: str = "",
         vxlan = l4 + 8
         return Frame(*ip_fields, sport, dport, checksum,
                      vni=int.from_bytes(data[vxlan + 4:vxlan + 7], "big"),
-                     inner=decode(data[vxlan + VXLAN_HEADER:], None))
+                     inner=inner(data[vxlan + VXLAN_HEADER:]))
     if proto == UDP and len(data) >= l4 + 4:
         return Frame(*ip_fields, *_PORTS.unpack_from(data, l4))
     return Frame(*ip_fields)

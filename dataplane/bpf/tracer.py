@@ -305,7 +305,15 @@ class Tracer:
         (a veth's two ends, a bridge port, the underlay's ports)."""
         frame = self._frames.get(data)
         if frame is None and data not in self._frames:
-            frame = self._frames[data] = packet.decode(data, self._vxlan_port)
+            frame = self._frames[data] = packet.decode(data, self._vxlan_port, self._inner)
+        return frame
+
+    def _inner(self, data: bytes) -> Frame | None:
+        """The frame a VXLAN packet carries: its VTEP's capture decoded it already, unless
+        that capture was itself VXLAN on our port (then decoded again, on no port)."""
+        frame = self._frames.get(data)
+        if frame is None or frame.inner is not None:
+            return packet.decode(data)
         return frame
 
     @property
