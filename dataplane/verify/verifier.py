@@ -146,23 +146,29 @@ def cost(plan: Plan, chosen: list[tuple[PodPlan, PodPlan]], protos: tuple[Proto,
     return len(chosen) * len(kinds), len(chosen) * sum(EVENTS[kind] for kind in kinds)
 
 
+class Wave(list):
+    """A wave's probes (a list of them), and the ARP entries they teach (neighbours())."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taught: set[tuple[str, IPv4Address]] = set()
+
+
 def waves(plan: Plan, todo: Iterable[Probe], events: int = WAVE_EVENTS,
-          margin: int = NEIGHBOUR_MARGIN) -> Iterator[list[Probe]]:
+          margin: int = NEIGHBOUR_MARGIN) -> Iterator[Wave]:
     """Exchanges in waves whose probe events (at most events) fit the ring buffer with room
     to spare, and whose neighbour entries (neighbours()) fit the room the kernel's ARP table
     is given for each wave (margin)."""
-    wave: list[Probe] = []
-    learnt: set[tuple[str, IPv4Address]] = set()
-    budget = events
+    wave, budget = Wave(), events
     for probe in todo:
         cost, taught = EVENTS[probe.proto], neighbours(plan, probe)
-        more = taught - learnt
-        if wave and (cost > budget or len(learnt) + len(more) > margin):
+        more = taught - wave.taught
+        if wave and (cost > budget or len(wave.taught) + len(more) > margin):
             yield wave
-            wave, learnt, budget = [], set(), events
+            wave, budget = Wave(), events
             more = taught
         wave.append(probe)
-        learnt |= more
+        wave.taught |= more
         budget -= cost
     if wave:
         yield wave
@@ -220,12 +226,12 @@ class NeighbourRoom:
             by_namespace[where].add(address)
         self._forgetter.forget_entries(by_namespace)
 
-    def took(self, wave: list[Probe]) -> set[tuple[str, IPv4Address]]:
+    def took(self, wave: Wave) -> set[tuple[str, IPv4Address]]:
         """Notes the namespaces wave's pods and nodes are in; returns the ARP entries it
         teaches (neighbours())."""
         self._touched.update(ns for p in wave for pod in (p.src, p.dst)
                              for ns in (pod.netns, self.plan.node(pod.node).netns))
-        return set().union(*(neighbours(self.plan, p) for p in wave))
+        return wave.taught
 
     def close(self) -> None:
         self._forgetter.close()

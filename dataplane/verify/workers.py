@@ -30,7 +30,7 @@ from dataplane.traffic.prober import SERVICE_PORTS
 from dataplane.verify import forked
 from dataplane.verify.channel import Channel, pair, wait
 from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
-                                       Verifier, timed, waves)
+                                       Verifier, Wave, timed, waves)
 
 # Waves below this many probe events are not split between workers: a worker costs a fork
 # and a probe load, worth it from a few hundred exchanges.
@@ -167,7 +167,7 @@ class _Schedule:
     learnt: set = field(default_factory=set)  # ARP entries of the waves back, kept yet
     more: bool = True  # waves are left to hand out
 
-    def run(self, todo: Iterator[list[Probe]]) -> Iterator[FlowResult]:
+    def run(self, todo: Iterator[Wave]) -> Iterator[FlowResult]:
         pool, pending, count, emitted = self.pool, None, 0, 0
         # all at once when the probes are compiled already, else the others once the
         # first has compiled them
@@ -223,7 +223,7 @@ class _Schedule:
                 self.learnt.clear()
             return True
 
-    def _hand(self, worker: _Worker, count: int, wave: list[Probe]) -> bool:
+    def _hand(self, worker: _Worker, count: int, wave: Wave) -> bool:
         """Whether worker took wave (it may have died since it was last heard from)."""
         job: Job = (count, [(self.index[p.src.netns], self.index[p.dst.netns], p.proto, p.size)
                             for p in wave])
