@@ -326,20 +326,23 @@ class Verifier:
               last: Callable[[], bool] = lambda: False) -> list[FlowResult]:
         """Verdicts on exchanges sent since the last judge(); events lost meanwhile make
         them INCONCLUSIVE, and so does a full neighbour table for those that failed.
-        Their flows are no longer watched afterwards."""
+        Their flows are no longer watched afterwards (the probes of a run's last wave are
+        detached instead: its maps go with them)."""
         with timed(self.seconds, "events"):
             hops = self._tracer.take(SETTLE_MS)
         attached = self._tracer.loaded.attached  # while the events were recorded
         missing = ", ".join(tp for tp in NEEDED if f"raw_tracepoint:{tp}" not in attached)
-        if self._once and last():
+        final = self._once and last()
+        if final:
             self._tracer.detach_soon()
+        else:
+            self._tracer.unwatch()
         with timed(self.seconds, "judge"):
             return self._judged(hops, exchanges, table_fulls, missing)
 
     def _judged(self, hops: list[Hop], exchanges: list[Exchange], table_fulls: int,
                 missing: str) -> list[FlowResult]:
         index = by_exchange(hops, exchanges, self.plan.pod_addresses)
-        self._tracer.unwatch()
         total = self.lost
         lost, self._lost_before = total - self._lost_before, total
         return [judge(self.plan, ex, trail(index.get(ex.key, []) + index.get(ex.end, [])),
