@@ -1,5 +1,7 @@
 """The eBPF hop probes on a live cluster, and the BTF offsets they are built from."""
 
+import ctypes
+import errno
 import json
 import mmap
 import socket
@@ -12,6 +14,7 @@ from dataplane.bpf import btf, compiled, kernel, loader, ringbuf, tracer as trac
 from dataplane.bpf.tracer import Tracer
 from dataplane.cluster import netns
 from dataplane.errors import UsageError
+from dataplane.records import Flow
 from dataplane.report.hoptable import trace_text
 from dataplane.traffic import prober
 from dataplane.verify import verifier
@@ -272,6 +275,76 @@ def test_netif_rx_is_attached_only_while_recording_everything(dataplane_cluster)
         assert prober.exchange(a, b, "icmp").answered
         queued = {(h.at, h.device) for h in tracer.take(50) if h.func == "netif_rx"}
     assert ("node-0", a.host_veth) in queued  # the pod's veth peer queues to node-0's backlog
+
+
+def flows_of(plan) -> list[Flow]:
+    pods = plan.pods()
+    return [Flow(pods[0].ip_str, pod.ip_str, "udp", 40000 + k) for k, pod in enumerate(pods[1:4])]
+
+
+def assert_watched(tracer: Tracer, flows: list[Flow], present: bool) -> None:
+    """Each flow's keys (both ways, and its receiving end) in the maps, or none of them."""
+    table, ends = tracer.loaded.bpf[b"flows"], tracer.loaded.bpf[b"ends"]
+    for flow in flows:
+        tag, proto = socket.htons(flow.tag), tracer_module._proto_number(flow.proto)
+        src, dst = tracer_module._address(flow.src), tracer_module._address(flow.dst)
+        keys = [(table, table.Key(saddr=a, daddr=b, tag=tag, proto=proto))
+                for a, b in ((src, dst), (dst, src))]
+        keys.append((ends, ends.Key(addr=dst, tag=tag, proto=proto)))
+        for where, key in keys:
+            try:
+                where[key]
+                found = True
+            except KeyError:
+                found = False
+            assert found == present, (flow, key)
+
+
+@pytest.mark.needs_probes
+def test_a_waves_flows_are_watched_at_once_and_unwatched(dataplane_cluster):
+    with Tracer(dataplane_cluster.plan, record_all=False) as tracer:
+        flows = flows_of(dataplane_cluster.plan)
+        tracer.watch_all(flows)
+        tracer.watch(flows[0])  # watched already: nothing written twice
+        assert len(tracer._watched) == 3 * len(flows)
+        assert_watched(tracer, flows, True)
+        tracer.unwatch()
+        assert_watched(tracer, flows, False)
+
+
+@pytest.mark.needs_root
+def test_the_flows_planned_are_those_the_exchanges_watch(dataplane_cluster):
+    """A verify wave watches its ICMP and UDP flows before sending (Prober.planned): each
+    is the flow its exchange tells watch of; a TCP exchange's is not known before."""
+    plan = dataplane_cluster.plan
+    a, b = plan.pod("node-0/pod-0"), plan.pod("node-1/pod-1")
+    told: list[Flow] = []
+    with prober.Prober() as probing:
+        for proto, size in (("icmp", None), ("udp", None), ("udp", 1400)):
+            planned = probing.planned(a, b, proto, size)
+            probing.finish([probing.start(a, b, proto, told.append, size)])
+            assert planned is not None and planned == told[-1]
+        assert probing.planned(a, b, "tcp") is None and probing.planned(a, b, "arp") is None
+
+
+@pytest.mark.needs_probes
+def test_without_batched_updates_each_key_is_written(dataplane_cluster, monkeypatch):
+    """A kernel before 5.6 refuses BPF_MAP_UPDATE_BATCH (EINVAL)."""
+    real = compiled.lib()
+
+    class Unbatched:
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def bpf_update_batch(self, *args):
+            ctypes.set_errno(errno.EINVAL)
+            return -1
+
+    with Tracer(dataplane_cluster.plan, record_all=False) as tracer:
+        monkeypatch.setattr(compiled, "lib", lambda: Unbatched())
+        tracer.watch_all(flows_of(dataplane_cluster.plan))
+        monkeypatch.undo()
+        assert_watched(tracer, flows_of(dataplane_cluster.plan), True)
 
 
 @pytest.mark.needs_probes

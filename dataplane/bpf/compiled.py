@@ -53,6 +53,8 @@ RUNTIME = ("libbcc_bpf.so.0", (
     ("bpf_update_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_ulonglong]),
     ("bpf_delete_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
+    ("bpf_update_batch", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.POINTER(ctypes.c_uint32)]),
     ("bpf_new_ringbuf", ctypes.c_void_p, [ctypes.c_int, RINGBUF_CALLBACK, ctypes.c_void_p]),
     ("bpf_poll_ringbuf", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     ("bpf_consume_ringbuf", ctypes.c_int, [ctypes.c_void_p]),
@@ -278,6 +280,27 @@ def _kprobe_event(event: bytes) -> bytes:
 
 class MapError(Exception):
     """A map the kernel would not update (full, or wrong): as bcc's tables raise."""
+
+
+# The kernel has no batched map operations (before Linux 5.6): EINVAL; ENOTSUPP (524),
+# EOPNOTSUPP: not for this kind of map
+NO_BATCHES = (errno.EINVAL, 524, errno.EOPNOTSUPP)
+
+
+def update_all(table: Any, keys: list[Any], leaf: Any) -> None:
+    """table[key] = leaf for every key, in one system call (BPF_MAP_UPDATE_BATCH) where
+    a verify wave would make thousands; one per key on a kernel without batches. table:
+    bcc's or ours (a map_fd, a Key type); MapError as one update would raise it."""
+    if keys and usable():  # else bcc compiled the probes and its runtime may lack batches
+        count = ctypes.c_uint32(len(keys))
+        batch = (table.Key * len(keys))(*keys)
+        leaves = (type(leaf) * len(keys))(*[leaf] * len(keys))
+        if lib().bpf_update_batch(table.map_fd, batch, leaves, ctypes.byref(count)) == 0:
+            return
+        if ctypes.get_errno() not in NO_BATCHES:
+            raise MapError(f"map update: {os.strerror(ctypes.get_errno())}")
+    for key in keys:
+        table[key] = leaf
 
 
 class Map:

@@ -10,9 +10,10 @@ import struct
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from contextlib import suppress
 
-from dataplane.bpf import kernel, loader, packet, ringbuf
+from dataplane.bpf import compiled, kernel, loader, packet, ringbuf
 from dataplane.cluster import netns
 from dataplane.cluster.plan import Plan
 from dataplane.names import IP_PROTOCOLS, Direction, format_mac
@@ -76,6 +77,7 @@ class Tracer:
         self._pages = pages  # the ring buffer's size, when not the default
         self._recipe = recipe  # loader.prepare() made by the caller
         self._watched: list[tuple[object, object]] = []  # (map, key) added by watch()
+        self._flows: set[Flow] = set()  # watched, their keys in _watched
         self._tagged: set[int] = set()  # tags whose bit is set (a bit is never cleared)
         self._frames: dict[bytes, Frame | None] = {}  # decoded captures, during take()
         self._devices: dict[bytes, str] = {}  # device names as events carry them
@@ -177,21 +179,31 @@ class Tracer:
 
     def watch(self, flow: Flow) -> None:
         """Record the packets of flow, both ways (and ICMP errors about them)."""
-        flows, ends = self.loaded.bpf[b"flows"], self.loaded.bpf[b"ends"]
-        self._tag(flow.tag)
-        for a, b in ((flow.src, flow.dst), (flow.dst, flow.src)):
-            key = flows.Key()
-            key.saddr, key.daddr = _address(a), _address(b)
-            key.tag = socket.htons(flow.tag)
-            key.proto = _proto_number(flow.proto)
-            flows[key] = ctypes.c_uint8(1)
-            self._watched.append((flows, key))
-        if flow.proto != "arp":  # the receiving end, for packets NATed on the way
-            end = ends.Key()
-            end.addr, end.tag, end.proto = _address(flow.dst), socket.htons(flow.tag), \
-                _proto_number(flow.proto)
-            ends[end] = ctypes.c_uint8(1)
-            self._watched.append((ends, end))
+        self.watch_all([flow])
+
+    def watch_all(self, flows: Iterable[Flow]) -> None:
+        """watch() each of flows not watched already, the keys of them all written at
+        once (a wave's flows, named before its first packet is sent: Verifier.wave)."""
+        table, ends = self.loaded.bpf[b"flows"], self.loaded.bpf[b"ends"]
+        keys, end_keys = [], []
+        for flow in flows:
+            if flow in self._flows:
+                continue
+            self._flows.add(flow)
+            self._tag(flow.tag)
+            tag, proto = socket.htons(flow.tag), _proto_number(flow.proto)
+            src, dst = _address(flow.src), _address(flow.dst)
+            for a, b in ((src, dst), (dst, src)):
+                key = table.Key()
+                key.saddr, key.daddr, key.tag, key.proto = a, b, tag, proto
+                keys.append(key)
+            if flow.proto != "arp":  # the receiving end, for packets NATed on the way
+                end = ends.Key()
+                end.addr, end.tag, end.proto = dst, tag, proto
+                end_keys.append(end)
+        for where, added in ((table, keys), (ends, end_keys)):
+            self._watched += [(where, key) for key in added]  # before: a failure unwatches them
+            compiled.update_all(where, added, ctypes.c_uint8(1))
 
     def watch_fragments(self, src: str, dst: str, proto: int, ip_id: int) -> None:
         """Record every fragment of the datagram (IP protocol number proto) src sends dst
@@ -211,8 +223,9 @@ class Tracer:
             try:
                 del table[key]
             except KeyError:
-                pass  # two exchanges of one flow share its keys
+                pass  # never written: its batch failed before it
         self._watched.clear()
+        self._flows.clear()
 
     def _poll(self) -> None:
         """The only consumer of the buffer."""

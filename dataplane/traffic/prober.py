@@ -157,6 +157,20 @@ class Prober:
                                            else self.port)
         return self._sockets[key]
 
+    def planned(self, src: PodPlan, dst: PodPlan, proto: Proto,
+                size: int | None = None) -> Flow | None:
+        """The flow start() will tell watch of, where its tag is known before it sends:
+        ICMP and UDP tag by the source's socket (opened here if need be); None for TCP (a
+        socket per exchange) and ARP, or when the socket cannot be opened (start() records
+        why)."""
+        purpose = {"icmp": "ping", "udp": _udp_purpose(size)}.get(proto)
+        if purpose is None:
+            return None
+        try:
+            return Flow(src.ip_str, dst.ip_str, proto, self._socket(src, purpose).getsockname()[1])
+        except OSError:
+            return None
+
     def exchange(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
                  size: int | None = None) -> Exchange:
         """One exchange, finished before this returns."""
