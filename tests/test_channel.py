@@ -14,7 +14,7 @@ def test_an_object_larger_than_the_pipe_arrives_whole():
     """A wave's flows with their hops: megabytes, many times a pipe's buffer."""
     receiving, sending = channel.one_way()
     big = {"hops": [bytes([k % 256]) * 1000 for k in range(5000)]}
-    writer = threading.Thread(target=sending.send, args=(big,))
+    writer = threading.Thread(target=sending.send, args=(big,), daemon=True)  # never hangs a run
     writer.start()
     assert receiving.recv() == big
     writer.join()
@@ -42,5 +42,10 @@ def test_wait_gives_the_ends_that_can_be_read():
     b_peer.send("ready")
     assert channel.wait([a, b], timeout=1) == [b]
     assert channel.wait([a], timeout=0.01) == []
-    for end in (a, a_peer, b, b_peer):
-        end.close()
+    assert channel.wait([a], timeout=-1) == []  # at once, as multiprocessing's wait
+    a_peer.close()
+    a.close()
+    with pytest.raises(OSError):  # not a wait for ever
+        channel.wait([a])
+    b.close()
+    b_peer.close()

@@ -8,9 +8,10 @@ import socket
 import struct
 
 import pytest
+from pyroute2.netlink.rtnl.fibmsg import fibmsg  # the rules' layout: the audit alone reads them
 
 from dataplane.cluster import live, netns, rtdump, rtlayout
-from dataplane.cluster.rtmessages import fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg
+from dataplane.cluster.rtmessages import ifaddrmsg, ifinfmsg, ndmsg, nfgen_msg, rtmsg
 from dataplane.cluster.rtnl import (AF_BRIDGE, NLM_F_DUMP, NLM_F_REQUEST, RTM_GETADDR, RTM_GETLINK,
                                     RTM_GETNEIGH, RTM_GETROUTE, RTM_GETRULE, ask, replies, request)
 

@@ -99,7 +99,6 @@ def test_a_worker_that_cannot_load_probes_fails_the_run_as_one_process_would(
 
 
 @pytest.mark.needs_root
-@pytest.mark.needs_root
 def test_workers_load_the_probes_the_run_prepared(dataplane_cluster, monkeypatch):
     """Preparing a load reads the kernel's symbols where it has kprobes (/proc/kallsyms,
     50 ms and more): the run prepares once, and its workers load what it prepared."""
@@ -116,6 +115,7 @@ def test_workers_load_the_probes_the_run_prepared(dataplane_cluster, monkeypatch
     assert report.workers == 2 and report.passed
 
 
+@pytest.mark.needs_root
 def test_jobs_must_be_a_count():
     done = dp("verify", "--jobs", "0")
     assert done.returncode == 2
@@ -179,6 +179,8 @@ def test_a_wave_handed_out_names_the_arp_entries_it_teaches():
     room = verifier.NeighbourRoom(plan)
     try:
         assert room.took(wave) == set().union(*(verifier.neighbours(plan, p) for p in wave))
+        nodes = {plan.node(pod.node).netns for pod in (a, b)}
+        assert room._touched == {a.netns, a2.netns, b.netns} | nodes  # forgotten when short
     finally:
         room.close()
 

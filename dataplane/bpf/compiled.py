@@ -53,12 +53,14 @@ RUNTIME = ("libbcc_bpf.so.0", (
     ("bpf_update_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
                                        ctypes.c_ulonglong]),
     ("bpf_delete_elem", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p]),
-    ("bpf_update_batch", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
-                                        ctypes.POINTER(ctypes.c_uint32)]),
     ("bpf_new_ringbuf", ctypes.c_void_p, [ctypes.c_int, RINGBUF_CALLBACK, ctypes.c_void_p]),
     ("bpf_poll_ringbuf", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int]),
     ("bpf_consume_ringbuf", ctypes.c_int, [ctypes.c_void_p]),
     ("bpf_free_ringbuf", None, [ctypes.c_void_p])))
+# used where the library has them: bcc 0.18 (Debian 11's) has no bpf_update_batch
+OPTIONAL = {RUNTIME[0]: (
+    ("bpf_update_batch", ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p,
+                                        ctypes.POINTER(ctypes.c_uint32)]),)}
 # bcc's compiler, for what it compiled (save()): libbcc, LLVM's clang linked in (30 ms to
 # load), loaded by bcc then already
 COMPILER = ("libbcc.so.0", tuple(
@@ -86,6 +88,10 @@ def _open(library: tuple[str, tuple]) -> ctypes.CDLL:
     for function, restype, argtypes in functions:
         declared = getattr(lib_, function)
         declared.restype, declared.argtypes = restype, argtypes
+    for function, restype, argtypes in OPTIONAL.get(name, ()):
+        if hasattr(lib_, function):
+            declared = getattr(lib_, function)
+            declared.restype, declared.argtypes = restype, argtypes
     return lib_
 
 
@@ -285,20 +291,31 @@ class MapError(Exception):
 # The kernel has no batched map operations (before Linux 5.6): EINVAL; ENOTSUPP (524),
 # EOPNOTSUPP: not for this kind of map
 NO_BATCHES = (errno.EINVAL, 524, errno.EOPNOTSUPP)
+_batches: list[Any] = []  # bcc's bpf_update_batch, once looked up; None: none to use
+
+
+def _update_batch() -> Any:
+    """bcc's bpf_update_batch, or None: not in the runtime (OPTIONAL), or refused by this
+    kernel already."""
+    if not _batches:
+        _batches.append(getattr(lib(), "bpf_update_batch", None) if usable() else None)
+    return _batches[0]
 
 
 def update_all(table: Any, keys: list[Any], leaf: Any) -> None:
     """table[key] = leaf for every key, in one system call (BPF_MAP_UPDATE_BATCH) where
-    a verify wave would make thousands; one per key on a kernel without batches. table:
-    bcc's or ours (a map_fd, a Key type); MapError as one update would raise it."""
-    if keys and usable():  # else bcc compiled the probes and its runtime may lack batches
+    a verify wave would make thousands; one per key without batches (an older bcc or
+    kernel). table: bcc's or ours (a map_fd, a Key type); MapError as one update raises it."""
+    batched = _update_batch() if keys else None
+    if batched is not None:
         count = ctypes.c_uint32(len(keys))
         batch = (table.Key * len(keys))(*keys)
         leaves = (type(leaf) * len(keys))(*[leaf] * len(keys))
-        if lib().bpf_update_batch(table.map_fd, batch, leaves, ctypes.byref(count)) == 0:
+        if batched(table.map_fd, batch, leaves, ctypes.byref(count)) == 0:
             return
         if ctypes.get_errno() not in NO_BATCHES:
             raise MapError(f"map update: {os.strerror(ctypes.get_errno())}")
+        _batches[0] = None  # the kernel has none: not asked again
     for key in keys:
         table[key] = leaf
 

@@ -223,7 +223,7 @@ class Tracer:
             try:
                 del table[key]
             except KeyError:
-                pass  # never written: its batch failed before it
+                pass  # shared by two flows (reversed, or to one end): deleted already
         self._watched.clear()
         self._flows.clear()
 

@@ -59,16 +59,16 @@ def _state(raw: bytes) -> str | None:
     return OPER_STATES[raw[0]] if raw[0] < len(OPER_STATES) else str(raw[0])
 
 
+# pyroute2's names of number formats, as struct formats: decoded, and encoded in requests
+NUMBERS = {"uint8": "=B", "uint16": "=H", "uint32": "=I", "uint64": "=Q", "int32": "=i",
+           "be16": ">H", "be32": ">I"}
 DECODERS: dict[str, Decoder] = {
-    "uint8": _number("=B"), "uint16": _number("=H"), "uint32": _number("=I"),
-    "uint64": _number("=Q"), "int32": _number("=i"), "be16": _number(">H"),
-    "be32": _number(">I"), "asciiz": lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"),
+    **{form: _number(layout) for form, layout in NUMBERS.items()},
+    "asciiz": lambda raw: raw.split(b"\0", 1)[0].decode(errors="replace"),
     "ipaddr": _address, "target": _address, "ip4addr": _address, "l2addr": _mac,
     "lladdr": _link_layer, "flag": lambda raw: True, "state": _state,
     "info_data": bytes, "info_slave_data": bytes,  # decoded by the link's kind: _link_info
 }
-# the formats of the numbers a request may give (request())
-ENCODINGS = {"uint8": "=B", "uint16": "=H", "uint32": "=I", "int32": "=i"}
 
 
 def table(attrs: Attributes, names: Collection[str]) -> Table:
@@ -167,7 +167,7 @@ def _encoded(attrs: Sequence[tuple[str, Any]], layout: Attributes) -> bytes:
         elif isinstance(value, str):
             payload = value.encode() + b"\0"
         else:
-            payload = struct.pack(ENCODINGS[form], value)
+            payload = struct.pack(NUMBERS[form], value)
         size = _NLA.size + len(payload)
         out += _NLA.pack(size, number) + payload + b"\0" * (-size % 4)
     return out

@@ -37,7 +37,6 @@ def _load_message_classes():
     try:
         from pyroute2.netlink import nlmsgerr
         from pyroute2.netlink.nfnetlink import nfgen_msg
-        from pyroute2.netlink.rtnl.fibmsg import fibmsg
         from pyroute2.netlink.rtnl.ifaddrmsg import ifaddrmsg
         from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
         from pyroute2.netlink.rtnl.ndmsg import ndmsg
@@ -46,10 +45,10 @@ def _load_message_classes():
     finally:
         if hollow:
             del sys.modules["pyroute2"]
-    return nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg
+    return nlmsgerr, nfgen_msg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg
 
 
-nlmsgerr, nfgen_msg, fibmsg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg = _load_message_classes()
+nlmsgerr, nfgen_msg, ifaddrmsg, ifinfmsg, ndmsg, nsidmsg, rtmsg = _load_message_classes()
 
 
 def error_text(raw: bytes) -> str | None:

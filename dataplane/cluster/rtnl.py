@@ -317,7 +317,7 @@ def request(msg, kind: int, flags: int):
 
 
 def ask(sock: socket.socket, msg, kind: int, flags: int) -> None:
-    """Send one request of kind (a dump or a get), not batched."""
+    """Send one request of kind (a get: dumps are rtdump's), not batched."""
     request(msg, kind, flags)["header"]["sequence_number"] = 1
     msg.encode()
     sock.sendall(bytes(msg.data))

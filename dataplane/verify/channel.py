@@ -5,6 +5,7 @@ subprocess: 11 ms of every run's start, before its workers can be forked)."""
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 import pickle
@@ -72,10 +73,12 @@ def one_way() -> tuple[Channel, Channel]:
 
 def wait(channels: Iterable[Channel], timeout: float | None = None) -> list[Channel]:
     """Those of channels that can be read (or whose other end is closed), waiting up to
-    timeout seconds for one (None: for ever)."""
+    timeout seconds for one (None: for ever; a negative timeout: not at all)."""
     poller, by_fd = select.poll(), {}
     for channel in channels:
+        if channel.fd < 0:  # poll() would pass over it, and wait for ever
+            raise OSError(errno.EBADF, "wait on a closed channel")
         by_fd[channel.fd] = channel
         poller.register(channel.fd, select.POLLIN)
-    ready = poller.poll(None if timeout is None else math.ceil(timeout * 1000))
+    ready = poller.poll(None if timeout is None else max(0, math.ceil(timeout * 1000)))
     return [by_fd[fd] for fd, _ in ready]

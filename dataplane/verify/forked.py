@@ -79,7 +79,12 @@ def call(*works: Callable[[], Any]) -> Pending:
            if thread is not threading.current_thread()):
         return Pending(list(works))
     answers, answering = one_way()
-    pid = os.fork()
+    try:
+        pid = os.fork()
+    except OSError:  # no memory or no process left for it
+        answers.close()
+        answering.close()
+        raise
     if pid == 0:
         answers.close()
         _child(answering, works)

@@ -201,10 +201,10 @@ def _extra(plan: Plan, leg: Leg, mine: list[Hop], everything: list[Hop]) -> Prob
         if hop.place not in expected:
             return Problem("extra-hop", f"{_name(leg)}: a copy was seen at {hop.at} "
                            f"{hop.device} {hop.dir}, off its path", hop)
-    seen = [h.place for h in mine]
-    if len(set(seen)) == len(seen) and leg.hops[0] in seen:
+    places = [h.place for h in mine]
+    if len(set(places)) == len(places) and leg.hops[0] in places:
         return None  # every place once, the first too: a healthy leg, told without counting
-    counts = Counter(seen)
+    counts = Counter(places)
     sent = counts[leg.hops[0]]
     for place, seen in counts.items():
         if seen > sent:

@@ -316,8 +316,8 @@ class Verifier:
         no wave follows."""
         fulls = caches.neighbour_table_fulls()
         with timed(self.seconds, "send"):
-            # the flows known before their first packet, watched at once (one map update,
-            # not three system calls an exchange)
+            # the flows known before their first packet, watched at once (a batched update
+            # per map, not three system calls an exchange)
             self._tracer.watch_all(flow for p in wave if (
                 flow := self._prober.planned(p.src, p.dst, p.proto, p.size)) is not None)
             pending = [self._prober.start(p.src, p.dst, p.proto, self._tracer.watch, p.size)

@@ -132,7 +132,12 @@ class Pool:
     def start(self, finish: Finish) -> None:
         """One more worker, forked now: it inherits the plan and finish."""
         parent, child = pair()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError:  # no memory or no process left for it
+            parent.close()
+            child.close()
+            raise
         if pid == 0:
             try:
                 # The run stops it (its pipe closed), not a Ctrl-C that would cut its
