@@ -303,10 +303,10 @@ def cmd_up(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from dataplane.report import status
 
-    found = [lifecycle.inspect(args.name)] if args.name else lifecycle.inspect_all()
+    found = [lifecycle.inspect(args.name)] if args.name is not None else lifecycle.inspect_all()
     shown = [status.as_dict(c) for c in found]
     if args.json:
-        print(json.dumps(shown[0] if args.name else {"clusters": shown}, indent=2))
+        print(json.dumps(shown[0] if args.name is not None else {"clusters": shown}, indent=2))
     elif not shown:
         print("no cluster is up")
     else:
@@ -624,10 +624,12 @@ def run() -> NoReturn:
     threading = sys.modules.get("threading")
     if atexit._ncallbacks() == 0 and (threading is None or threading.active_count() == 1):
         try:
-            sys.stdout.flush()
+            if sys.stdout is not None:  # None: started with stdout closed
+                sys.stdout.flush()
         except BrokenPipeError:  # the reader went away: as main() answers it
             status = 1
-        sys.stderr.flush()
+        if sys.stderr is not None:
+            sys.stderr.flush()
         os._exit(status)
     sys.exit(status)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+import time
 
 import pytest
 
@@ -78,6 +79,28 @@ def test_a_child_killed_before_it_answers_leaves_its_work_to_the_caller(forks):
         assert pending.result() == caller  # done by the caller: the child died
         assert pending.result() == caller  # and what followed
         assert pending.pid is None  # reaped
+
+
+def test_a_sigterm_ends_the_child_not_the_callers_run(forks):
+    """The child does not keep the caller's SIGTERM handler (the CLI's raises an
+    interruption, which would be sent back and raised as the caller's own)."""
+    caller = os.getpid()
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    old = signal.signal(signal.SIGTERM, interrupted)
+    try:
+        def end_in_the_child():
+            if os.getpid() != caller:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            return os.getpid()
+
+        with forked.call(end_in_the_child) as pending:
+            assert pending.result() == caller  # the child ended: the caller did the work
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def test_with_threads_running_the_function_runs_in_the_caller():

@@ -140,6 +140,19 @@ def start_up_and_wait_for_namespaces(topology: Path, name: str) -> subprocess.Po
     return proc
 
 
+@pytest.mark.parametrize("command", ["down", "clean", "status"])
+def test_what_cannot_name_a_cluster_is_refused_and_nothing_removed(private_state, tmp_path,
+                                                                   command):
+    """A name is a folder of the state root: "", a path or a ".." would make `down` or
+    `clean` remove the state root, a folder anywhere, or another cluster's record."""
+    (private_state / "kept").mkdir(parents=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("", str(elsewhere), "kept/../kept", ".."):
+        assert "cannot name a cluster" in one_line_error(dp(command, name))
+    assert (private_state / "kept").is_dir() and elsewhere.is_dir()
+
+
 def test_sigkill_mid_up_then_clean(private_state, tmp_path):
     name = unique_name("kill")
     proc = start_up_and_wait_for_namespaces(huge_topology(tmp_path), name)

@@ -135,6 +135,7 @@ def _make(plan: Plan, record: state.Record, pods: bool = True) -> None:
     sys.setswitchinterval(SWITCH_INTERVAL)
     creation = netns.Creation(plan.namespaces(), plan.sysctls)
     try:
+        creation.start()
         # Written while the kernel makes the namespaces: the files' system calls and the
         # namespaces' run on both cores.
         record.write_files(nodefiles.node_files(plan))

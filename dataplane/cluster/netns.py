@@ -15,6 +15,7 @@ import errno
 import os
 import queue
 import resource
+import signal
 import socket
 import threading
 from collections.abc import Callable, Iterable
@@ -75,7 +76,8 @@ class Creation:
 
     Workers take the names in turn, so namespaces appear roughly in the order
     given. sysctls(name) gives the sysctls to write inside each new namespace.
-    On failure, or if the caller is interrupted, abort() removes what was made.
+    start() starts them; on failure, or if the caller is interrupted (start() included),
+    abort() removes what was made.
     """
 
     def __init__(self, names: Iterable[str],
@@ -91,11 +93,21 @@ class Creation:
         # Waited on instead of Thread.join, which a signal can cut short and leave
         # returning early the next time (close() joins them only once they are done).
         self._changed = threading.Condition()
-        self._working = WORKERS
+        self._working = 0  # threads started and not yet done
         self._threads = [threading.Thread(target=self._work, args=(self._names[k::WORKERS],),
                                           name=f"netns-create-{k}") for k in range(WORKERS)]
-        for thread in self._threads:
-            thread.start()
+
+    def start(self) -> None:
+        """Start the workers, a Ctrl-C or SIGTERM held back until they all run: one that
+        stopped the starting half-way would leave close() waiting for a thread that never
+        ran (the signal is raised once they run; the caller aborts)."""
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self._working = len(self._threads)
+            for thread in self._threads:
+                thread.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def _work(self, names: list[str]) -> None:
         try:
@@ -145,7 +157,8 @@ class Creation:
             self._stop = True
             self._changed.wait_for(lambda: not self._working)
         for thread in self._threads:  # done: gone in a moment (a fork may follow, forked.py)
-            thread.join()
+            if thread.ident is not None:  # started
+                thread.join()
         for sock in self._sockets.values():
             sock.close()
 

@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from dataplane.cluster.spec import LABEL, LABEL_HINT
 from dataplane.errors import UsageError
 
 STATE_ROOT = Path(os.environ.get("DATAPLANE_STATE_DIR", "/run/dataplane"))
@@ -181,9 +182,17 @@ def _parse(name: str, text: str) -> Record:
     return record
 
 
+def _folder(name: str) -> Path:
+    """Where NAME's record is; UsageError for what cannot name a cluster (a path, "", a
+    "..": its folder would be another's, the state root, or anywhere)."""
+    if not LABEL.match(name):
+        raise UsageError(f"{name!r} cannot name a cluster: {LABEL_HINT}")
+    return STATE_ROOT / name
+
+
 def read(name: str) -> Record | Unreadable:
     """NAME's record, or why it cannot be read; UsageError if there is no such cluster."""
-    folder = STATE_ROOT / name
+    folder = _folder(name)
     if not folder.is_dir():
         raise UsageError(f"no cluster named {name!r} is up; see `dataplane status` "
                          "for the ones that are")
@@ -207,7 +216,7 @@ def names() -> list[str]:
 def locked(name: str) -> Iterator[Record | Unreadable]:
     """NAME's record, with every other change to it waiting until the block ends."""
     try:
-        fd = os.open(STATE_ROOT / name, os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open(_folder(name), os.O_RDONLY | os.O_DIRECTORY)
     except FileNotFoundError:
         read(name)  # raises: no such cluster
         raise

@@ -111,6 +111,9 @@ def _child(conn: Channel, works: tuple[Callable[[], Any], ...]) -> None:
     """Never returns: nothing of the caller's own clean-up or buffered output may run twice."""
     try:
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the caller stops it, not a Ctrl-C
+        # a SIGTERM ends it (the caller runs its works), not the caller's run, as the
+        # caller's handler, inherited, would raise it back there
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         calm_collector()
         for work in works:
             try:
