@@ -71,6 +71,16 @@ def one_way() -> tuple[Channel, Channel]:
     return Channel(receiving), Channel(sending)
 
 
+def fork(*ends: Channel) -> int:
+    """os.fork(); the ends closed if it fails (no memory or no process left for it)."""
+    try:
+        return os.fork()
+    except OSError:
+        for end in ends:
+            end.close()
+        raise
+
+
 def wait(channels: Iterable[Channel], timeout: float | None = None) -> list[Channel]:
     """Those of channels that can be read (or whose other end is closed), waiting up to
     timeout seconds for one (None: for ever; a negative timeout: not at all)."""

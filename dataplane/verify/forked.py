@@ -26,7 +26,7 @@ from contextlib import suppress
 from dataclasses import dataclass
 from typing import Any
 
-from dataplane.verify.channel import Channel, one_way
+from dataplane.verify.channel import Channel, fork, one_way
 
 
 @dataclass
@@ -79,12 +79,7 @@ def call(*works: Callable[[], Any]) -> Pending:
            if thread is not threading.current_thread()):
         return Pending(list(works))
     answers, answering = one_way()
-    try:
-        pid = os.fork()
-    except OSError:  # no memory or no process left for it
-        answers.close()
-        answering.close()
-        raise
+    pid = fork(answers, answering)
     if pid == 0:
         answers.close()
         _child(answering, works)

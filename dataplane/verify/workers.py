@@ -28,7 +28,7 @@ from dataplane.cluster.plan import Plan
 from dataplane.records import INCONCLUSIVE, FlowResult
 from dataplane.traffic.prober import SERVICE_PORTS
 from dataplane.verify import forked
-from dataplane.verify.channel import Channel, pair, wait
+from dataplane.verify.channel import Channel, fork, pair, wait
 from dataplane.verify.verifier import (NEIGHBOUR_MARGIN, WAVE_EVENTS, NeighbourRoom, Probe,
                                        Verifier, Wave, timed, waves)
 
@@ -132,12 +132,7 @@ class Pool:
     def start(self, finish: Finish) -> None:
         """One more worker, forked now: it inherits the plan and finish."""
         parent, child = pair()
-        try:
-            pid = os.fork()
-        except OSError:  # no memory or no process left for it
-            parent.close()
-            child.close()
-            raise
+        pid = fork(parent, child)
         if pid == 0:
             try:
                 # The run stops it (its pipe closed), not a Ctrl-C that would cut its
