@@ -134,12 +134,14 @@ class Prober:
         self.port = SERVICE_PORT if worker is None else SERVICE_PORTS[worker]
         self.ping_id = 0 if worker is None else PING_IDS[worker]  # 0: the kernel's choice
         self._sockets: dict[tuple[str, str], socket.socket] = {}
+        self._tags: dict[socket.socket, int] = {}  # client sockets' ports (_client)
         self._sequence = itertools.count(1)
 
     def close(self) -> None:
         for sock in self._sockets.values():
             sock.close()
         self._sockets.clear()
+        self._tags.clear()
 
     def __enter__(self) -> "Prober":
         return self
@@ -163,13 +165,20 @@ class Prober:
         ICMP and UDP tag by the source's socket (opened here if need be); None for TCP (a
         socket per exchange) and ARP, or when the socket cannot be opened (start() records
         why)."""
-        purpose = {"icmp": "ping", "udp": _udp_purpose(size)}.get(proto)
-        if purpose is None:
+        if proto not in ("icmp", "udp"):
             return None
         try:
-            return Flow(src.ip_str, dst.ip_str, proto, self._socket(src, purpose).getsockname()[1])
+            return Flow(src.ip_str, dst.ip_str, proto, self._client(src, proto, size)[1])
         except OSError:
             return None
+
+    def _client(self, pod: PodPlan, proto: Proto, size: int | None) -> tuple[socket.socket, int]:
+        """pod's ICMP or UDP client socket and the tag its packets carry (its port, bound
+        once: asked once)."""
+        sock = self._socket(pod, "ping" if proto == "icmp" else _udp_purpose(size))
+        if sock not in self._tags:
+            self._tags[sock] = sock.getsockname()[1]
+        return sock, self._tags[sock]
 
     def exchange(self, src: PodPlan, dst: PodPlan, proto: Proto, watch: Watch = _no_watch,
                  size: int | None = None) -> Exchange:
@@ -250,8 +259,7 @@ class Prober:
     def _icmp(self, p: Pending, watch: Watch) -> None:
         """An echo from a ping socket: the kernel sets its id (the socket's port) and
         checksum; replies are told apart by peer and sequence number."""
-        sock = self._socket(p.src, "ping")
-        p.tag = sock.getsockname()[1]
+        sock, p.tag = self._client(p.src, "icmp", None)
         watch(Flow(p.src.ip_str, p.dst.ip_str, "icmp", p.tag))
         p.token = next(self._sequence) & 0xFFFF
         with _step(f"send from {p.src.ref}"):
@@ -261,9 +269,8 @@ class Prober:
     def _udp(self, p: Pending, watch: Watch) -> None:
         """A datagram answered in kind; with a size, of that IP length with DF set: sizes
         around the MTU show where a path refuses, fragments or drops."""
-        client = self._socket(p.src, _udp_purpose(p.size))
+        client, p.tag = self._client(p.src, "udp", p.size)
         self._socket(p.dst, "udp-server")
-        p.tag = client.getsockname()[1]
         watch(Flow(p.src.ip_str, p.dst.ip_str, "udp", p.tag))
         p.token = b"dataplane %d " % next(self._sequence)
         if p.size is not None:
